@@ -1,0 +1,21 @@
+"""Attacks: one gradient loop (:class:`GradientAttack`) and its named configurations."""
+
+from robustlab.attacks.base import AttackResult, GradientAttack, frozen_parameters, model_logits
+from robustlab.attacks.presets import ATTACKS, FGSM, IFGSM, MIFGSM, PGD, make_attack
+
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "IFGSM",
+    "MIFGSM",
+    "PGD",
+    "AttackResult",
+    "GradientAttack",
+    "frozen_parameters",
+    "make_attack",
+    "model_logits",
+]
+
+from robustlab.attacks.targeted import Targeted, choose_targets  # noqa: E402
+
+__all__ += ["Targeted", "choose_targets"]

@@ -1,0 +1,260 @@
+"""The one iterative gradient loop; FGSM, I-FGSM, PGD and MI-FGSM are configurations of it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab.criteria import Misclassified, TargetedMisclassified
+from robustlab.errors import RobustlabError
+from robustlab.losses import LossFn, get_loss
+from robustlab.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns; every tensor is per sample, in the order of the inputs."""
+
+    x_adv: Tensor
+    success: Tensor  # bool (N,): the criterion holds at x_adv
+    loss: Tensor  # (N,): the attack loss at x_adv (for targeted attacks: the loss towards the target)
+    logits: Tensor  # (N, C): the model's logits at x_adv
+    info: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Switch off ``requires_grad`` on the parameters (no weight gradients), restore it afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def model_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """Run the model and check that it returns one row of logits per sample."""
+    logits = model(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise RobustlabError(
+            f"the model returned {shape} for a batch of {x.shape[0]} inputs; a classifier must return "
+            "logits of shape (N, num_classes) (wrap feature extractors with a linear head)"
+        )
+    return logits
+
+
+def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None:
+    """Raise unless ``labels`` are integer class indices in ``[0, num_classes)``.
+
+    Attacks skip this check for floating-point targets, which feature-space attacks (DeACL) use with a
+    custom loss and criterion.
+    """
+    if labels.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+        raise RobustlabError(f"{what} must be integer class indices, got dtype {labels.dtype}")
+    if labels.numel() and (labels.min().item() < 0 or labels.max().item() >= num_classes):
+        raise RobustlabError(
+            f"{what} range over [{labels.min().item()}, {labels.max().item()}] but the model has "
+            f"{num_classes} classes; use indices 0..{num_classes - 1}"
+        )
+
+
+def diverse_inputs(x: Tensor, prob: float, generator: torch.Generator, scale: float = 1.1) -> Tensor:
+    """Input diversity (DI, Xie et al. 2019): random resize and pad, with probability ``prob`` per batch."""
+    if prob <= 0 or torch.rand((), generator=generator, device=generator.device).item() >= prob:
+        return x
+    size = x.shape[-1]
+    big = max(size + 1, int(round(size * scale)))
+    new = int(torch.randint(size, big, (), generator=generator, device=generator.device).item())
+    resized = F.interpolate(x, size=(new, new), mode="nearest")
+    pad = big - new
+    left = int(torch.randint(0, pad + 1, (), generator=generator, device=generator.device).item())
+    top = int(torch.randint(0, pad + 1, (), generator=generator, device=generator.device).item())
+    padded = F.pad(resized, (left, pad - left, top, pad - top))
+    return F.interpolate(padded, size=(size, size), mode="nearest")
+
+
+class GradientAttack:
+    """Iterative signed/normalised gradient ascent on a per-sample loss, projected onto the threat model.
+
+    Args:
+        steps: gradient steps per restart.
+        step_size: absolute step size; ``None`` uses ``rel_step_size * eps``.
+        loss: a loss name from :mod:`robustlab.losses` or a callable ``(logits, labels) -> (N,)``.
+        restarts: independent runs; per sample, the first successful run wins, else the highest loss.
+        random_start: start from a uniform random point of the eps-ball instead of ``x``.
+        momentum: MI-FGSM decay ``mu`` (0 disables momentum).
+        diversity_prob: probability of the input-diversity transform per step (0 disables it).
+        early_stop: stop updating a sample once the criterion holds (keeps the first success).
+        criterion: success criterion; default misclassified (untargeted) or top-1 = target (targeted).
+        seed: seed of the attack's own ``torch.Generator``; the global RNG is never touched.
+    """
+
+    name = "gradient"
+    rel_step_size: float = 0.25
+
+    def __init__(
+        self,
+        steps: int = 10,
+        step_size: float | None = None,
+        loss: str | LossFn = "ce",
+        restarts: int = 1,
+        random_start: bool = False,
+        momentum: float = 0.0,
+        diversity_prob: float = 0.0,
+        early_stop: bool = False,
+        criterion: Criterion | None = None,
+        seed: int = 0,
+    ) -> None:
+        if int(steps) != steps or steps < 1:
+            raise RobustlabError(f"steps must be a whole number >= 1, got {steps!r}")
+        if int(restarts) != restarts or restarts < 1:
+            raise RobustlabError(f"restarts must be a whole number >= 1, got {restarts!r}")
+        if step_size is not None and not step_size > 0:
+            raise RobustlabError(f"step size must be > 0, got {step_size!r}")
+        if not 0 <= diversity_prob <= 1:
+            raise RobustlabError(f"diversity_prob must lie in [0, 1], got {diversity_prob!r}")
+        self.steps = int(steps)
+        self.step_size = step_size
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = get_loss(loss)
+        self.restarts = int(restarts)
+        self.random_start = random_start
+        self.momentum = float(momentum)
+        self.diversity_prob = float(diversity_prob)
+        self.early_stop = early_stop
+        self.criterion = criterion
+        self.seed = seed
+
+    def config(self) -> dict:
+        """The attack's configuration, for reports."""
+        return {
+            "attack": self.name,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "loss": self.loss_name,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "momentum": self.momentum,
+            "diversity_prob": self.diversity_prob,
+            "early_stop": self.early_stop,
+            "criterion": getattr(self.criterion, "name", None),
+            "seed": self.seed,
+        }
+
+    def resolve_step_size(self, threat: ThreatModel) -> float:
+        return float(self.step_size) if self.step_size is not None else self.rel_step_size * threat.eps
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
+    ) -> AttackResult:
+        """Attack ``model`` at ``x`` (true labels ``y``); with ``target`` the attack is targeted."""
+        if x.dim() < 2 or x.shape[0] != y.shape[0]:
+            raise RobustlabError(
+                f"inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not match; "
+                "give a batch x of shape (N, ...) and labels of shape (N,)"
+            )
+        threat.check_inputs(x)
+        start = time.perf_counter()
+        targeted = target is not None
+        labels = target if targeted else y
+        criterion = self.criterion or (TargetedMisclassified() if targeted else Misclassified())
+        sign = -1.0 if targeted else 1.0
+        step_size = self.resolve_step_size(threat)
+        device = x.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed)
+        x = x.detach()
+
+        with frozen_parameters(model):
+            best: AttackResult | None = None
+            for _ in range(self.restarts):
+                x_adv = self._run(model, x, labels, threat, step_size, sign, criterion, generator)
+                with torch.no_grad():
+                    logits = model_logits(model, x_adv)
+                    loss = self.loss_fn(logits, labels)
+                    success = criterion(logits, labels)
+                if best is None and not y.is_floating_point():
+                    check_labels(y, logits.shape[1])
+                run = AttackResult(x_adv, success, loss, logits)
+                best = run if best is None else _pick(best, run, sign)
+                if bool(best.success.all()):
+                    break
+        assert best is not None
+        best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size}
+        return best
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        labels: Tensor,
+        threat: ThreatModel,
+        step_size: float,
+        sign: float,
+        criterion: Criterion,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """One restart; returns the final iterate (or, with early stopping, the first successful one)."""
+        x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
+        velocity = torch.zeros_like(x) if self.momentum else None
+        active = torch.arange(x.shape[0], device=x.device)
+        # With early stopping only the samples that have not yet succeeded are computed.
+
+        def subset(t: Tensor) -> Tensor:
+            return t[active] if self.early_stop else t
+
+        for step in range(self.steps):
+            xa = subset(x_adv).detach().requires_grad_(True)
+            la = subset(labels)
+            with torch.enable_grad():
+                logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
+                if step == 0 and not la.is_floating_point():  # float targets: feature-space attacks
+                    check_labels(la, logits.shape[1], what="targets" if sign < 0 else "labels")
+                loss = sign * self.loss_fn(logits, la)
+                (grad,) = torch.autograd.grad(loss.sum(), xa)
+            xa = xa.detach()
+            if self.early_stop:
+                keep = ~criterion(logits.detach(), la)
+                active, xa, grad = active[keep], xa[keep], grad[keep]
+                if active.numel() == 0:
+                    break
+            if velocity is not None:
+                l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+                grad = self.momentum * subset(velocity) + grad / l1
+                if self.early_stop:
+                    velocity[active] = grad
+                else:
+                    velocity = grad
+            xa = threat.project(threat.step(xa, grad, step_size), subset(x))
+            if self.early_stop:
+                x_adv[active] = xa
+            else:
+                x_adv = xa
+        return x_adv.detach()
+
+
+def _pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:
+    """Per sample: keep a success over a failure, else the higher attack objective."""
+    better = (run.success & ~best.success) | ((run.success == best.success) & (sign * run.loss > sign * best.loss))
+    pick = better.view(-1, *([1] * (best.x_adv.dim() - 1)))
+    return AttackResult(
+        torch.where(pick, run.x_adv, best.x_adv),
+        torch.where(better, run.success, best.success),
+        torch.where(better, run.loss, best.loss),
+        torch.where(better[:, None], run.logits, best.logits),
+    )

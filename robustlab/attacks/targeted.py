@@ -1,0 +1,50 @@
+"""Targeted attacks: pick a target class per sample, then run any attack towards it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import AttackResult, GradientAttack, model_logits
+from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
+
+
+def choose_targets(rule: str | int, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Targets by rule: a class index, ``random`` (uniform over the other classes) or ``least-likely``."""
+    num_classes = logits.shape[1]
+    if isinstance(rule, int) or str(rule).lstrip("-").isdigit():
+        target = int(rule)
+        if not 0 <= target < num_classes:
+            raise RobustlabError(f"target class {target} is out of range; the model has classes 0..{num_classes - 1}")
+        return torch.full_like(labels, target)
+    if rule == "random":
+        device = generator.device if generator is not None else labels.device
+        offset = torch.randint(1, num_classes, labels.shape, generator=generator, device=device)
+        return (labels + offset.to(labels.device)) % num_classes
+    if rule == "least-likely":
+        return logits.argmin(dim=1)
+    raise RobustlabError(f"unknown target rule {rule!r}; give a class index, random or least-likely")
+
+
+class Targeted:
+    """Wraps an attack so that the evaluator's ``attack(model, x, y, threat)`` call becomes targeted."""
+
+    def __init__(self, attack: GradientAttack, rule: str | int = "random", seed: int = 0) -> None:
+        self.attack = attack
+        self.rule = rule
+        self.seed = seed
+        self.name = f"{attack.name}-targeted"
+
+    def config(self) -> dict:
+        return {**self.attack.config(), "target": self.rule}
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> AttackResult:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(self.seed)
+        with torch.no_grad():
+            logits = model_logits(model, x)
+        target = choose_targets(self.rule, logits, y, generator)
+        result = self.attack(model, x, y, threat, target=target)
+        result.info["target"] = target
+        return result

@@ -1,0 +1,47 @@
+"""The ``robustlab`` command line: a thin layer over the Python API (parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from robustlab.errors import RobustlabError
+
+# Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
+SUBCOMMANDS = ["attack"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustlab",
+        description="Attack image classifiers and make them robust: one threat model, one evaluator.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        import_module(f"robustlab.cli.{name.replace('-', '_')}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for a user mistake, with one line on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.run(args) or 0)
+    except RobustlabError as exc:
+        print(f"robustlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Arguments and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from robustlab.errors import RobustlabError
+from robustlab.threat import parse_eps
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def eps_value(text: str) -> float:
+    try:
+        return parse_eps(text)
+    except RobustlabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(eps_value(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
+    parser.add_argument(
+        flag,
+        required=True,
+        metavar="SPEC",
+        help="zoo:NAME, torchvision:NAME, package.module:factory, or a TorchScript file",
+    )
+    parser.add_argument("--checkpoint", metavar="FILE", help="weights for torchvision:/module:factory models")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load the checkpoint with weights_only=False (only for files you trust)",
+    )
+
+
+def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None) -> None:
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        help="fashion-mnist, mnist, cifar10, cifar100, svhn or imagefolder:PATH",
+    )
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
+    parser.add_argument("--n", type=int, default=default_n, help="use the first N items of the split (default: all)")
+    parser.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
+    parser.add_argument("--download", action="store_true", help="download the dataset if it is not found")
+
+
+def add_threat_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
+    parser.add_argument("--eps", required=True, type=eps_value, help="radius of the eps-ball, e.g. 0.1 or 8/255")
+
+
+def add_run_args(parser: argparse.ArgumentParser, out_default: str) -> None:
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (default: 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' own random generators")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=out_default, metavar="DIR", help=f"report folder (default: {out_default})")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustlabError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RobustlabError(f"unknown device {name!r}; use cpu or cuda") from None

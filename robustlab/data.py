@@ -1,0 +1,153 @@
+"""Datasets by name, as [0, 1] float images and integer labels, with the same transforms everywhere.
+
+Fashion-MNIST and MNIST are found offline first: ``root`` (raw idx files or torchvision's layout), then
+``$ROBUSTLAB_DATA``/``~/.cache/robustlab/data``, then Debian's ``/usr/share/datasets/<name>``; only when
+none holds the files does torchvision download them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from robustlab.errors import RobustlabError
+
+log = logging.getLogger(__name__)
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "fashion-mnist": {"channels": 1, "image_size": 28, "num_classes": 10, "stats": "fashion-mnist"},
+    "mnist": {"channels": 1, "image_size": 28, "num_classes": 10, "stats": "mnist"},
+    "cifar10": {"channels": 3, "image_size": 32, "num_classes": 10, "stats": "cifar10"},
+    "cifar100": {"channels": 3, "image_size": 32, "num_classes": 100, "stats": "cifar100"},
+    "svhn": {"channels": 3, "image_size": 32, "num_classes": 10, "stats": "svhn"},
+    "imagefolder": {"channels": 3, "image_size": 224, "num_classes": None, "stats": "imagenet"},
+}
+_ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_TORCHVISION_DIR = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
+
+
+def _canonical(name: str) -> tuple[str, str | None]:
+    """Split ``imagefolder:PATH`` and resolve aliases."""
+    base, _, path = name.partition(":")
+    base = _ALIASES.get(base.lower(), base.lower())
+    if base not in DATASETS:
+        raise RobustlabError(
+            f"unknown dataset {name!r}; choose one of: fashion-mnist, mnist, cifar10, cifar100, svhn, imagefolder:PATH"
+        )
+    return base, path or None
+
+
+def dataset_info(name: str) -> dict[str, Any]:
+    """Channels, image size, number of classes and normalisation statistics of a dataset."""
+    return dict(DATASETS[_canonical(name)[0]])
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8 (N, C, H, W); items are ``(float image in [0, 1], label)``."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index].float().div_(255), int(self.labels[index])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_search_path(base: str, root: str | None) -> list[Path]:
+    folders = []
+    for r in [root, os.environ.get("ROBUSTLAB_DATA"), str(Path.home() / ".cache" / "robustlab" / "data")]:
+        if r:
+            folders += [Path(r), Path(r) / base, Path(r) / _TORCHVISION_DIR[base] / "raw"]
+    folders.append(Path("/usr/share/datasets") / base)
+    return folders
+
+
+def _load_idx_dataset(base: str, split: str, root: str | None, download: bool) -> ImageTensorDataset:
+    img_stem, lbl_stem = _IDX_FILES[split]
+    for folder in _idx_search_path(base, root):
+        img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+        if img and lbl:
+            log.info("reading %s %s from %s", base, split, folder)
+            images = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
+            return ImageTensorDataset(images, torch.from_numpy(_read_idx(lbl).astype(np.int64)))
+    if not download:
+        raise RobustlabError(
+            f"{base} not found in {', '.join(str(f) for f in _idx_search_path(base, root))}; install Debian's "
+            f"dataset-{base} package, pass --data-root, or allow downloading with --download"
+        )
+    import torchvision
+
+    target = root or str(Path.home() / ".cache" / "robustlab" / "data")
+    cls = torchvision.datasets.FashionMNIST if base == "fashion-mnist" else torchvision.datasets.MNIST
+    ds = cls(target, train=split == "train", download=True)
+    return ImageTensorDataset(ds.data.unsqueeze(1), ds.targets)
+
+
+def load_dataset(name: str, split: str = "test", root: str | None = None, download: bool = False) -> Dataset:
+    """A dataset by name and split (``train`` or ``test``) whose items are ``(image in [0, 1], label)``."""
+    base, path = _canonical(name)
+    if split not in ("train", "test"):
+        raise RobustlabError(f"unknown split {split!r}; choose train or test")
+    if base in _TORCHVISION_DIR:
+        return _load_idx_dataset(base, split, root, download)
+    import torchvision
+    from torchvision import transforms
+
+    root = root or str(Path.home() / ".cache" / "robustlab" / "data")
+    to_tensor = transforms.ToTensor()
+    try:
+        if base == "cifar10":
+            return torchvision.datasets.CIFAR10(root, train=split == "train", transform=to_tensor, download=download)
+        if base == "cifar100":
+            return torchvision.datasets.CIFAR100(root, train=split == "train", transform=to_tensor, download=download)
+        if base == "svhn":
+            return torchvision.datasets.SVHN(root, split=split, transform=to_tensor, download=download)
+    except RuntimeError as exc:
+        raise RobustlabError(f"{base} not found under {root!r} ({exc}); pass --data-root or --download") from None
+    if path is None or not Path(path).is_dir():
+        raise RobustlabError(f"imagefolder needs an existing folder: imagefolder:PATH, got {path!r}")
+    folder = Path(path) / split if (Path(path) / split).is_dir() else Path(path)
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    return torchvision.datasets.ImageFolder(str(folder), transform=tf)
+
+
+def first_n(dataset: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` items of ``dataset`` (all of them when ``n`` is None)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if n is None:
+        return dataset
+    if not 1 <= n <= size:
+        raise RobustlabError(f"--n {n} is out of range: this split has {size} items, so choose 1..{size}")
+    return Subset(dataset, range(n))

@@ -1,0 +1,207 @@
+"""The one robust-accuracy evaluator: clean correctness, then each attack on what is still robust.
+
+AutoAttack's semantics: a sample counts as robust only if it is classified correctly and no attack in the
+list succeeds on it; each attack runs only on the samples still robust after the previous ones, so the
+final figure is the per-sample worst case over the attacks, as a fraction of all samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustlab.attacks.base import AttackResult, check_labels, model_logits
+from robustlab.criteria import interest_class_rank
+from robustlab.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+
+class Attack(Protocol):
+    """Anything the evaluator can run: ``attack(model, x, y, threat) -> AttackResult``."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> AttackResult: ...
+
+
+@dataclass
+class EvalResult:
+    """Per-sample outcome of an evaluation; every figure in a report is derived from these tensors."""
+
+    labels: Tensor  # (N,)
+    clean_logits: Tensor  # (N, C)
+    clean_correct: Tensor  # bool (N,)
+    attacked: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack ran on the sample
+    success: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack broke the sample
+    adv_logits: dict[str, Tensor] = field(default_factory=dict)  # (N, C): logits at the attack's x_adv
+    robust_after: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): still robust after it
+    seconds: dict[str, float] = field(default_factory=dict)
+    x_adv: Tensor | None = None  # (N, ...): the worst-case adversarial input per sample, if kept
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item()
+
+    @property
+    def robust(self) -> Tensor:
+        """Per-sample worst case: correct and not broken by any attack."""
+        flags = self.clean_correct.clone()
+        for success in self.success.values():
+            flags &= ~success
+        return flags
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust.float().mean().item()
+
+    def attack_success_rate(self) -> float:
+        """Fraction of the clean-correct samples that some attack broke."""
+        correct = self.clean_correct.sum().item()
+        return (self.clean_correct & ~self.robust).sum().item() / correct if correct else 0.0
+
+    def interest_class_rank(self, name: str) -> Tensor:
+        """Per-sample rank of the true class at the attack's adversarial inputs (1 = top)."""
+        return interest_class_rank(self.adv_logits[name], self.labels)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers, cumulative per attack as in AutoAttack's log."""
+        return {
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "attack_success_rate": self.attack_success_rate(),
+            "attacks": {
+                name: {
+                    "robust_accuracy_after": self.robust_after[name].float().mean().item(),
+                    "attacked": int(self.attacked[name].sum().item()),
+                    "broken": int(self.success[name].sum().item()),
+                    "seconds": round(self.seconds[name], 4),
+                }
+                for name in self.success
+            },
+        }
+
+
+class Evaluator:
+    """Runs attacks at one threat model over a dataset or a batch, attacking only what is still robust.
+
+    Args:
+        attacks: ``{name: attack}`` (or a list, named by position/``attack.name``), run in order.
+        threat: the threat model shared by every attack.
+        batch_size: samples per forward pass.
+        only_robust: attack only the samples still robust (AutoAttack's semantics). ``False`` runs every
+            attack on every sample, which per-attack top-k statistics and saved adversarial sets need.
+        keep_adv: keep the worst-case adversarial inputs in the result.
+        progress: show a tqdm bar over batches.
+    """
+
+    def __init__(
+        self,
+        attacks: Mapping[str, Attack] | Iterable[Attack],
+        threat: ThreatModel,
+        batch_size: int = 256,
+        only_robust: bool = True,
+        keep_adv: bool = False,
+        progress: bool = False,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if isinstance(attacks, Mapping):
+            self.attacks = dict(attacks)
+        else:
+            self.attacks = {}
+            for i, attack in enumerate(attacks):
+                name = getattr(attack, "name", f"attack{i}")
+                self.attacks[name if name not in self.attacks else f"{name}{i}"] = attack
+        self.threat = threat
+        self.batch_size = batch_size
+        self.only_robust = only_robust
+        self.keep_adv = keep_adv
+        self.progress = progress
+        self.device = device
+
+    def run(self, model: nn.Module, data: Dataset | tuple[Tensor, Tensor]) -> EvalResult:
+        """Evaluate ``model`` on a dataset or an ``(x, y)`` pair of tensors."""
+        if model.training:
+            log.warning(
+                "the model is in train mode (dropout/batch-norm statistics change the result); call model.eval()"
+            )
+        device = self.device or next((p.device for p in model.parameters()), torch.device("cpu"))
+        parts: list[EvalResult] = []
+        for x, y in self._batches(data):
+            parts.append(self.run_batch(model, x.to(device), y.to(device)))
+        return merge_results(parts, list(self.attacks))
+
+    def _batches(self, data: Dataset | tuple[Tensor, Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
+        if isinstance(data, tuple):
+            x, y = data
+            size = self.batch_size
+            batches: Iterable = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+        else:
+            batches = DataLoader(data, batch_size=self.batch_size, shuffle=False)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="evaluating", unit="batch", leave=False)
+        return batches
+
+    def run_batch(self, model: nn.Module, x: Tensor, y: Tensor) -> EvalResult:
+        """Evaluate one batch: clean pass, then each attack on the still-robust samples."""
+        self.threat.check_inputs(x)
+        with torch.no_grad():
+            clean_logits = model_logits(model, x)
+        check_labels(y, clean_logits.shape[1])
+        correct = clean_logits.argmax(1) == y
+        result = EvalResult(y.cpu(), clean_logits.cpu(), correct.cpu())
+        robust = correct.clone()
+        x_adv = x.clone() if self.keep_adv else None
+        for name, attack in self.attacks.items():
+            todo = robust if self.only_robust else torch.ones_like(robust)
+            idx = todo.nonzero().squeeze(1)
+            success = torch.zeros_like(robust)
+            logits = clean_logits.clone()
+            start = time.perf_counter()
+            if idx.numel():
+                out = attack(model, x[idx], y[idx], self.threat)
+                success[idx] = out.success.to(success.device) & correct[idx]
+                logits[idx] = out.logits.to(logits.dtype)
+                if x_adv is not None:
+                    # keep the first adversarial input that breaks a sample, else the latest attempt
+                    replace = robust[idx] | ~correct[idx]
+                    x_adv[idx[replace]] = out.x_adv[replace].to(x_adv.dtype)
+            result.seconds[name] = time.perf_counter() - start
+            robust &= ~success
+            result.attacked[name] = todo.cpu()
+            result.success[name] = success.cpu()
+            result.adv_logits[name] = logits.cpu()
+            result.robust_after[name] = robust.cpu()
+        result.x_adv = x_adv.cpu() if x_adv is not None else None
+        return result
+
+
+def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
+    """Concatenate per-batch results in order."""
+    if not parts:
+        raise ValueError("nothing to evaluate: the dataset is empty")
+    cat = torch.cat
+    merged = EvalResult(
+        cat([p.labels for p in parts]), cat([p.clean_logits for p in parts]), cat([p.clean_correct for p in parts])
+    )
+    for name in names:
+        merged.attacked[name] = cat([p.attacked[name] for p in parts])
+        merged.success[name] = cat([p.success[name] for p in parts])
+        merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
+        merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
+        merged.seconds[name] = sum(p.seconds[name] for p in parts)
+    if all(p.x_adv is not None for p in parts):
+        merged.x_adv = cat([p.x_adv for p in parts])  # type: ignore[misc]
+    return merged

@@ -1,0 +1,50 @@
+"""Metrics computed from logits: accuracy, interest class rank (ICR), top-k attack success rate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from robustlab.criteria import interest_class_rank
+
+__all__ = ["default_topk", "icr_statistics", "interest_class_rank", "topk_metrics"]
+
+
+def default_topk(num_classes: int) -> list[int]:
+    """The top-k papers' k's: 1, 2, 3, 5 for 10-class data, 1, 5, 10 for more classes."""
+    return [1, 2, 3, 5] if num_classes <= 10 else [1, 5, 10]
+
+
+def icr_statistics(ranks: Tensor, num_classes: int) -> dict[str, Any]:
+    """Mean, median and histogram (counts for rank 1..num_classes) of interest class ranks."""
+    ranks = ranks.long().cpu()
+    if ranks.numel() == 0:
+        return {"mean": float("nan"), "median": float("nan"), "histogram": [0] * num_classes}
+    return {
+        "mean": ranks.float().mean().item(),
+        "median": ranks.float().median().item(),
+        "histogram": torch.bincount(ranks - 1, minlength=num_classes)[:num_classes].tolist(),
+    }
+
+
+def topk_metrics(adv_logits: Tensor, labels: Tensor, clean_logits: Tensor, ks: Sequence[int]) -> dict[str, Any]:
+    """Top-k ASR and top-k robust accuracy for each k, plus ICR statistics.
+
+    Top-k ASR (untargeted) is the fraction of the samples whose true class was in the clean top k that the
+    attack pushed out of the top k; top-k robust accuracy is the fraction of all samples whose true class is
+    still in the top k after the attack.
+    """
+    adv_rank = interest_class_rank(adv_logits, labels)
+    clean_rank = interest_class_rank(clean_logits, labels)
+    out: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
+    for k in ks:
+        in_topk = clean_rank <= k
+        pushed_out = in_topk & (adv_rank > k)
+        out["asr"][str(k)] = pushed_out.sum().item() / max(1, in_topk.sum().item())
+        out["robust_accuracy"][str(k)] = (in_topk & (adv_rank <= k)).float().mean().item()
+        out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
+    out["icr"] = icr_statistics(adv_rank, adv_logits.shape[1])
+    return out

@@ -1,0 +1,83 @@
+"""Per-sample attack losses ``(logits, labels) -> (N,)``, registered by name.
+
+Attacks maximise the loss of the true label (untargeted) or minimise it for the target label (targeted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustlab.errors import RobustlabError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOSSES: dict[str, LossFn] = {}
+
+
+def register_loss(*names: str) -> Callable[[LossFn], LossFn]:
+    """Register a per-sample loss under one or more names."""
+
+    def wrap(fn: LossFn) -> LossFn:
+        for name in names:
+            LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _other_max(logits: Tensor, labels: Tensor) -> Tensor:
+    """The largest logit among the classes other than ``labels``."""
+    masked = logits.scatter(1, labels[:, None], float("-inf"))
+    return masked.max(dim=1).values
+
+
+@register_loss("ce", "cross-entropy")
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of each sample."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@register_loss("cw", "cw-margin")
+def cw_margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (positive once misclassified)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    return _other_max(logits, labels) - true
+
+
+@register_loss("dlr")
+def dlr(logits: Tensor, labels: Tensor) -> Tensor:
+    """Difference of logits ratio (Croce & Hein 2020): the CW margin scaled by ``z_pi1 - z_pi3``."""
+    if logits.shape[1] < 3:
+        raise RobustlabError("the dlr loss needs at least 3 classes; use ce or cw")
+    top = logits.sort(dim=1, descending=True).values
+    return cw_margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+@register_loss("normalized-ce", "normalized_ce", "rce")
+def normalized_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Normalized (relative) CE of the top-k paper: ``CE(z, y) - mean_k CE(z, k) = mean_k z_k - z_y``.
+
+    Its gradient w.r.t. the logits is the constant ``1/K - onehot(y)``, so it keeps pushing the true
+    class down the ranking after the top-1 label has flipped.
+    """
+    return logits.mean(dim=1) - logits.gather(1, labels[:, None]).squeeze(1)
+
+
+def get_loss(name: str | LossFn) -> LossFn:
+    """Look up a loss by name (or pass a callable through)."""
+    if callable(name):
+        return name
+    key = str(name).lower()
+    if key not in LOSSES:
+        raise RobustlabError(f"unknown loss {name!r}; choose one of: {', '.join(sorted(set(LOSSES)))}")
+    return LOSSES[key]
+
+
+def loss_names() -> list[str]:
+    """Primary names of the registered losses (for --help)."""
+    return ["ce", "cw", "dlr", "normalized-ce"]
+
+
+__all__ = ["LOSSES", "cross_entropy", "cw_margin", "dlr", "get_loss", "normalized_ce", "register_loss"]

@@ -1,0 +1,166 @@
+"""One loader for every model spec: ``zoo:NAME``, ``torchvision:NAME``, ``module:factory``, TorchScript files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pickle
+import zipfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.models.arch import ARCHITECTURES
+from robustlab.models.normalize import DATASET_STATS, Normalize
+
+log = logging.getLogger(__name__)
+ZOO_DIR = Path(__file__).parent / "zoo"
+
+
+@cache
+def zoo_index() -> dict[str, dict[str, Any]]:
+    """The embedded zoo's metadata, ``{name: {...}}`` (from ``models/zoo/zoo.json``)."""
+    path = ZOO_DIR / "zoo.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def build_model(arch: str, dataset: str = "fashion-mnist", num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """A fresh ``arch`` for ``dataset``, wrapped in the dataset's :class:`Normalize`."""
+    from robustlab.data import dataset_info
+
+    if arch not in ARCHITECTURES:
+        raise RobustlabError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    info = dataset_info(dataset)
+    model = ARCHITECTURES[arch](
+        in_channels=info["channels"],
+        num_classes=num_classes or info["num_classes"],
+        image_size=info["image_size"],
+        **kwargs,
+    )
+    mean, std = DATASET_STATS.get(info["stats"], ((0.5,) * info["channels"], (0.5,) * info["channels"]))
+    return Normalize(model, mean, std)
+
+
+def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` unless ``trust``; clear errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if not trust and "weights_only" in str(exc):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds Python objects that weights_only loading refuses; "
+                "if you trust the file, pass --trust-checkpoint (trust_checkpoint=True)"
+            ) from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({exc})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({exc})") from None
+
+
+def _state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint (raw, or under 'state_dict' / 'model' / 'model_state')."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("model_state", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return _state_dict(obj[key], path)
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (a dict of tensors)")
+
+
+def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = False) -> nn.Module:
+    """Load a checkpoint's weights into ``model`` (also into the inner model of a Normalize wrapper)."""
+    state = _state_dict(load_checkpoint(checkpoint, trust), checkpoint)
+    targets = [model] + ([model.model] if isinstance(model, Normalize) else [])
+    errors = []
+    for target in targets:
+        try:
+            target.load_state_dict(state)
+            return model
+        except RuntimeError as exc:
+            errors.append(str(exc).splitlines()[0])
+    raise CheckpointError(
+        f"checkpoint {str(checkpoint)!r} does not fit the model ({errors[0]}); check the architecture and "
+        "number of classes"
+    )
+
+
+def load_model(
+    spec: str,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+    device: str | torch.device = "cpu",
+    num_classes: int | None = None,
+) -> nn.Module:
+    """Load a classifier from a spec; returned in eval mode on ``device``, taking [0, 1] pixels.
+
+    Specs: ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation added; weights from
+    ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), or the path of a TorchScript file.
+    """
+    if spec.startswith("zoo:"):
+        model = _load_zoo(spec[4:])
+    elif spec.startswith("torchvision:"):
+        model = _load_torchvision(spec[len("torchvision:") :], num_classes)
+        if checkpoint is None:
+            log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
+    elif Path(spec).is_file():
+        try:
+            model = torch.jit.load(spec, map_location="cpu")
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0]}); for a state dict give the "
+                "architecture as package.module:factory and the file as --checkpoint"
+            ) from None
+    elif ":" in spec:
+        model = _load_factory(spec)
+    else:
+        raise RobustlabError(
+            f"cannot read model spec {spec!r}; use zoo:NAME ({', '.join(zoo_index()) or 'none installed'}), "
+            "torchvision:NAME, package.module:factory, or the path of a TorchScript file"
+        )
+    if checkpoint is not None:
+        load_weights(model, checkpoint, trust_checkpoint)
+    return model.to(device).eval()
+
+
+def _load_zoo(name: str) -> nn.Module:
+    index = zoo_index()
+    if name not in index:
+        raise RobustlabError(f"unknown zoo model {name!r}; available: {', '.join(sorted(index))}")
+    meta = index[name]
+    model = build_model(meta["arch"], meta["dataset"], **meta.get("arch_kwargs", {}))
+    return load_weights(model, ZOO_DIR / meta["checkpoint"])
+
+
+def _load_torchvision(name: str, num_classes: int | None) -> nn.Module:
+    import torchvision
+
+    try:
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        net = torchvision.models.get_model(name, weights=None, **kwargs)
+    except ValueError:
+        raise RobustlabError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+    mean, std = DATASET_STATS["imagenet"]
+    return Normalize(net, mean, std)
+
+
+def _load_factory(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RobustlabError(f"cannot import {spec!r} ({exc}); give an importable package.module:factory") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise RobustlabError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
