@@ -42,7 +42,3 @@ class TargetedMisclassified:
     def name(self) -> str:
         return "targeted"
 
-
-def TopK(k: int) -> Misclassified:  # noqa: N802 - reads as a criterion name
-    """The top-k criterion: the true class leaves the top k."""
-    return Misclassified(k)
