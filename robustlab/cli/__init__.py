@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import NoReturn
 
 from robustlab.errors import RobustlabError
 
@@ -14,8 +15,15 @@ from robustlab.errors import RobustlabError
 SUBCOMMANDS = ["attack"]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (and exit code 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="robustlab",
         description="Attack image classifiers and make them robust: one threat model, one evaluator.",
     )

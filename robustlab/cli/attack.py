@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     device = resolve_device(args.device)
-    threat = ThreatModel(args.norm, args.eps)
+    threat = ThreatModel(args.norm, args.eps, args.bounds)
     attack = make_attack(
         args.attack, steps=args.steps, step_size=args.step_size, loss=args.loss, restarts=args.restarts, seed=args.seed
     )

@@ -68,6 +68,19 @@ def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None)
 def add_threat_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
     parser.add_argument("--eps", required=True, type=eps_value, help="radius of the eps-ball, e.g. 0.1 or 8/255")
+    parser.add_argument(
+        "--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="valid input range (default: 0,1)"
+    )
+
+
+def bounds_value(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (e.g. 0,1)") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"bounds need LO < HI, got {text!r}")
+    return lo, hi
 
 
 def add_run_args(parser: argparse.ArgumentParser, out_default: str) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -115,7 +116,9 @@ def load_model(
             log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
     elif Path(spec).is_file():
         try:
-            model = torch.jit.load(spec, map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(spec, map_location="cpu")
         except RuntimeError as exc:
             raise CheckpointError(
                 f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0]}); for a state dict give the "

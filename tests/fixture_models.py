@@ -1,0 +1,28 @@
+"""Small models for tests, importable as ``fixture_models:NAME`` (tests/ is on sys.path under pytest)."""
+
+import torch
+from torch import nn
+
+
+class FlatFeatures(nn.Module):
+    """Not a classifier: returns a 4-D feature map instead of (N, classes) logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def feature_map() -> nn.Module:
+    return FlatFeatures()
+
+
+def five_classes() -> nn.Module:
+    """A classifier with 5 outputs: Fashion-MNIST labels 5..9 are out of its range."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))
+
+
+def linear_fmnist() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
