@@ -81,8 +81,13 @@ class ThreatModel:
             delta = delta * (self.eps / norms.clamp_min(_TINY)).clamp(max=1.0)
         return self.clip(x + delta)
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A uniform random point of the eps-ball around ``x``, clipped to the bounds."""
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None, l2_radius: str = "ball") -> Tensor:
+        """A random point of the eps-ball around ``x``, clipped to the bounds.
+
+        Linf: uniform in the cube. L2: a uniform direction with radius ``eps * U^(1/d)`` (``l2_radius="ball"``,
+        uniform in the ball, so almost on its surface in high dimension) or ``eps * U`` (``"uniform"``,
+        torchattacks' choice, which leaves short attacks less random noise to undo).
+        """
         if self.norm == "linf":
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             delta = (2 * u - 1) * self.eps
@@ -91,7 +96,9 @@ class ThreatModel:
             direction = direction / _per_sample_norm(direction, 2).clamp_min(_TINY)
             d = x[0].numel()
             u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
-            radius = self.eps * u.pow(1.0 / d)
+            if l2_radius not in ("ball", "uniform"):
+                raise RobustlabError(f"unknown l2_radius {l2_radius!r}; choose ball or uniform")
+            radius = self.eps * (u.pow(1.0 / d) if l2_radius == "ball" else u)
             delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
         return self.clip(x + delta)
 

@@ -96,7 +96,9 @@ class GradientAttack:
         step_size: absolute step size; ``None`` uses ``rel_step_size * eps``.
         loss: a loss name from :mod:`robustlab.losses` or a callable ``(logits, labels) -> (N,)``.
         restarts: independent runs; per sample, the first successful run wins, else the highest loss.
-        random_start: start from a uniform random point of the eps-ball instead of ``x``.
+        random_start: start from a random point of the eps-ball instead of ``x``.
+        l2_start_radius: L2 random starts: ``"ball"`` (uniform in the ball) or ``"uniform"`` (radius eps * U);
+            see :meth:`ThreatModel.random_start`.
         momentum: MI-FGSM decay ``mu`` (0 disables momentum).
         diversity_prob: probability of the input-diversity transform per step (0 disables it).
         early_stop: stop updating a sample once the criterion holds (keeps the first success).
@@ -114,6 +116,7 @@ class GradientAttack:
         loss: str | LossFn = "ce",
         restarts: int = 1,
         random_start: bool = False,
+        l2_start_radius: str = "ball",
         momentum: float = 0.0,
         diversity_prob: float = 0.0,
         early_stop: bool = False,
@@ -134,6 +137,7 @@ class GradientAttack:
         self.loss_fn = get_loss(loss)
         self.restarts = int(restarts)
         self.random_start = random_start
+        self.l2_start_radius = l2_start_radius
         self.momentum = float(momentum)
         self.diversity_prob = float(diversity_prob)
         self.early_stop = early_stop
@@ -149,6 +153,7 @@ class GradientAttack:
             "loss": self.loss_name,
             "restarts": self.restarts,
             "random_start": self.random_start,
+            "l2_start_radius": self.l2_start_radius,
             "momentum": self.momentum,
             "diversity_prob": self.diversity_prob,
             "early_stop": self.early_stop,
@@ -210,7 +215,7 @@ class GradientAttack:
         generator: torch.Generator,
     ) -> Tensor:
         """One restart; returns the final iterate (or, with early stopping, the first successful one)."""
-        x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
+        x_adv = threat.random_start(x, generator, self.l2_start_radius) if self.random_start else x.clone()
         velocity = torch.zeros_like(x) if self.momentum else None
         active = torch.arange(x.shape[0], device=x.device)
         # With early stopping only the samples that have not yet succeeded are computed.
@@ -225,8 +230,8 @@ class GradientAttack:
                 logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
                 if step == 0 and not la.is_floating_point():  # float targets: feature-space attacks
                     check_labels(la, logits.shape[1], what="targets" if sign < 0 else "labels")
-                loss = sign * self.loss_fn(logits, la)
-                (grad,) = torch.autograd.grad(loss.sum(), xa)
+                objective = self.loss_fn(logits, la).sum()
+                (grad,) = torch.autograd.grad(objective if sign > 0 else -objective, xa)
             xa = xa.detach()
             if self.early_stop:
                 keep = ~criterion(logits.detach(), la)
