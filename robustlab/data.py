@@ -2,7 +2,7 @@
 
 Fashion-MNIST and MNIST are found offline first: ``root`` (raw idx files or torchvision's layout), then
 ``$ROBUSTLAB_DATA``/``~/.cache/robustlab/data``, then Debian's ``/usr/share/datasets/<name>``; only when
-none holds the files does torchvision download them.
+none holds the files does torchvision download them (unless ``download=False``).
 """
 
 from __future__ import annotations
@@ -102,21 +102,26 @@ def _load_idx_dataset(base: str, split: str, root: str | None, download: bool) -
             log.info("reading %s %s from %s", base, split, folder)
             images = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
             return ImageTensorDataset(images, torch.from_numpy(_read_idx(lbl).astype(np.int64)))
+    searched = ", ".join(str(f) for f in _idx_search_path(base, root))
+    hint = f"install Debian's dataset-{base} package or pass --data-root"
     if not download:
-        raise RobustlabError(
-            f"{base} not found in {', '.join(str(f) for f in _idx_search_path(base, root))}; install Debian's "
-            f"dataset-{base} package, pass --data-root, or allow downloading with --download"
-        )
+        raise RobustlabError(f"{base} not found in {searched}; {hint}")
     import torchvision
 
     target = root or str(Path.home() / ".cache" / "robustlab" / "data")
     cls = torchvision.datasets.FashionMNIST if base == "fashion-mnist" else torchvision.datasets.MNIST
-    ds = cls(target, train=split == "train", download=True)
+    try:
+        ds = cls(target, train=split == "train", download=True)
+    except (RuntimeError, OSError) as exc:  # no network
+        raise RobustlabError(f"{base} not found in {searched} and the download failed ({exc}); {hint}") from None
     return ImageTensorDataset(ds.data.unsqueeze(1), ds.targets)
 
 
-def load_dataset(name: str, split: str = "test", root: str | None = None, download: bool = False) -> Dataset:
-    """A dataset by name and split (``train`` or ``test``) whose items are ``(image in [0, 1], label)``."""
+def load_dataset(name: str, split: str = "test", root: str | None = None, download: bool = True) -> Dataset:
+    """A dataset by name and split (``train`` or ``test``) whose items are ``(image in [0, 1], label)``.
+
+    Files already on disk are always used first; ``download`` only allows fetching missing ones.
+    """
     base, path = _canonical(name)
     if split not in ("train", "test"):
         raise RobustlabError(f"unknown split {split!r}; choose train or test")
@@ -134,8 +139,8 @@ def load_dataset(name: str, split: str = "test", root: str | None = None, downlo
             return torchvision.datasets.CIFAR100(root, train=split == "train", transform=to_tensor, download=download)
         if base == "svhn":
             return torchvision.datasets.SVHN(root, split=split, transform=to_tensor, download=download)
-    except RuntimeError as exc:
-        raise RobustlabError(f"{base} not found under {root!r} ({exc}); pass --data-root or --download") from None
+    except (RuntimeError, OSError) as exc:
+        raise RobustlabError(f"{base} not found under {root!r} and not downloaded ({exc}); pass --data-root") from None
     if path is None or not Path(path).is_dir():
         raise RobustlabError(f"imagefolder needs an existing folder: imagefolder:PATH, got {path!r}")
     folder = Path(path) / split if (Path(path) / split).is_dir() else Path(path)

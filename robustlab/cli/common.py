@@ -62,7 +62,12 @@ def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None)
     parser.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
     parser.add_argument("--n", type=int, default=default_n, help="use the first N items of the split (default: all)")
     parser.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
-    parser.add_argument("--download", action="store_true", help="download the dataset if it is not found")
+    parser.add_argument(
+        "--no-download",
+        dest="download",
+        action="store_false",
+        help="never download: fail if the dataset is not on disk (default: download only what is missing)",
+    )
 
 
 def add_threat_args(parser: argparse.ArgumentParser) -> None:
