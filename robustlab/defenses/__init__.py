@@ -1,0 +1,25 @@
+"""Defenses: one training loop with a pluggable "make the training input + loss" step, and the methods."""
+
+from robustlab.defenses.loop import (
+    Callback,
+    Method,
+    TrainConfig,
+    TrainContext,
+    TrainResult,
+    distributed_info,
+    init_distributed,
+    train,
+    unwrap,
+)
+
+__all__ = [
+    "Callback",
+    "Method",
+    "TrainConfig",
+    "TrainContext",
+    "TrainResult",
+    "distributed_info",
+    "init_distributed",
+    "train",
+    "unwrap",
+]
