@@ -1,0 +1,122 @@
+"""DeACL stage 2 (Zhang et al., ECCV 2022): a student encoder learns a frozen SSL teacher's features robustly.
+
+Per sample ``L = -cos(f(x), T(x)) - beta * cos(f(x'), f(x))`` with ``x'`` from a feature-space PGD that
+maximises ``-cos(f(x'), T(x))``. The PGD is the library's one gradient loop (:class:`GradientAttack`) with a
+cosine loss on features, float feature targets and a criterion that never stops early. Labels are never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab.attacks.base import GradientAttack
+from robustlab.defenses.loop import TrainContext, unwrap
+from robustlab.defenses.ssl import Augment, Encoder, RandomState
+from robustlab.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+
+def negative_cosine(features: Tensor, target: Tensor) -> Tensor:
+    """Per-sample ``-cos(features, target)``: the feature-space attack loss (higher = further from target)."""
+    return -F.cosine_similarity(features, target, dim=1)
+
+
+class NeverSucceeds:
+    """A criterion that never holds, so the attack runs all its steps on every sample (no early stop)."""
+
+    name = "never"
+
+    def __call__(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
+
+
+def feature_pgd(steps: int = 5, step_size: float | None = None, seed: int = 0) -> GradientAttack:
+    """PGD in feature space: random start, ``steps`` signed steps (default size eps/4) on ``-cos(f(x'), t)``.
+
+    Call it as ``attack(encoder, x, target_features, threat)``.
+    """
+    return GradientAttack(
+        steps=steps, step_size=step_size, loss=negative_cosine, random_start=True, criterion=NeverSucceeds(), seed=seed
+    )
+
+
+def deacl_loss(f_clean: Tensor, f_adv: Tensor, t_clean: Tensor, beta: float = 2.0) -> tuple[Tensor, dict[str, float]]:
+    """DeACL's objective, averaged over the batch: ``-cos(f(x), T(x)) - beta * cos(f(x'), f(x))``."""
+    to_teacher = F.cosine_similarity(f_clean, t_clean, dim=1).mean()
+    consistency = F.cosine_similarity(f_adv, f_clean, dim=1).mean()
+    loss = -to_teacher - beta * consistency
+    return loss, {"loss": loss.item(), "cos_teacher": to_teacher.item(), "cos_adv_clean": consistency.item()}
+
+
+def make_student(teacher_net: nn.Module) -> Encoder:
+    """A trainable copy of the teacher's encoder: DeACL initialises the student from the teacher."""
+    student = Encoder(copy.deepcopy(teacher_net))
+    for name, p in student.named_parameters():
+        p.requires_grad_(not name.endswith(("fc.weight", "fc.bias")))
+    return student.train()
+
+
+def frozen_teacher(teacher_net: nn.Module) -> Encoder:
+    """The teacher's encoder, frozen and in eval mode."""
+    teacher = Encoder(teacher_net).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+class DeACL(RandomState):
+    """DeACL as a training :class:`Method`: ``model`` is the student :class:`Encoder`; labels are ignored.
+
+    Args:
+        teacher: the frozen teacher encoder (see :func:`frozen_teacher`).
+        threat: the threat model of the inner feature PGD (the paper: Linf 8/255 on CIFAR-10).
+        beta: weight of the adversarial consistency term (paper: 2).
+        steps, step_size: the inner PGD (paper: 5 steps of eps/4, random start).
+        augment: stage-2 augmentation (paper: weak, crop + flip).
+    """
+
+    name = "deacl"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        threat: ThreatModel,
+        beta: float = 2.0,
+        steps: int = 5,
+        step_size: float | None = None,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.teacher = teacher
+        self.threat = threat
+        self.beta = beta
+        self.attack = feature_pgd(steps, step_size, seed)
+        self.augment = augment or Augment("weak")
+        self.seed = seed
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Move the teacher to the training device; seed this rank's generator."""
+        super().setup(ctx)
+        self.teacher.to(ctx.device)
+
+    def adversarial(self, student: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        """The DeACL PGD target: ``x'`` in the eps-ball maximising ``-cos(f(x'), target)``."""
+        self.attack.seed = self.next_attack_seed()
+        return self.attack(unwrap(student), x, target, self.threat).x_adv
+
+    def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Weak augmentation, teacher features, feature PGD, then the DeACL loss on one student forward."""
+        x = self.augment(x, self.generator(x.device))
+        with torch.no_grad():
+            t_clean = self.teacher(x)
+        x_adv = self.adversarial(model, x, t_clean)
+        f_clean, f_adv = model(torch.cat([x, x_adv])).chunk(2)
+        return deacl_loss(f_clean, f_adv, t_clean, self.beta)
+
+
+__all__ = ["DeACL", "NeverSucceeds", "deacl_loss", "feature_pgd", "frozen_teacher", "make_student", "negative_cosine"]

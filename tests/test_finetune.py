@@ -1,0 +1,78 @@
+"""Fine-tuning protocols of encoders: SLF (frozen encoder, clean head), ALF (frozen encoder, PGD head), AFF (TRADES)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset
+
+from robustlab.defenses import TrainConfig, train
+from robustlab.defenses.finetune import FineTune, kl_to_clean, prepare_classifier, trades_loss
+from robustlab.errors import RobustlabError
+from robustlab.threat import ThreatModel
+
+THREAT = ThreatModel("linf", 0.1)
+
+
+class BNNet(nn.Module):
+    """A tiny encoder with batch norm (its running statistics must not move under SLF) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+        self.fc = nn.Linear(4 * 13 * 13, 10)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _encoder_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if not k.startswith(("fc.", "model.fc."))}
+
+
+@pytest.mark.parametrize("protocol", ["slf", "alf"])
+def test_linear_protocols_leave_the_encoder_unchanged(protocol, fmnist_test):
+    torch.manual_seed(0)
+    net = prepare_classifier(BNNet(), protocol, num_classes=10)
+    before, head_before = _encoder_state(net), net.fc.weight.clone()
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.1, lr_schedule="constant", max_steps_per_epoch=3)
+    result = train(net, FineTune(protocol, THREAT, steps=2), Subset(fmnist_test, range(96)), config)
+    after = _encoder_state(net)
+    assert all(torch.equal(after[k], before[k]) for k in before)  # weights and BN running statistics
+    assert not torch.equal(net.fc.weight, head_before)
+    assert math.isfinite(result.history[0]["loss"])
+
+
+def test_slf_head_learns_from_frozen_zoo_features(zoo_cnn, fmnist_test):
+    net = prepare_classifier(copy.deepcopy(zoo_cnn), "slf", num_classes=10)
+    encoder_before = _encoder_state(net)
+    config = TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=1e-2, lr_schedule="constant")
+    train(net, FineTune("slf"), Subset(fmnist_test, range(1024)), config)
+    x, y = fmnist_test.images[1024:1524].float() / 255, fmnist_test.labels[1024:1524]
+    with torch.no_grad():
+        accuracy = (net(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.75  # a fresh head on the zoo CNN's features (the original head: ~92 %)
+    assert all(torch.equal(v, encoder_before[k]) for k, v in _encoder_state(net).items())
+
+
+def test_trades_loss_and_aff_train_every_weight(zoo_cnn, fmnist_batch):
+    logits = torch.randn(4, 10)
+    assert torch.allclose(kl_to_clean(logits, F.softmax(logits, 1)), torch.zeros(4), atol=1e-6)
+    x, y = fmnist_batch(32)
+    net = prepare_classifier(copy.deepcopy(zoo_cnn), "aff", num_classes=10)
+    loss, stats = trades_loss(net, x, y, THREAT, beta=6.0)
+    assert math.isclose(loss.item(), stats["ce"] + 6.0 * stats["kl"], rel_tol=1e-5) and stats["kl"] > 0
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())  # full fine-tuning: the encoder learns too
+    with pytest.raises(RobustlabError, match="threat model"):
+        FineTune("aff")
+    with pytest.raises(RobustlabError, match="slf, alf, aff"):
+        prepare_classifier(net, "full", 10)
