@@ -19,3 +19,8 @@ __all__ = [
 from robustlab.attacks.targeted import Targeted, choose_targets  # noqa: E402
 
 __all__ += ["Targeted", "choose_targets"]
+
+from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack  # noqa: E402
+from robustlab.attacks.registry import attack_from_spec, split_specs  # noqa: E402
+
+__all__ += ["AutoAttack", "TorchattacksAttack", "attack_from_spec", "split_specs"]
