@@ -1,5 +1,5 @@
 """Evaluation: the one evaluator, metrics and reports."""
 
-from robustlab.eval.evaluator import EvalResult, Evaluator, merge_results
+from robustlab.eval.evaluator import EvalResult, Evaluator, merge_batches, merge_results
 
-__all__ = ["EvalResult", "Evaluator", "merge_results"]
+__all__ = ["EvalResult", "Evaluator", "merge_batches", "merge_results"]

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.base import AttackResult, check_labels, model_logits
 from robustlab.criteria import interest_class_rank
+from robustlab.errors import RobustlabError
+from robustlab.io import atomic_torch_save
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,18 @@ class EvalResult:
     def interest_class_rank(self, name: str) -> Tensor:
         """Per-sample rank of the true class at the attack's adversarial inputs (1 = top)."""
         return interest_class_rank(self.adv_logits[name], self.labels)
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain tensors and numbers (for ``torch.save``/``torch.load(weights_only=True)``)."""
+        state = {k: getattr(self, k) for k in ("labels", "clean_logits", "clean_correct", "x_adv")}
+        for k in ("attacked", "success", "adv_logits", "robust_after", "seconds"):
+            state[k] = dict(getattr(self, k))
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> EvalResult:
+        """Inverse of :meth:`to_state`."""
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers, cumulative per attack as in AutoAttack's log."""
@@ -129,29 +144,68 @@ class Evaluator:
         self.progress = progress
         self.device = device
 
-    def run(self, model: nn.Module, data: Dataset | tuple[Tensor, Tensor]) -> EvalResult:
-        """Evaluate ``model`` on a dataset or an ``(x, y)`` pair of tensors."""
-        if model.training:
+    def run(
+        self,
+        model: nn.Module,
+        data: Dataset | tuple[Tensor, Tensor],
+        checkpoint_dir: str | Path | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> EvalResult:
+        """Evaluate ``model`` on a dataset or an ``(x, y)`` pair of tensors.
+
+        With ``checkpoint_dir`` each finished batch is saved there atomically and loaded instead of recomputed
+        on the next run (resume after a kill). ``shard=(rank, world)`` evaluates only the batches ``b`` with
+        ``b % world == rank``; :func:`merge_batches` puts the shards' batches back together. Batches are fixed
+        slices of the data, so a batch's result does not depend on who computes it or when.
+        """
+        return merge_batches(self.run_batches(model, data, checkpoint_dir, shard), list(self.attacks))
+
+    def run_batches(
+        self,
+        model: nn.Module,
+        data: Dataset | tuple[Tensor, Tensor],
+        checkpoint_dir: str | Path | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> dict[int, EvalResult]:
+        """The per-batch results ``{batch index: EvalResult}`` of this shard (see :meth:`run`)."""
+        if any(m.training for m in model.modules()):
             log.warning(
                 "the model is in train mode (dropout/batch-norm statistics change the result); call model.eval()"
             )
         device = self.device or next((p.device for p in model.parameters()), torch.device("cpu"))
-        parts: list[EvalResult] = []
-        for x, y in self._batches(data):
-            parts.append(self.run_batch(model, x.to(device), y.to(device)))
-        return merge_results(parts, list(self.attacks))
+        n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
+        if n == 0:
+            raise RobustlabError("nothing to evaluate: the dataset is empty")
+        rank, world = shard
+        mine = [b for b in range((n + self.batch_size - 1) // self.batch_size) if b % world == rank]
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        done: dict[int, EvalResult] = {}
+        for b in mine:
+            path = folder / f"batch{b:05d}.pt" if folder is not None else None
+            if path is not None and path.exists():
+                done[b] = EvalResult.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        todo = [b for b in mine if b not in done]
+        if done:
+            log.info("resuming: %d of %d batches already finished", len(done), len(mine))
+        for b, (x, y) in zip(todo, self._batches(data, todo)):
+            done[b] = self.run_batch(model, x.to(device), y.to(device))
+            if folder is not None:
+                atomic_torch_save(done[b].to_state(), folder / f"batch{b:05d}.pt")
+        return dict(sorted(done.items()))
 
-    def _batches(self, data: Dataset | tuple[Tensor, Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
+    def _batches(self, data: Dataset | tuple[Tensor, Tensor], which: list[int]) -> Iterable[tuple[Tensor, Tensor]]:
+        size = self.batch_size
         if isinstance(data, tuple):
             x, y = data
-            size = self.batch_size
-            batches: Iterable = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+            batches: Iterable = ((x[b * size : (b + 1) * size], y[b * size : (b + 1) * size]) for b in which)
         else:
-            batches = DataLoader(data, batch_size=self.batch_size, shuffle=False)
+            n = len(data)  # type: ignore[arg-type]
+            sampler = [list(range(b * size, min(n, (b + 1) * size))) for b in which]
+            batches = DataLoader(data, batch_sampler=sampler)
         if self.progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="evaluating", unit="batch", leave=False)
+            batches = tqdm(batches, total=len(which), desc="evaluating", unit="batch", leave=False)
         return batches
 
     def run_batch(self, model: nn.Module, x: Tensor, y: Tensor) -> EvalResult:
@@ -186,6 +240,11 @@ class Evaluator:
             result.robust_after[name] = robust.cpu()
         result.x_adv = x_adv.cpu() if x_adv is not None else None
         return result
+
+
+def merge_batches(batches: Mapping[int, EvalResult], names: list[str]) -> EvalResult:
+    """Merge ``{batch index: EvalResult}`` (e.g. gathered from all ranks) in batch order."""
+    return merge_results([batches[b] for b in sorted(batches)], names)
 
 
 def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from robustlab.criteria import interest_class_rank
 
-__all__ = ["default_topk", "icr_statistics", "interest_class_rank", "topk_metrics"]
+__all__ = ["default_topk", "icr_statistics", "interest_class_rank", "topk_metrics", "topk_report", "worst_case_rank"]
 
 
 def default_topk(num_classes: int) -> list[int]:
@@ -47,4 +47,42 @@ def topk_metrics(adv_logits: Tensor, labels: Tensor, clean_logits: Tensor, ks: S
         out["robust_accuracy"][str(k)] = (in_topk & (adv_rank <= k)).float().mean().item()
         out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
     out["icr"] = icr_statistics(adv_rank, adv_logits.shape[1])
+    return out
+
+
+def worst_case_rank(result: Any) -> Tensor:
+    """Per sample, the highest interest class rank over the clean logits and every attack's logits."""
+    ranks = [interest_class_rank(result.clean_logits, result.labels)]
+    ranks += [interest_class_rank(logits, result.labels) for logits in result.adv_logits.values()]
+    return torch.stack(ranks).max(dim=0).values
+
+
+def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
+    """Top-k ASR, top-k robust accuracy and ICR statistics of an :class:`~robustlab.eval.EvalResult`.
+
+    Per attack the statistics cover the samples the attack ran on (``scope``: all samples when the evaluator
+    ran with ``only_robust=False``, else the ones still robust when the attack's turn came); samples outside
+    the scope count with their clean logits. ``worst_case`` takes, per sample, the highest rank over all
+    attacks, so its top-1 robust accuracy is the evaluator's worst-case robust accuracy.
+    """
+    num_classes = result.clean_logits.shape[1]
+    ks = list(ks) if ks else default_topk(num_classes)
+    out: dict[str, Any] = {"ks": ks, "attacks": {}}
+    for name, logits in result.adv_logits.items():
+        attacked = result.attacked[name]
+        stats = topk_metrics(logits, result.labels, result.clean_logits, ks)
+        stats["scope"] = "all" if bool(attacked.all()) else "still-robust"
+        stats["attacked"] = int(attacked.sum().item())
+        stats["icr_attacked"] = icr_statistics(interest_class_rank(logits, result.labels)[attacked], num_classes)
+        out["attacks"][name] = stats
+    worst = worst_case_rank(result)
+    clean_rank = interest_class_rank(result.clean_logits, result.labels)
+    wc: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
+    for k in ks:
+        in_topk = clean_rank <= k
+        wc["asr"][str(k)] = (in_topk & (worst > k)).sum().item() / max(1, in_topk.sum().item())
+        wc["robust_accuracy"][str(k)] = (in_topk & (worst <= k)).float().mean().item()
+        wc["clean_accuracy"][str(k)] = in_topk.float().mean().item()
+    wc["icr"] = icr_statistics(worst, num_classes)
+    out["worst_case"] = wc
     return out

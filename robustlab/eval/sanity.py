@@ -1,0 +1,208 @@
+"""Sanity checks that flag gradient masking and other ways an evaluation can overstate robustness.
+
+Each check returns a :class:`Flag`; ``fired`` means "look here before trusting the number". They follow the
+usual checklist (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Athalye et al. 2018): robust
+accuracy must not rise with more steps, restarts or a larger eps, a black-box attack must not beat the
+white-box one, input gradients must be informative, eps = 0 must give clean accuracy, and the model must be
+deterministic and in eval mode. All checks run on a small subset; every attack goes through the Evaluator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.adapters import AutoAttack
+from robustlab.attacks.base import frozen_parameters, model_logits
+from robustlab.attacks.presets import PGD
+from robustlab.eval.evaluator import Evaluator
+from robustlab.losses import cross_entropy
+from robustlab.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Flag:
+    """The outcome of one check: ``fired`` when the check found a warning sign; ``values`` back it up."""
+
+    name: str
+    fired: bool
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _robust(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attacks: dict) -> dict[str, float]:
+    """Each attack's own robust accuracy on every sample (``only_robust=False``), plus ``clean``."""
+    result = Evaluator(attacks, threat, batch_size=len(y), only_robust=False).run(model, (x, y))
+    out = {"clean": result.clean_accuracy}
+    for name, success in result.success.items():
+        out[name] = (result.clean_correct & ~success).float().mean().item()
+    return out
+
+
+def check_train_mode(model: nn.Module) -> Flag:
+    """Fires if the model or any submodule is in train mode (dropout on, batch-norm using batch statistics)."""
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    return Flag(
+        "train_mode",
+        bool(training),
+        f"{len(training)} module(s) in train mode, e.g. {training[:3]}; call model.eval()" if training else "eval mode",
+        {"modules_in_train_mode": training[:10]},
+    )
+
+
+def check_randomness(model: nn.Module, x: Tensor, rtol: float = 1e-5) -> Flag:
+    """Fires if two forward passes on the same inputs disagree (a randomised model needs EOT attacks)."""
+    with torch.no_grad():
+        a, b = model_logits(model, x), model_logits(model, x)
+    diff = (a - b).abs().max().item()
+    scale = a.abs().max().item() + 1e-12
+    fired = not diff <= rtol * scale
+    message = f"two forward passes differ by up to {diff:.3g}" if fired else "deterministic forward pass"
+    return Flag("random_forward", fired, message, {"max_abs_difference": diff})
+
+
+def check_gradients(model: nn.Module, x: Tensor, y: Tensor, max_fraction: float = 0.05) -> Flag:
+    """Fires if more than ``max_fraction`` of the samples have an all-zero or non-finite input gradient."""
+    with frozen_parameters(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(cross_entropy(model_logits(model, xg), y).sum(), xg)
+    flat = grad.flatten(1)
+    zero = (flat == 0).all(dim=1).float().mean().item()
+    nonfinite = (~torch.isfinite(flat)).any(dim=1).float().mean().item()
+    fired = zero + nonfinite > max_fraction
+    message = f"{100 * zero:.1f} % of the samples have a zero input gradient, {100 * nonfinite:.1f} % NaN/inf"
+    return Flag("zero_or_nan_gradients", fired, message, {"zero_fraction": zero, "nonfinite_fraction": nonfinite})
+
+
+def check_eps_zero(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int = 5) -> Flag:
+    """Fires if an attack at eps = 0 changes accuracy (it can only do so through randomness or a bug)."""
+    acc = _robust(model, x, y, threat.with_eps(0), {"pgd": PGD(steps=steps)})
+    fired = acc["pgd"] != acc["clean"]
+    message = f"at eps = 0: robust {100 * acc['pgd']:.2f} % vs clean {100 * acc['clean']:.2f} %"
+    return Flag("eps_zero_not_clean", fired, message, {"robust_accuracy_eps0": acc["pgd"], "clean": acc["clean"]})
+
+
+def check_more_steps(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    steps: int = 10,
+    factor: int = 4,
+    restarts: int = 3,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> Flag:
+    """Fires if PGD with ``factor`` x more steps, or with ``restarts`` restarts, leaves more samples robust."""
+    attacks = {
+        f"pgd-{steps}": PGD(steps=steps, seed=seed),
+        f"pgd-{steps * factor}": PGD(steps=steps * factor, seed=seed),
+        f"pgd-{steps}x{restarts}": PGD(steps=steps, restarts=restarts, seed=seed),
+    }
+    acc = {}
+    for name, attack in attacks.items():  # one at a time: stateful defences see the attacks in this order
+        acc.update(_robust(model, x, y, threat, {name: attack}))
+    base = acc[f"pgd-{steps}"]
+    worse = {k: v for k, v in acc.items() if k not in ("clean", f"pgd-{steps}") and v > base + tolerance}
+    message = (
+        f"more steps/restarts raised robust accuracy: {', '.join(f'{k} {100 * v:.1f} %' for k, v in worse.items())} "
+        f"vs pgd-{steps} {100 * base:.1f} %"
+        if worse
+        else f"robust accuracy does not rise with steps or restarts (pgd-{steps} {100 * base:.1f} %)"
+    )
+    return Flag("rises_with_steps", bool(worse), message, {"robust_accuracy": acc, "tolerance": tolerance})
+
+
+def check_eps_monotone(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    eps_list: Sequence[float] | None = None,
+    steps: int = 10,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> Flag:
+    """Fires if PGD's robust accuracy rises with eps (default eps list: eps/2, eps, 2 eps)."""
+    eps_list = sorted(eps_list if eps_list is not None else [threat.eps / 2, threat.eps, 2 * threat.eps])
+    acc = [_robust(model, x, y, threat.with_eps(e), {"pgd": PGD(steps=steps, seed=seed)})["pgd"] for e in eps_list]
+    return eps_curve_flag(eps_list, acc, tolerance)
+
+
+def eps_curve_flag(eps_list: Sequence[float], robust_accuracy: Sequence[float], tolerance: float = 0.02) -> Flag:
+    """Fires if robust accuracy at a larger eps exceeds the one at a smaller eps by more than ``tolerance``."""
+    pairs = sorted(zip(eps_list, robust_accuracy))
+    rises = [(a[0], b[0]) for i, a in enumerate(pairs) for b in pairs[i + 1 :] if b[1] > a[1] + tolerance]
+    curve = ", ".join(f"eps {e:.4g}: {100 * r:.1f} %" for e, r in pairs)
+    message = f"robust accuracy rises with eps ({curve})" if rises else f"robust accuracy falls with eps ({curve})"
+    return Flag(
+        "rises_with_eps",
+        bool(rises),
+        message,
+        {"eps": [e for e, _ in pairs], "robust_accuracy": [r for _, r in pairs], "tolerance": tolerance},
+    )
+
+
+def check_blackbox(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    steps: int = 10,
+    queries: int = 300,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> Flag:
+    """Fires if a black-box attack (Square, ``queries`` queries) beats white-box PGD by more than ``tolerance``."""
+    square = AutoAttack(attacks=["square"], n_queries=queries, seed=seed)
+    attacks = {"pgd": PGD(steps=steps, seed=seed), "square": square}
+    acc = _robust(model, x, y, threat, attacks)
+    fired = acc["square"] < acc["pgd"] - tolerance
+    message = f"black-box Square {100 * acc['square']:.1f} % vs white-box PGD {100 * acc['pgd']:.1f} % robust"
+    return Flag("blackbox_beats_whitebox", fired, message, {"robust_accuracy": acc, "tolerance": tolerance})
+
+
+def run_sanity_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    steps: int = 10,
+    queries: int = 300,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> list[Flag]:
+    """All checks on ``(x, y)`` (keep it small: about a hundred samples), cheapest first."""
+    return [
+        check_train_mode(model),
+        check_randomness(model, x),
+        check_gradients(model, x, y),
+        check_eps_zero(model, x, y, threat),
+        check_more_steps(model, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
+        check_eps_monotone(model, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
+        check_blackbox(model, x, y, threat, steps=steps, queries=queries, tolerance=tolerance, seed=seed),
+    ]
+
+
+__all__ = [
+    "Flag",
+    "check_blackbox",
+    "check_eps_monotone",
+    "check_eps_zero",
+    "check_gradients",
+    "check_more_steps",
+    "check_randomness",
+    "check_train_mode",
+    "eps_curve_flag",
+    "run_sanity_checks",
+]
