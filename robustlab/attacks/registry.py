@@ -4,6 +4,7 @@ Grammar (case-insensitive)::
 
     fgsm | ifgsm | bim | pgd | mifgsm            our gradient attacks (robustlab.attacks.make_attack)
     NAME+LOSS                                    the same with another loss: pgd+cw, ifgsm+normalized-ce
+    topk[+LOSS]                                  the top-k attack (robustlab.attacks.topk.TopK): topk(k=3,base=pgd)
     autoattack[:standard|plus|rand]              AutoAttack through pyautoattack (default: standard)
     autoattack:apgd-ce,apgd-t                    AutoAttack with a custom list of its attacks
     torchattacks:NAME                            any torchattacks attack: torchattacks:CW, torchattacks:Square
@@ -19,6 +20,7 @@ from typing import Any
 
 from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AutoAttack, TorchattacksAttack
 from robustlab.attacks.presets import make_attack
+from robustlab.attacks.topk import TopK
 from robustlab.errors import RobustlabError
 from robustlab.losses import get_loss
 
@@ -85,7 +87,7 @@ def attack_from_spec(spec: str, **defaults: Any) -> Any:
             kwargs["loss"] = loss
         kwargs.update(options)
         try:
-            attack = make_attack(name, **kwargs)
+            attack = TopK(**kwargs) if name == "topk" else make_attack(name, **kwargs)
         except TypeError as exc:
             raise RobustlabError(f"attack spec {spec!r}: {exc}") from None
     attack.spec = spec.strip()

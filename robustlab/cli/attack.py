@@ -19,8 +19,11 @@ from robustlab.cli.common import (
     positive_int,
     resolve_device,
 )
+from robustlab.cli.transfer import parse_topk
 from robustlab.data import first_n, load_dataset
+from robustlab.errors import RobustlabError
 from robustlab.eval import Evaluator
+from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_json
 from robustlab.losses import loss_names
 from robustlab.models import load_model
@@ -49,6 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--restarts", type=positive_int, help="random restarts of pgd (default: 1)")
     p.add_argument("--target", help="targeted attack towards a class index, 'random' or 'least-likely'")
+    p.add_argument(
+        "--topk", help="k's for top-k ASR and robust accuracy (default: 1,2,3,5 for 10 classes, else 1,5,10)"
+    )
     p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file")
     add_run_args(p, out_default="runs/attack")
     p.set_defaults(run=run)
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     device = resolve_device(args.device)
     threat = ThreatModel(args.norm, args.eps, args.bounds)
+    ks = parse_topk(args.topk)
     attack = make_attack(
         args.attack, steps=args.steps, step_size=args.step_size, loss=args.loss, restarts=args.restarts, seed=args.seed
     )
@@ -75,11 +82,18 @@ def run(args: argparse.Namespace) -> int:
     )
     result = evaluator.run(model, dataset)
     summary = result.summary()
+    ks = ks or default_topk(result.clean_logits.shape[1])
+    if max(ks) >= result.clean_logits.shape[1]:
+        raise RobustlabError(
+            f"--topk {args.topk}: k must be below the number of classes ({result.clean_logits.shape[1]})"
+        )
+    topk = topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)
     report = {
         "clean_accuracy": summary["clean_accuracy"],
         "robust_accuracy": summary["robust_accuracy"],
         "attack_success_rate": summary["attack_success_rate"],
         "n": summary["n"],
+        "topk": topk,
         "attack": runner.config(),
         "threat": threat.to_dict(),
         "config": {k: v for k, v in vars(args).items() if k != "run"},
@@ -95,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         ["clean accuracy", f"{100 * report['clean_accuracy']:.2f} %"],
         ["robust accuracy", f"{100 * report['robust_accuracy']:.2f} %"],
         ["attack success rate", f"{100 * report['attack_success_rate']:.2f} %"],
+        *[[f"top-{k} ASR", f"{100 * asr:.2f} %"] for k, asr in topk["asr"].items()],
+        ["interest class rank (mean / median)", f"{topk['icr']['mean']:.2f} / {topk['icr']['median']:.0f}"],
         ["samples", report["n"]],
         ["attack time", f"{report['seconds']:.2f} s"],
     ]

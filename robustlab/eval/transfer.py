@@ -210,10 +210,12 @@ def plot_heatmaps(result: TransferResult, path: str | Path) -> None:
     for i, a in enumerate(result.attacks):
         for j, k in enumerate(result.ks):
             ax = axes[i][j]
-            values = torch.tensor(result.matrix(a, k)) * 100
+            values = [[100 * v for v in row] for row in result.matrix(a, k)]
             image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
-            for (r, c), v in zip(torch.cartesian_prod(*map(torch.arange, values.shape)).tolist(), values.flatten()):
-                ax.text(c, r, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
+            for r, row in enumerate(values):
+                for c, v in enumerate(row):
+                    color = "white" if v < 60 else "black"
+                    ax.text(c, r, f"{v:.0f}", ha="center", va="center", color=color, fontsize=8)
             ax.set_title(f"{a}\ntop-{k}", fontsize=8)
             ax.set_xticks(range(len(labels_t)), labels_t, rotation=45, ha="right", fontsize=7)
             ax.set_yticks(range(len(labels_s)), labels_s if j == 0 else [""] * len(labels_s), fontsize=7)

@@ -1,0 +1,138 @@
+"""The top-k attack: the normalized CE loss, top-k success criteria, the TopK preset (untargeted and targeted)."""
+
+import json
+
+import pytest
+import torch
+
+from robustlab import ThreatModel
+from robustlab.attacks import IFGSM
+from robustlab.attacks.topk import TargetedTopK, TopK, topk_targeted
+from robustlab.cli import main
+from robustlab.criteria import Misclassified, interest_class_rank
+from robustlab.errors import RobustlabError
+from robustlab.eval.metrics import topk_metrics
+from robustlab.losses import get_loss
+
+
+def test_normalized_ce_is_mean_logit_minus_true_logit_with_constant_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 9, 3, 5, 1])
+    loss = get_loss("normalized-ce")(logits, labels)
+    expected = logits.mean(1) - logits[torch.arange(6), labels]
+    assert torch.allclose(loss, expected)
+    # it is CE(z, y) minus the mean CE over all classes
+    ce = torch.nn.functional.cross_entropy
+    mean_ce = torch.stack([ce(logits, torch.full_like(labels, k), reduction="none") for k in range(10)]).mean(0)
+    assert torch.allclose(loss, ce(logits, labels, reduction="none") - mean_ce)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    onehot = torch.nn.functional.one_hot(labels, 10).double()
+    assert torch.allclose(grad, 1 / 10 - onehot)
+    # the gradient does not depend on the logits: CE's vanishes as the true class falls, this one does not
+    (grad_far,) = torch.autograd.grad(get_loss("normalized-ce")(logits * 50, labels).sum(), logits)
+    assert torch.allclose(grad_far, 50 * (1 / 10 - onehot))
+
+
+def test_topk_criteria_on_hand_made_logits():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    labels = torch.tensor([0, 0, 2])
+    assert interest_class_rank(logits, labels).tolist() == [1, 4, 2]
+    assert Misclassified(1)(logits, labels).tolist() == [False, True, True]
+    assert Misclassified(2)(logits, labels).tolist() == [False, True, False]
+    assert Misclassified(3)(logits, labels).tolist() == [False, True, False]
+    # targeted top-k: target top-1 and the true class out of the top k
+    pairs = torch.tensor([[0, 1], [1, 0], [3, 2]])
+    assert TargetedTopK(1)(logits, pairs).tolist() == [True, True, True]
+    assert TargetedTopK(2)(logits, pairs).tolist() == [False, True, False]
+    assert TargetedTopK(3)(logits, pairs).tolist() == [False, True, False]
+
+
+def test_topk_targeted_loss_and_its_misuse():
+    logits = torch.randn(4, 10, requires_grad=True)
+    pairs = torch.tensor([[1, 0], [2, 5], [0, 9], [7, 3]])
+    loss = topk_targeted(logits, pairs)
+    ce = torch.nn.functional.cross_entropy(logits, pairs[:, 0], reduction="none")
+    assert torch.allclose(loss, ce + logits[torch.arange(4), pairs[:, 1]] - logits.mean(1))
+    with pytest.raises(RobustlabError, match=r"\(N, 2\)"):
+        topk_targeted(logits, pairs[:, 0])
+
+
+@pytest.fixture(scope="module")
+def batch(fmnist_batch):
+    return fmnist_batch(100)
+
+
+def test_normalized_ce_pushes_the_true_class_further_down_than_ce(zoo_cnn, batch):
+    x, y = batch
+    threat = ThreatModel("linf", 0.1)
+    with torch.no_grad():
+        clean = zoo_cnn(x)
+    ce = IFGSM(steps=10, loss="ce")(zoo_cnn, x, y, threat)
+    nce = TopK(steps=10)(zoo_cnn, x, y, threat)
+    m_ce = topk_metrics(ce.logits, y, clean, [1, 2, 3, 5])
+    m_nce = topk_metrics(nce.logits, y, clean, [1, 2, 3, 5])
+    for k in ("2", "3", "5"):
+        assert m_nce["asr"][k] > m_ce["asr"][k] + 0.1
+    assert m_nce["icr"]["mean"] > m_ce["icr"]["mean"] + 1
+    # the preset is I-FGSM with the normalized CE loss: same step size, same loop
+    assert nce.info["loss"] == "normalized-ce" and nce.info["step_size"] == pytest.approx(0.01)
+    assert nce.info["k"] == 1 and nce.info["attack"] == "topk-ifgsm"
+
+
+def test_topk_success_means_out_of_the_top_k(zoo_cnn, batch):
+    x, y = batch
+    threat = ThreatModel("linf", 0.1)
+    out = TopK(k=3, base="pgd", restarts=2, early_stop=True, steps=5)(zoo_cnn, x, y, threat)
+    ranks = interest_class_rank(out.logits, y)
+    assert torch.equal(out.success, ranks > 3)
+    assert 0.3 < out.success.float().mean() < 1  # some pushed out of the top 3, not trivially all
+    assert (threat.distance(out.x_adv, x) <= 0.1 + 1e-6).all()
+    # early stopping at k = 3 stops at the first step out of the top 3; without it the rank keeps falling
+    full = TopK(k=3, base="pgd", restarts=2, steps=5)(zoo_cnn, x, y, threat)
+    assert interest_class_rank(full.logits, y).float().mean() > ranks.float().mean()
+
+
+def test_targeted_topk_drives_target_up_and_true_class_down(zoo_cnn, batch):
+    x, y = batch
+    threat = ThreatModel("linf", 0.15)
+    target = (y + 1) % 10
+    out = TopK(k=3, base="pgd", steps=10)(zoo_cnn, x, y, threat, target=target)
+    assert torch.equal(out.info["target"], target)
+    assert torch.equal(out.success, (out.logits.argmax(1) == target) & (interest_class_rank(out.logits, y) > 3))
+    assert out.success.float().mean() > 0.5
+    # against CE towards the target alone (same loop, same budget) the true class ends further down
+    ce_only = TopK(k=3, base="pgd", steps=10, targeted_loss="ce")(zoo_cnn, x, y, threat, target=target)
+    assert interest_class_rank(out.logits, y).float().mean() > interest_class_rank(ce_only.logits, y).float().mean()
+    with pytest.raises(RobustlabError, match="equals the true class"):
+        TopK()(zoo_cnn, x, y, threat, target=y)
+
+
+def test_topk_rejects_bad_configuration():
+    with pytest.raises(RobustlabError, match="k must be"):
+        TopK(k=0)
+    with pytest.raises(RobustlabError, match="builds on"):
+        TopK(base="fgsm")
+
+
+def test_attack_cli_reports_topk_asr_and_icr(tmp_path, capsys):
+    args = ["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "64", "--no-progress"]
+    code = main([*args, "--attack", "ifgsm", "--loss", "normalized-ce", "--eps", "0.1", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "top-3 ASR" in printed and "interest class rank" in printed
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["topk"]["asr"]) == ["1", "2", "3", "5"]
+    assert report["topk"]["asr"]["1"] == pytest.approx(report["attack_success_rate"])
+    assert sum(report["topk"]["icr"]["histogram"]) == 64
+    assert main([*args, "--attack", "ifgsm", "--eps", "0.1", "--topk", "1,10", "--n", "8", "--out", str(tmp_path)]) == 2
+    assert "below the number of classes" in capsys.readouterr().err
+
+
+def test_topk_attack_spec():
+    from robustlab.attacks.registry import attack_from_spec
+
+    attack = attack_from_spec("topk(k=3,base=pgd)", steps=5, seed=1)
+    assert isinstance(attack, TopK) and attack.config()["criterion"] == "top3-misclassified"
+    assert attack.config()["steps"] == 5 and attack.config()["loss"] == "normalized-ce"
+    assert attack_from_spec("topk+ce").config()["loss"] == "ce"
