@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from robustlab.defenses.loop import TrainContext, unwrap
 from robustlab.errors import RobustlabError
-from robustlab.models import Normalize, build_model, load_model
+from robustlab.models import Normalize, load_model
 from robustlab.models.loader import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -123,20 +123,10 @@ def save_classifier(
 def resolve_model(
     spec: str, checkpoint: str | None = None, trust: bool = False, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load a classifier: a robustlab checkpoint written by ``ssl``/``deacl``/``finetune`` (``model.pt``,
-    or its run folder), else any :func:`robustlab.models.load_model` spec (zoo:, torchvision:, module:factory)."""
-    path = spec
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.pt")):
-        path = os.path.join(path, "model.pt")
-    if os.path.isfile(path) and checkpoint is None:
-        try:
-            obj = load_checkpoint(path, trust)
-        except RobustlabError:
-            obj = None  # not a plain checkpoint: let load_model try TorchScript
-        if isinstance(obj, dict) and obj.get("arch") and "model_state" in obj:
-            net = build_model(obj["arch"], obj.get("dataset") or "fashion-mnist", num_classes=obj.get("num_classes"))
-            net.load_state_dict(obj["model_state"])
-            return net.to(device).eval()
+    """Load a classifier from a :func:`robustlab.models.load_model` spec, or from a run folder of
+    ``robustlab ssl``/``deacl``/``pseudo-at``/``finetune`` (its ``model.pt``)."""
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "model.pt")):
+        spec = os.path.join(spec, "model.pt")
     return load_model(spec, checkpoint, trust, device=device)
 
 

@@ -106,7 +106,8 @@ def load_model(
     """Load a classifier from a spec; returned in eval mode on ``device``, taking [0, 1] pixels.
 
     Specs: ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation added; weights from
-    ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), or the path of a TorchScript file.
+    ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), the path of a checkpoint that names its
+    architecture (``{"model_state", "arch", "dataset"}``, as robustlab's trainers save), or a TorchScript file.
     """
     if spec.startswith("zoo:"):
         model = _load_zoo(spec[4:])
@@ -114,6 +115,11 @@ def load_model(
         model = _load_torchvision(spec[len("torchvision:") :], num_classes)
         if checkpoint is None:
             log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
+    elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec)) is not None:
+        model = build_model(
+            saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes")
+        )
+        model.load_state_dict(saved["model_state"])
     elif Path(spec).is_file():
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
@@ -134,6 +140,18 @@ def load_model(
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
     return model.to(device).eval()
+
+
+def _robustlab_checkpoint(path: str) -> dict[str, Any] | None:
+    """A classifier saved with its architecture (``{"model_state", "arch", "dataset", "num_classes"}``, as
+    ``robustlab ssl/deacl/finetune`` write), else None."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # TorchScript or anything else: not ours
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("model_state"), dict):
+        return obj
+    return None
 
 
 def _load_zoo(name: str) -> nn.Module:

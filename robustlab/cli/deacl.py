@@ -1,0 +1,102 @@
+"""``robustlab deacl``: stage 2 of DeACL, a robust student encoder distilled from a frozen SSL teacher."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from robustlab.cli.common import positive_float, positive_int
+from robustlab.cli.ssl import (
+    add_data_args,
+    add_optim_args,
+    add_run_args,
+    add_teacher_args,
+    add_threat_args,
+    check_out,
+    epoch_printer,
+    finish,
+    run_distributed,
+    threat_of,
+    train_config,
+    train_set_of,
+)
+
+EXAMPLE = "robustlab deacl --teacher runs/ssl --dataset fashion-mnist --eps 0.1 --epochs 5 --out runs/deacl"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "deacl",
+        help="stage 2: DeACL, a robust student encoder learns a frozen SSL teacher's features (no labels)",
+        description="The student (initialised from the teacher) minimises -cos(f(x), T(x)) - beta * cos(f(x'), "
+        "f(x)), x' a feature-space PGD maximising -cos(f(x'), T(x)). Labels are never used. Writes OUT/model.pt "
+        "(the student encoder's classifier: fine-tune it with robustlab finetune), report.json/md, resumable "
+        f"checkpoints; DDP under torchrun. Example: {EXAMPLE}",
+    )
+    add_teacher_args(p)
+    add_data_args(p)
+    add_threat_args(p, required=False, default_eps="8/255")
+    d = p.add_argument_group("DeACL (defaults: the paper's)")
+    d.add_argument("--beta", type=float, default=2.0, help="weight of the adversarial term (default: 2)")
+    d.add_argument("--steps", type=positive_int, default=5, help="steps of the inner feature PGD (default: 5)")
+    d.add_argument("--step-size", type=positive_float, help="inner PGD step size (default: eps/4)")
+    d.add_argument("--augment", choices=["weak", "strong", "none"], default="weak", help="augmentation (default: weak)")
+    add_optim_args(p, epochs=100, batch_size=256, optimizer="sgd", lr=0.5, schedule="cosine", wd=5e-4)
+    add_run_args(p, "runs/deacl")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_distributed(args, _run)
+
+
+def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
+    from robustlab.defenses.deacl import DeACL, frozen_teacher, make_student
+    from robustlab.defenses.loop import train
+    from robustlab.defenses.ssl import Augment, model_arch, resolve_model, save_classifier
+
+    started = time.time()
+    out = check_out(args)
+    threat = threat_of(args)
+    train_set = train_set_of(args)
+    teacher_net = resolve_model(args.teacher, args.checkpoint, args.trust_checkpoint, device)
+    arch, _ = model_arch(args.teacher, teacher_net)
+    student = make_student(teacher_net).to(device)
+    method = DeACL(
+        frozen_teacher(teacher_net), threat, args.beta, args.steps, args.step_size, Augment(args.augment), args.seed
+    )
+    config = train_config(args)
+    if rank == 0:
+        print(
+            f"DeACL on {args.dataset} ({len(train_set)} images, labels unused), teacher {args.teacher}, "
+            f"{threat.norm} eps={threat.eps:.4g}, beta={args.beta}, PGD-{args.steps}",
+            flush=True,
+        )
+    result = train(
+        student,
+        method,
+        train_set,
+        config,
+        out,
+        resume=args.resume,
+        device=device,
+        on_epoch=epoch_printer(rank, config.epochs, ("cos_teacher", "cos_adv_clean")),
+    )
+    if rank != 0:
+        return 0
+    save_classifier(out / "model.pt", student.net, arch, args.dataset, stage="deacl", teacher=args.teacher)
+    last = result.history[-1] if result.history else {}
+    rows = [[k, f"{last[k]:.4f}"] for k in ("cos_teacher", "cos_adv_clean") if k in last]
+    info = {
+        "method": "deacl",
+        "teacher": args.teacher,
+        "beta": args.beta,
+        "steps": args.steps,
+        "step_size": method.attack.resolve_step_size(threat),
+        "augment": args.augment,
+        "threat": threat.to_dict(),
+    }
+    finish(args, out, info, result, config, started, rows=rows, train_samples=len(train_set))
+    return 0

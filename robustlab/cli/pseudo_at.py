@@ -1,0 +1,126 @@
+"""``robustlab pseudo-at``: adversarial training against a frozen teacher's pseudo-targets (no labels)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from robustlab.cli.common import positive_float, positive_int
+from robustlab.cli.ssl import (
+    add_data_args,
+    add_optim_args,
+    add_run_args,
+    add_teacher_args,
+    add_threat_args,
+    check_out,
+    epoch_printer,
+    finish,
+    run_distributed,
+    threat_of,
+    train_config,
+    train_set_of,
+)
+from robustlab.errors import RobustlabError
+
+EXAMPLE = (
+    "robustlab pseudo-at --teacher runs/ssl --targets kmeans --clusters 10 --dataset fashion-mnist --eps 0.1 "
+    "--out runs/pseudo"
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pseudo-at",
+        help="pseudo-supervised adversarial training: a robust student of a frozen teacher's embedding, "
+        "k-means clusters or linear-head predictions",
+        description="Targets: embedding (the teacher's features; cosine loss, or with --loss trades DeACL's "
+        "decoupled loss), kmeans (hard pseudo-labels: the teacher's k-means cluster of each image; no labels "
+        "anywhere) or linear (the argmax of the teacher's own head, self-training). Hard pseudo-labels train "
+        "a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the teacher. Writes "
+        f"OUT/model.pt, report.json/md, resumable checkpoints; DDP under torchrun. Example: {EXAMPLE}",
+    )
+    add_teacher_args(p)
+    p.add_argument("--targets", required=True, choices=["embedding", "kmeans", "linear"], help="pseudo-targets")
+    p.add_argument("--clusters", type=positive_int, default=10, help="k of k-means (default: 10)")
+    p.add_argument("--kmeans-n", type=positive_int, default=10000, help="images k-means is fitted on (default: 10000)")
+    add_data_args(p)
+    add_threat_args(p, required=True)
+    a = p.add_argument_group("adversarial training")
+    a.add_argument("--loss", choices=["ce", "trades"], default="ce", help="ce (PGD-AT / cosine) or trades")
+    a.add_argument("--beta", type=float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
+    a.add_argument("--steps", type=positive_int, default=5, help="inner PGD steps (default: 5)")
+    a.add_argument("--step-size", type=positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)")
+    add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
+    add_run_args(p, "runs/pseudo-at")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_distributed(args, _run)
+
+
+def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
+    from robustlab.defenses.loop import train
+    from robustlab.defenses.pseudo import PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student
+    from robustlab.defenses.ssl import model_arch, resolve_model, save_classifier
+
+    started = time.time()
+    out = check_out(args)
+    threat = threat_of(args)
+    train_set = train_set_of(args)
+    teacher = resolve_model(args.teacher, args.checkpoint, args.trust_checkpoint, device)
+    arch, _ = model_arch(args.teacher, teacher)
+    labeler = None
+    if args.targets == "kmeans":
+        n = min(args.kmeans_n, len(train_set))
+        images = torch.stack([train_set[i][0] for i in range(n)]).to(device)
+        labeler = kmeans_labeler(teacher, images, args.clusters, seed=args.seed)  # same on every rank (seeded)
+    elif args.targets == "linear":
+        labeler = PseudoLabeler(teacher)
+    if args.targets == "embedding" and args.clusters != 10:
+        raise RobustlabError("--clusters only applies to --targets kmeans")
+    num_classes = labeler.num_classes if labeler is not None else None
+    student = make_pseudo_student(teacher, args.targets, num_classes).to(device)
+    method = PseudoAT(
+        args.targets,
+        threat,
+        teacher_net=teacher if args.targets == "embedding" else None,
+        labeler=labeler,
+        loss=args.loss,
+        beta=args.beta,
+        steps=args.steps,
+        step_size=args.step_size,
+        seed=args.seed,
+    )
+    config = train_config(args)
+    if rank == 0:
+        print(
+            f"pseudo-AT ({args.targets} targets, {args.loss}) on {args.dataset} ({len(train_set)} images), "
+            f"teacher {args.teacher}, {threat.norm} eps={threat.eps:.4g}",
+            flush=True,
+        )
+    keys = ("cos_teacher", "cos_teacher_adv", "adv_accuracy", "pseudo_label_agreement")
+    result = train(
+        student, method, train_set, config, out, resume=args.resume, device=device,
+        on_epoch=epoch_printer(rank, config.epochs, keys),
+    )  # fmt: skip
+    if rank != 0:
+        return 0
+    net = student.net if args.targets == "embedding" else student
+    save_classifier(out / "model.pt", net, arch, args.dataset, stage="pseudo-at", targets=args.targets)
+    info = {
+        "method": method.name,
+        "teacher": args.teacher,
+        "targets": args.targets,
+        "clusters": num_classes,
+        "loss": args.loss,
+        "beta": method.beta,
+        "steps": args.steps,
+        "threat": threat.to_dict(),
+    }
+    last = result.history[-1] if result.history else {}
+    rows = [[k, f"{last[k]:.4f}"] for k in keys if k in last]
+    finish(args, out, info, result, config, started, rows=rows, train_samples=len(train_set))
+    return 0

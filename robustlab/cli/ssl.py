@@ -1,0 +1,279 @@
+"""``robustlab ssl``: stage 1, a self-supervised teacher encoder (SimCLR or SimCo) with a kNN monitor.
+
+Also holds the pieces the other self-supervised subcommands (``deacl``, ``pseudo-at``, ``finetune``) share:
+the optimisation arguments, the run setup (device, DDP, data, resume guard) and the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, resolve_device
+from robustlab.data import first_n, load_dataset
+from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainResult, init_distributed, train
+from robustlab.errors import RobustlabError
+from robustlab.io import environment, markdown_table
+from robustlab.models import ARCHITECTURES, build_model
+from robustlab.threat import ThreatModel
+
+EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n 10000 --epochs 5 --out runs/ssl"
+
+
+# ---------------------------------------------------------------------------------------------- shared pieces
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
+    p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
+    p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is not found")
+
+
+def add_threat_args(p: argparse.ArgumentParser, required: bool, default_eps: str | None = None) -> None:
+    g = p.add_argument_group("threat model")
+    g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
+    g.add_argument(
+        "--eps",
+        required=required and default_eps is None,
+        default=default_eps,
+        type=eps_value,
+        help="radius of the eps-ball, e.g. 0.1 or 8/255" + (f" (default: {default_eps})" if default_eps else ""),
+    )
+    g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
+
+
+def add_optim_args(
+    p: argparse.ArgumentParser, epochs: int, batch_size: int, optimizer: str, lr: float, schedule: str, wd: float
+) -> None:
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
+    o.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"per rank (default: {batch_size})")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer, help=f"(default: {optimizer})")
+    o.add_argument("--lr", type=positive_float, default=lr, help=f"peak/initial learning rate (default: {lr})")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule, help=f"(default: {schedule})")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1 (default: 0.9)")
+    o.add_argument("--weight-decay", type=float, default=wd, help=f"(default: {wd})")
+    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
+    o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, augmentations, attacks")
+
+
+def add_run_args(p: argparse.ArgumentParser, out_default: str) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--out", default=out_default, metavar="DIR", help=f"run folder (default: {out_default})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: str = "teacher") -> None:
+    p.add_argument(
+        flag,
+        required=True,
+        metavar="SPEC",
+        help=f"the {what}: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME "
+        "(+ --checkpoint) or package.module:factory (+ --checkpoint)",
+    )
+    p.add_argument("--checkpoint", metavar="FILE", help=f"weights of a torchvision:/module:factory {what}")
+    p.add_argument("--trust-checkpoint", action="store_true", help="load --checkpoint with weights_only=False")
+
+
+def train_config(args: argparse.Namespace, best_metric: str | None = None) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        progress=not args.no_progress,
+        best_metric=best_metric,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+
+
+def threat_of(args: argparse.Namespace) -> ThreatModel | None:
+    return ThreatModel(args.norm, args.eps, args.bounds) if getattr(args, "eps", None) is not None else None
+
+
+def run_distributed(args: argparse.Namespace, body: Callable[[argparse.Namespace, torch.device, int], int]) -> int:
+    """Resolve the device, join torchrun's process group if there is one, run ``body(args, device, rank)``."""
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world_size = init_distributed(device)
+    try:
+        return body(args, device, rank)
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def check_out(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    if not args.resume and (out / "last.pt").exists():
+        raise RobustlabError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    return out
+
+
+def train_set_of(args: argparse.Namespace):
+    return first_n(load_dataset(args.dataset, "train", args.data_root, args.download), args.n)
+
+
+def epoch_printer(rank: int, epochs: int, keys: tuple[str, ...]) -> Callable[[dict], None]:
+    def on_epoch(s: dict) -> None:
+        if rank == 0:
+            parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s]
+            print(f"epoch {s['epoch']:>3}/{epochs}  {s['epoch_seconds']:.1f}s  " + "  ".join(parts), flush=True)
+
+    return on_epoch
+
+
+def finish(
+    args: argparse.Namespace,
+    out: Path,
+    method: dict[str, Any],
+    result: TrainResult,
+    config: TrainConfig,
+    started: float,
+    evaluation: dict[str, Any] | None = None,
+    rows: list[list[Any]] | None = None,
+    **extra: Any,
+) -> None:
+    """Write ``report.json`` and ``report.md`` and print the summary table."""
+    from robustlab.defenses.report import write_report
+
+    report = {
+        "method": method,
+        "dataset": args.dataset,
+        "config": asdict(config),
+        "evaluation": evaluation,
+        "epochs_done": result.epochs_done,
+        "stop_reason": result.stop_reason,
+        "train_seconds": result.train_seconds,
+        "history": result.history,
+        **extra,
+        "args": {k: v for k, v in vars(args).items() if k != "run"},
+        "wall_time_s": round(time.time() - started, 3),
+        "environment": environment(),
+    }
+    write_report(out, report)
+    table = [["training time", f"{result.train_seconds:.1f} s ({result.epochs_done} epochs)"], *(rows or [])]
+    if evaluation:
+        table.append(["clean accuracy", f"{100 * evaluation['clean_accuracy']:.2f} %"])
+        table.append([f"{evaluation['pgd_attack']} accuracy", f"{100 * evaluation['pgd_accuracy']:.2f} %"])
+        if "autoattack_accuracy" in evaluation:
+            table.append(["autoattack accuracy", f"{100 * evaluation['autoattack_accuracy']:.2f} %"])
+    print(markdown_table(["metric", "value"], table))
+    print(f"report: {out / 'report.json'}; model: {out / 'model.pt'}")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------- ssl
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ssl",
+        help="stage 1: train a self-supervised teacher encoder (SimCLR or SimCo)",
+        description="Contrastive self-supervised training of an encoder + projector (labels unused; a kNN "
+        "monitor on a small labelled split reports feature quality each epoch). Writes OUT/model.pt (the "
+        "encoder's classifier, for robustlab deacl/pseudo-at/finetune), report.json/md and resumable "
+        f"checkpoints; trains with DDP under torchrun, gathering negatives across ranks. Example: {EXAMPLE}",
+    )
+    p.add_argument("--method", choices=["simclr", "simco"], default="simclr", help="(default: simclr)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="ARCH|SPEC",
+        help=f"a fresh architecture ({', '.join(ARCHITECTURES)}) or an encoder to start from (zoo:NAME, "
+        "torchvision:NAME, package.module:factory + --checkpoint, or a robustlab run folder)",
+    )
+    p.add_argument("--checkpoint", metavar="FILE", help="weights of a torchvision:/module:factory model")
+    p.add_argument("--trust-checkpoint", action="store_true", help="load --checkpoint with weights_only=False")
+    add_data_args(p)
+    s = p.add_argument_group("self-supervised method")
+    s.add_argument("--temperature", type=positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha (default: 0.2)")
+    s.add_argument("--tau-beta", type=positive_float, default=1.0, help="SimCo's second temperature (default: 1.0)")
+    s.add_argument("--proj-hidden", type=positive_int, default=512, help="projector hidden width (default: 512)")
+    s.add_argument("--proj-dim", type=positive_int, default=128, help="projection dimension (default: 128)")
+    s.add_argument("--knn-n", type=int, default=2000, help="labelled train items of the kNN monitor (0: off)")
+    add_optim_args(p, epochs=20, batch_size=256, optimizer="adam", lr=1e-3, schedule="cosine", wd=1e-5)
+    add_run_args(p, "runs/ssl")
+    p.set_defaults(run=run)
+
+
+def build_or_load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str | None]:
+    """A fresh architecture (seeded) or an existing classifier to start from; returns it and its arch."""
+    from robustlab.defenses.ssl import model_arch, resolve_model
+
+    if args.model in ARCHITECTURES:
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global RNG
+            torch.manual_seed(args.seed)
+            return build_model(args.model, args.dataset).to(device), args.model
+    net = resolve_model(args.model, args.checkpoint, args.trust_checkpoint, device)
+    return net, model_arch(args.model, net)[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_distributed(args, _run)
+
+
+def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
+    from robustlab.defenses.ssl import ContrastiveSSL, KNNMonitor, SSLModel, save_classifier
+
+    started = time.time()
+    out = check_out(args)
+    train_set = train_set_of(args)
+    net, arch = build_or_load(args, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = SSLModel(net, args.proj_hidden, args.proj_dim).to(device)
+    method = ContrastiveSSL(args.method, args.temperature, args.tau_beta, seed=args.seed)
+    callbacks = []
+    if args.knn_n > 0:
+        full_train = load_dataset(args.dataset, "train", args.data_root, args.download)
+        test = load_dataset(args.dataset, "test", args.data_root, args.download)
+        take = lambda ds, n: tuple(torch.utils.data.default_collate([ds[i] for i in range(min(n, len(ds)))]))  # noqa: E731
+        callbacks.append(KNNMonitor(take(full_train, args.knn_n), take(test, max(args.knn_n // 4, 100))))
+    config = train_config(args, best_metric=None)
+    if rank == 0:
+        print(
+            f"{args.method} on {args.dataset} ({len(train_set)} images, labels unused), model {args.model}", flush=True
+        )
+    result = train(
+        model,
+        method,
+        train_set,
+        config,
+        out,
+        resume=args.resume,
+        callbacks=callbacks,
+        device=device,
+        on_epoch=epoch_printer(rank, config.epochs, ("positive_cos", "knn_accuracy")),
+    )
+    if rank != 0:
+        return 0
+    save_classifier(out / "model.pt", net, arch, args.dataset, stage="ssl", method=args.method)
+    last = result.history[-1] if result.history else {}
+    rows = [["kNN accuracy", f"{100 * last['knn_accuracy']:.2f} %"]] if "knn_accuracy" in last else []
+    method_info = {
+        "method": args.method,
+        "temperature": args.temperature,
+        "tau_beta": args.tau_beta if args.method == "simco" else None,
+        "projector": [args.proj_hidden, args.proj_dim],
+        "model": args.model,
+        "arch": arch,
+    }
+    finish(args, out, method_info, result, config, started, rows=rows, train_samples=len(train_set))
+    return 0
