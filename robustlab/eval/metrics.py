@@ -57,32 +57,40 @@ def worst_case_rank(result: Any) -> Tensor:
     return torch.stack(ranks).max(dim=0).values
 
 
+def _rank_metrics(ranks: Tensor, clean_rank: Tensor, ks: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """Top-k ASR / robust / clean accuracy and ICR statistics from per-sample ranks after and before attacks."""
+    out: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
+    for k in ks:
+        in_topk = clean_rank <= k
+        out["asr"][str(k)] = (in_topk & (ranks > k)).sum().item() / max(1, in_topk.sum().item())
+        out["robust_accuracy"][str(k)] = (in_topk & (ranks <= k)).float().mean().item()
+        out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
+    out["icr"] = icr_statistics(ranks, num_classes)
+    return out
+
+
 def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
     """Top-k ASR, top-k robust accuracy and ICR statistics of an :class:`~robustlab.eval.EvalResult`.
 
-    Per attack the statistics cover the samples the attack ran on (``scope``: all samples when the evaluator
-    ran with ``only_robust=False``, else the ones still robust when the attack's turn came); samples outside
-    the scope count with their clean logits. ``worst_case`` takes, per sample, the highest rank over all
-    attacks, so its top-1 robust accuracy is the evaluator's worst-case robust accuracy.
+    When every attack ran on every sample (``only_robust=False``) each attack's statistics are its own
+    (``scope="own"``, the top-k paper's protocol). Under AutoAttack's protocol a later attack only sees what
+    the earlier ones left robust, so its statistics are cumulative (``scope="cumulative"``): per sample, the
+    highest rank over the clean logits and this and all earlier attacks, matching the "robust accuracy after"
+    columns. ``worst_case`` takes the highest rank over all attacks; its top-1 robust accuracy is the
+    evaluator's worst-case robust accuracy.
     """
     num_classes = result.clean_logits.shape[1]
     ks = list(ks) if ks else default_topk(num_classes)
-    out: dict[str, Any] = {"ks": ks, "attacks": {}}
-    for name, logits in result.adv_logits.items():
-        attacked = result.attacked[name]
-        stats = topk_metrics(logits, result.labels, result.clean_logits, ks)
-        stats["scope"] = "all" if bool(attacked.all()) else "still-robust"
-        stats["attacked"] = int(attacked.sum().item())
-        stats["icr_attacked"] = icr_statistics(interest_class_rank(logits, result.labels)[attacked], num_classes)
-        out["attacks"][name] = stats
-    worst = worst_case_rank(result)
     clean_rank = interest_class_rank(result.clean_logits, result.labels)
-    wc: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
-    for k in ks:
-        in_topk = clean_rank <= k
-        wc["asr"][str(k)] = (in_topk & (worst > k)).sum().item() / max(1, in_topk.sum().item())
-        wc["robust_accuracy"][str(k)] = (in_topk & (worst <= k)).float().mean().item()
-        wc["clean_accuracy"][str(k)] = in_topk.float().mean().item()
-    wc["icr"] = icr_statistics(worst, num_classes)
-    out["worst_case"] = wc
+    own = all(bool(a.all()) for a in result.attacked.values())
+    out: dict[str, Any] = {"ks": ks, "scope": "own" if own else "cumulative", "attacks": {}}
+    cumulative = clean_rank
+    for name, logits in result.adv_logits.items():
+        rank = interest_class_rank(logits, result.labels)
+        cumulative = torch.maximum(cumulative, rank)
+        stats = _rank_metrics(rank if own else cumulative, clean_rank, ks, num_classes)
+        stats["scope"] = out["scope"]
+        stats["attacked"] = int(result.attacked[name].sum().item())
+        out["attacks"][name] = stats
+    out["worst_case"] = _rank_metrics(worst_case_rank(result), clean_rank, ks, num_classes)
     return out
