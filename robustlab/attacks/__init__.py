@@ -24,3 +24,8 @@ from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack  # noqa: E
 from robustlab.attacks.registry import attack_from_spec, split_specs  # noqa: E402
 
 __all__ += ["AutoAttack", "TorchattacksAttack", "attack_from_spec", "split_specs"]
+
+from robustlab.attacks.topk import TopK  # noqa: E402
+from robustlab.attacks.transfer import Ensemble, TransferAttack  # noqa: E402
+
+__all__ += ["Ensemble", "TopK", "TransferAttack"]
