@@ -219,7 +219,7 @@ class Evaluator:
         robust = correct.clone()
         x_adv = x.clone() if self.keep_adv else None
         for name, attack in self.attacks.items():
-            todo = robust if self.only_robust else torch.ones_like(robust)
+            todo = robust.clone() if self.only_robust else torch.ones_like(robust)
             idx = todo.nonzero().squeeze(1)
             success = torch.zeros_like(robust)
             logits = clean_logits.clone()
@@ -233,7 +233,7 @@ class Evaluator:
                     replace = robust[idx] | ~correct[idx]
                     x_adv[idx[replace]] = out.x_adv[replace].to(x_adv.dtype)
             result.seconds[name] = time.perf_counter() - start
-            robust &= ~success
+            robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
             result.success[name] = success.cpu()
             result.adv_logits[name] = logits.cpu()
