@@ -1,0 +1,146 @@
+"""The training methods' inputs (bounds, eps-balls, fresh noise), the LR schedules and the loop's resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustlab.data import first_n, load_dataset
+from robustlab.defenses import TrainConfig, train
+from robustlab.defenses.loop import TrainContext, lr_at
+from robustlab.defenses.methods import METHODS, NoiseAug, make_method
+from robustlab.errors import RobustlabError
+from robustlab.models import build_model
+from robustlab.threat import ThreatModel
+
+EPS = 0.1
+THREAT = ThreatModel("linf", EPS)
+ATOL = 1e-6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small, shared CPU two threads are several times slower for these tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _setup(method, seed: int = 0):
+    ctx = TrainContext(model=None, method=method, config=TrainConfig(seed=seed), device=torch.device("cpu"), seed=seed)
+    method.setup(ctx)
+    return method
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_training_input_stays_in_bounds_and_in_its_ball(name, zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(64)
+    method = _setup(make_method(name, THREAT))
+    state = method.generator.get_state()
+    x_train = method.training_input(zoo_cnn, x, y)
+    assert x_train.shape == x.shape and x_train.min() >= 0 and x_train.max() <= 1
+    dist = THREAT.distance(x_train, x)
+    if name == "standard":
+        assert torch.equal(x_train, x)
+    elif name in ("fgsm", "fgsm-rs", "gradalign", "pgd"):  # projected onto the eps-ball around x
+        assert dist.max() <= EPS + ATOL
+        assert dist.max() > 0.9 * EPS  # and it really moved
+    elif name == "noiseaug":  # projected onto the eps-ball around the noisy image
+        method.generator.set_state(state)
+        x_noisy = method.noisy(x)
+        assert THREAT.distance(x_train, x_noisy).max() <= EPS + ATOL
+        assert dist.max() <= (method.noise_sigma + 1) * EPS + ATOL
+        assert dist.max() > EPS  # the noise takes it outside the eps-ball around x
+    elif name == "n-fgsm":  # not projected around x: noise of up to k eps plus one eps step
+        assert dist.max() <= (method.k + 1) * EPS + ATOL
+        assert dist.max() > EPS
+
+
+@pytest.mark.parametrize("name", ["fgsm-rs", "noiseaug", "n-fgsm", "pgd"])
+def test_random_methods_draw_fresh_noise_each_batch(name, zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(8)
+    method = _setup(make_method(name, THREAT))
+    a, b = method.training_input(zoo_cnn, x, y), method.training_input(zoo_cnn, x, y)
+    assert not torch.equal(a, b)
+    again = _setup(make_method(name, THREAT))  # same seed, same draws: reproducible
+    assert torch.equal(again.training_input(zoo_cnn, x, y), a)
+
+
+def test_training_loss_takes_parameter_gradients_only_from_the_loss(fmnist_batch):
+    x, y = fmnist_batch(32)
+    model = build_model("cnn")
+    for name in METHODS:
+        method = _setup(make_method(name, THREAT))
+        loss, stats = method.training_loss(model, x, y)
+        assert all(p.grad is None for p in model.parameters()), name  # the inner attack accumulated nothing
+        assert all(p.requires_grad for p in model.parameters()), name  # frozen_parameters restored them
+        assert loss.dim() == 0 and loss.requires_grad and 0 <= stats["train_acc"] <= 1
+    gradalign = _setup(make_method("gradalign", THREAT, lam=1.0))
+    loss, stats = gradalign.training_loss(model, x, y)
+    assert stats["gradalign_reg"] > 0 and -1 <= stats["grad_cos"] <= 1
+    (g_reg,) = torch.autograd.grad(loss - stats["ce"], model.model.fc.weight, allow_unused=True)
+    assert g_reg is not None and g_reg.abs().sum() > 0  # the double-backprop term reaches the weights
+
+
+def test_noiseaug_gaussian_and_options():
+    method = make_method("noiseaug", THREAT, noise="gaussian", noise_sigma=3)
+    assert isinstance(method, NoiseAug) and method.noise == "gaussian" and method.noise_sigma == 3
+    assert method.alpha == pytest.approx(1.25 * EPS)
+    assert make_method("pgd", THREAT).alpha == pytest.approx(EPS / 4)
+    assert make_method("n-fgsm", THREAT).alpha == pytest.approx(EPS)
+    with pytest.raises(RobustlabError, match="unknown method"):
+        make_method("fgsm-foo", THREAT)
+    with pytest.raises(RobustlabError, match="does not take noise_sigma"):
+        make_method("fgsm-rs", THREAT, noise_sigma=2)
+    with pytest.raises(RobustlabError, match="unknown noise"):
+        make_method("noiseaug", THREAT, noise="laplace")
+
+
+def test_lr_schedules():
+    cyclic = TrainConfig(lr=0.2, lr_schedule="cyclic")
+    assert lr_at(cyclic, 0.0) == 0 and lr_at(cyclic, 0.4) == pytest.approx(0.2) and lr_at(cyclic, 1.0) == 0
+    piecewise = TrainConfig(lr=0.1, lr_schedule="piecewise")
+    assert [lr_at(piecewise, p) for p in (0.1, 0.6, 0.9)] == pytest.approx([0.1, 0.01, 0.001])
+    cosine = TrainConfig(lr=0.1, lr_schedule="cosine")
+    assert lr_at(cosine, 0.5) == pytest.approx(0.05) and lr_at(cosine, 1.0) == pytest.approx(0.0)
+    with pytest.raises(RobustlabError, match="unknown LR schedule"):
+        TrainConfig(lr_schedule="linear").validate()
+
+
+class _Kill:
+    """Simulates a kill: raises after epoch ``at`` ended (before its checkpoint is written)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def on_epoch_end(self, ctx):
+        if ctx.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def _run(out, kill_at=None, resume=False, optimizer="sgd"):
+    data = first_n(load_dataset("fashion-mnist", "train"), 384)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model("cnn")
+    config = TrainConfig(epochs=3, batch_size=128, lr=0.05, optimizer=optimizer, seed=3)
+    return train(model, make_method("fgsm-rs", THREAT), data, config, out, resume=resume, callbacks=[_Kill(kill_at)])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_kill_and_resume_gives_identical_weights(tmp_path, optimizer):
+    full = _run(tmp_path / "full", optimizer=optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "killed", kill_at=2, optimizer=optimizer)
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = _run(tmp_path / "killed", resume=True, optimizer=optimizer)
+    assert resumed.epochs_done == 3 and len(resumed.history) == 3
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(RobustlabError, match="no checkpoint"):
+        _run(tmp_path / "nothing", resume=True)
