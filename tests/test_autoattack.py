@@ -14,20 +14,20 @@ from robustlab.threat import ThreatModel
 def test_autoattack_equals_a_direct_pyautoattack_run(zoo_cnn, fmnist_batch):
     """Same model, samples, eps and settings: the evaluator's AutoAttack robust accuracy is the package's.
 
-    A custom list (apgd-ce, then apgd-t; 5 iterations, 1 restart, 2 target classes) keeps the test fast on a CPU; the
+    A custom list (apgd-ce, then apgd-t; 10 iterations, 1 restart, 3 target classes) keeps the test fast on a CPU; the
     standard version goes through the same code path with more iterations and attacks.
     """
     from pyautoattack import AutoAttack as PackageAutoAttack
 
     from robustlab.attacks.adapters import apply_overrides
 
-    x, y = fmnist_batch(40)
+    x, y = fmnist_batch(100)
     threat = ThreatModel("linf", 0.02)
-    settings = {"n_iter": 5, "n_restarts": 1, "n_target_classes": 2}
+    settings = {"n_iter": 10, "n_restarts": 1, "n_target_classes": 3}
     attack = AutoAttack(attacks=["apgd-ce", "apgd-t"], seed=3, **settings)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    result = Evaluator({"aa": attack}, threat, batch_size=40).run(zoo_cnn, (x, y))
+    result = Evaluator({"aa": attack}, threat, batch_size=100).run(zoo_cnn, (x, y))
     assert torch.equal(torch.random.get_rng_state(), before)  # the package's reseeding did not leak
 
     direct = PackageAutoAttack(zoo_cnn, attacks=["apgd-ce", "apgd-t"], eps=0.02, norm="Linf", seed=3, version="custom")
@@ -41,22 +41,22 @@ def test_autoattack_equals_a_direct_pyautoattack_run(zoo_cnn, fmnist_batch):
     assert result.summary()["attacks"]["aa"]["attacked"] == int(result.clean_correct.sum())
 
 
-def test_autoattack_after_pgd_attacks_only_what_pgd_left(zoo_cnn, fmnist_batch):
+def test_autoattack_after_pgd_attacks_only_what_pgd_left(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(40)
     attacks = {"pgd": PGD(steps=3), "aa": AutoAttack(attacks=["apgd-ce"], n_iter=3, n_restarts=1)}
-    result = Evaluator(attacks, ThreatModel("linf", 0.03), batch_size=40).run(zoo_cnn, (x, y))
+    result = Evaluator(attacks, ThreatModel("linf", 0.03), batch_size=40).run(zoo_mlp, (x, y))
     assert torch.equal(result.attacked["aa"], result.robust_after["pgd"])
     assert result.robust_accuracy <= result.robust_after["pgd"].float().mean().item()
 
 
-def test_torchattacks_adapter_projects_and_reports(zoo_cnn, fmnist_batch):
+def test_torchattacks_adapter_projects_and_reports(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(10)
     threat = ThreatModel("linf", 0.05)
-    out = TorchattacksAttack("square", n_queries=10)(zoo_cnn, x, y, threat)
+    out = TorchattacksAttack("square", n_queries=10)(zoo_mlp, x, y, threat)
     assert isinstance(out, AttackResult) and out.info["attack"] == "torchattacks:Square"
     assert threat.distance(out.x_adv, x).max() <= 0.05 + 1e-6
-    assert torch.equal(out.success, zoo_cnn(out.x_adv).argmax(1) != y)
-    out = attack_from_spec("torchattacks:CW(steps=3)")(zoo_cnn, x, y, ThreatModel("l2", 0.5))
+    assert torch.equal(out.success, zoo_mlp(out.x_adv).argmax(1) != y)
+    out = attack_from_spec("torchattacks:CW(steps=3)")(zoo_mlp, x, y, ThreatModel("l2", 0.5))
     assert ThreatModel("l2", 0.5).distance(out.x_adv, x).max() <= 0.5 + 1e-5
 
 

@@ -92,43 +92,43 @@ def test_zoo_model_raises_no_flag(zoo_cnn, fmnist_batch):
     assert len(flags) == 7
 
 
-def test_rounding_layer_zero_gradients_and_blackbox_beats_whitebox(zoo_cnn, fmnist_batch):
+def test_rounding_layer_zero_gradients_and_blackbox_beats_whitebox(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(60)
-    model = Rounding(zoo_cnn).eval()
+    model = Rounding(zoo_mlp).eval()
     assert check_gradients(model, x, y).fired
     flag = check_blackbox(model, x, y, ThreatModel("linf", 0.1), steps=3, queries=60)
     assert flag.fired, flag.message
     assert flag.values["robust_accuracy"]["square"] < flag.values["robust_accuracy"]["pgd"]
 
 
-def test_dropout_in_train_mode_is_flagged(zoo_cnn, fmnist_batch):
+def test_dropout_in_train_mode_is_flagged(zoo_mlp, fmnist_batch):
     x, _ = fmnist_batch(20)
-    model = nn.Sequential(nn.Dropout(0.3), zoo_cnn).eval()
+    model = nn.Sequential(nn.Dropout(0.3), zoo_mlp).eval()
     assert not check_train_mode(model).fired
     model[0].train()
     assert check_train_mode(model).fired
     assert check_randomness(model, x).fired
 
 
-def test_random_forward_and_eps_zero(zoo_cnn, fmnist_batch):
+def test_random_forward_and_eps_zero(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(60)
-    model = NoisyLogits(zoo_cnn).eval()
+    model = NoisyLogits(zoo_mlp).eval()
     assert check_randomness(model, x).fired
     flag = check_eps_zero(model, x, y, ThreatModel("linf", 0.03), steps=1)
     assert flag.fired, flag.message
-    assert not check_eps_zero(zoo_cnn, x, y, ThreatModel("linf", 0.03), steps=1).fired
+    assert not check_eps_zero(zoo_mlp, x, y, ThreatModel("linf", 0.03), steps=1).fired
 
 
-def test_robust_accuracy_rising_with_steps_is_flagged(zoo_cnn, fmnist_batch):
+def test_robust_accuracy_rising_with_steps_is_flagged(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(60)
-    model = QueryLimit(zoo_cnn, limit=5).eval()  # PGD-5 sees the true gradient, the later PGD-20 mostly not
+    model = QueryLimit(zoo_mlp, limit=5).eval()  # PGD-5 sees the true gradient, the later PGD-20 mostly not
     flag = check_more_steps(model, x, y, ThreatModel("linf", 0.05), steps=5, restarts=1)
     assert flag.fired, flag.message
 
 
-def test_robust_accuracy_rising_with_eps_is_flagged(zoo_cnn, fmnist_batch):
+def test_robust_accuracy_rising_with_eps_is_flagged(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(60)
-    model = FarInputsMislead(zoo_cnn, x, radius=0.05).eval()
+    model = FarInputsMislead(zoo_mlp, x, radius=0.05).eval()
     flag = check_eps_monotone(model, x, y, ThreatModel("linf", 0.03), eps_list=[0.03, 0.1], steps=5)
     assert flag.fired, flag.message
     assert flag.values["robust_accuracy"][1] > flag.values["robust_accuracy"][0]

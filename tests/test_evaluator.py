@@ -1,0 +1,114 @@
+"""The evaluator: worst case over attacks, only-robust semantics, shards, resume, top-k metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustlab.attacks import FGSM, PGD
+from robustlab.eval import EvalResult, Evaluator, merge_batches
+from robustlab.eval.metrics import topk_report
+from robustlab.threat import ThreatModel
+
+THREAT = ThreatModel("linf", 0.05)
+
+
+def _attacks() -> dict:
+    return {"fgsm": FGSM(), "pgd": PGD(steps=3, seed=1), "pgd+cw": PGD(steps=3, loss="cw", seed=2)}
+
+
+def _same(a: EvalResult, b: EvalResult) -> None:
+    assert torch.equal(a.clean_correct, b.clean_correct) and torch.equal(a.robust, b.robust)
+    for name in a.success:
+        assert torch.equal(a.success[name], b.success[name])
+        assert torch.equal(a.attacked[name], b.attacked[name])
+        assert torch.equal(a.robust_after[name], b.robust_after[name])
+        assert torch.allclose(a.adv_logits[name], b.adv_logits[name])
+
+
+def test_worst_case_is_at_most_every_single_attack(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(60)
+    every = Evaluator(_attacks(), THREAT, batch_size=30, only_robust=False).run(zoo_mlp, (x, y))
+    singles = {name: (every.clean_correct & ~s).float().mean().item() for name, s in every.success.items()}
+    assert every.robust_accuracy <= min(singles.values())
+    assert every.robust_accuracy < max(singles.values())  # the attacks disagree: the worst case matters
+
+    chained = Evaluator(_attacks(), THREAT, batch_size=30).run(zoo_mlp, (x, y))
+    assert chained.robust_accuracy <= min(singles.values()) + 1e-9
+    # each attack ran only on what the previous ones left robust, and flags only ever flip to broken
+    assert torch.equal(chained.attacked["fgsm"], chained.clean_correct)
+    assert torch.equal(chained.attacked["pgd"], chained.robust_after["fgsm"])
+    assert torch.equal(chained.attacked["pgd+cw"], chained.robust_after["pgd"])
+    assert not (chained.robust_after["pgd+cw"] & ~chained.robust_after["fgsm"]).any()
+    assert chained.robust_after["pgd+cw"].float().mean().item() == chained.robust_accuracy
+    assert chained.summary()["attacks"]["pgd"]["attacked"] < chained.n
+
+
+def test_shards_merge_to_the_single_process_result(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(50)
+    evaluator = Evaluator(_attacks(), THREAT, batch_size=16)
+    whole = evaluator.run(zoo_mlp, (x, y))
+    parts = {}
+    for rank in range(3):
+        mine = evaluator.run_batches(zoo_mlp, (x, y), shard=(rank, 3))
+        assert all(b % 3 == rank for b in mine)
+        parts.update(mine)
+    assert sorted(parts) == [0, 1, 2, 3]
+    _same(merge_batches(parts, list(_attacks())), whole)
+
+
+class _CrashError(Exception):
+    pass
+
+
+class _CountingAttack:
+    """PGD that counts its calls and can crash on the n-th one (a kill in the middle of a run)."""
+
+    name = "pgd"
+
+    def __init__(self, crash_on: int | None = None) -> None:
+        self.pgd, self.calls, self.crash_on = PGD(steps=3), 0, crash_on
+
+    def __call__(self, model, x, y, threat):
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise _CrashError
+        return self.pgd(model, x, y, threat)
+
+
+def test_resume_after_a_crash_recomputes_nothing_finished(zoo_mlp, fmnist_batch, tmp_path):
+    x, y = fmnist_batch(40)
+    reference = Evaluator({"pgd": _CountingAttack()}, THREAT, batch_size=10).run(zoo_mlp, (x, y))
+
+    crashing = _CountingAttack(crash_on=3)
+    with pytest.raises(_CrashError):
+        Evaluator({"pgd": crashing}, THREAT, batch_size=10).run(zoo_mlp, (x, y), checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch00000.pt", "batch00001.pt"]
+
+    resumed = _CountingAttack()
+    result = Evaluator({"pgd": resumed}, THREAT, batch_size=10).run(zoo_mlp, (x, y), checkpoint_dir=tmp_path)
+    assert resumed.calls == 2  # only batches 2 and 3
+    _same(result, reference)
+
+
+def test_topk_metrics_equal_a_brute_force_count(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(40)
+    result = Evaluator(_attacks(), THREAT, batch_size=40, only_robust=False).run(zoo_mlp, (x, y))
+    report = topk_report(result, [1, 2, 3, 5])
+    assert report["scope"] == "own"
+    for name, logits in result.adv_logits.items():
+        ranks = []
+        for row, label in zip(logits.tolist(), y.tolist()):
+            order = sorted(range(len(row)), key=lambda j: -row[j])
+            ranks.append(order.index(label) + 1)  # no ties in float logits
+        clean = [sorted(r, reverse=True).index(r[t]) + 1 for r, t in zip(result.clean_logits.tolist(), y.tolist())]
+        stats = report["attacks"][name]
+        assert stats["icr"]["mean"] == pytest.approx(sum(ranks) / len(ranks))
+        assert stats["icr"]["histogram"] == [ranks.count(r) for r in range(1, 11)]
+        for k in (1, 2, 3, 5):
+            in_topk = [c <= k for c in clean]
+            pushed = sum(1 for c, r in zip(in_topk, ranks) if c and r > k)
+            assert stats["asr"][str(k)] == pytest.approx(pushed / sum(in_topk))
+            kept = sum(1 for c, r in zip(in_topk, ranks) if c and r <= k)
+            assert stats["robust_accuracy"][str(k)] == pytest.approx(kept / len(ranks))
+    assert report["worst_case"]["robust_accuracy"]["1"] == pytest.approx(result.robust_accuracy)
