@@ -80,6 +80,8 @@ def attack_from_spec(spec: str, **defaults: Any) -> Any:
     else:
         name, plus, loss = key.partition("+")
         kwargs = {k: v for k, v in defaults.items() if k in _GRADIENT_KEYS}
+        if name == "fgsm":  # one step, no restarts: shared --steps/--restarts defaults do not apply
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("steps", "restarts")}
         if plus:
             if not loss:
                 raise RobustlabError(f"attack spec {spec!r}: name a loss after '+', e.g. pgd+cw")

@@ -1,0 +1,109 @@
+"""``robustlab eval`` end to end: reports, numbers recomputable from results.pt, resume after SIGKILL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustlab.cli import main
+from robustlab.eval import EvalResult
+from robustlab.eval.metrics import topk_report
+
+BASE = ["eval", "--model", "zoo:fmnist-mlp", "--dataset", "fashion-mnist", "--no-progress"]
+# One thread in every run compared: float results are bitwise reproducible only at a fixed thread count.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _results(out: Path) -> list[EvalResult]:
+    saved = torch.load(out / "results.pt", weights_only=True)
+    return [EvalResult.from_state(s) for s in saved["results"]]
+
+
+def test_eval_writes_reports_that_the_saved_results_reproduce(tmp_path, capsys):
+    args = ["--n", "60", "--eps", "0.02,0.08", "--attacks", "fgsm,pgd+cw(steps=3)", "--topk", "1,2,3"]
+    assert main([*BASE, *args, "--sanity-n", "20", "--steps", "3", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "after pgd+cw(steps=3) %" in printed and "rises_with_steps" in printed and "FLAG" not in printed
+    for name in ("report.json", "report.md", "results.pt", "robust_vs_eps.png", "icr_histogram.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "robust_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["eps"] == [0.02, 0.08] and report["seeds"]["seed"] == 0 and report["only_robust"]
+    assert report["attacks"]["pgd+cw(steps=3)"]["loss"] == "cw"
+    assert len(report["sanity"]) == 8 and report["sanity_fired"] == []
+    low, high = report["results"]
+    assert 0 < high["robust_accuracy"] < low["robust_accuracy"] < low["clean_accuracy"]
+    for entry, result in zip(report["results"], _results(tmp_path)):
+        assert entry["robust_accuracy"] == result.robust_accuracy
+        assert entry["clean_accuracy"] == result.clean_accuracy
+        assert entry["worst_case_topk"] == topk_report(result, [1, 2, 3])["worst_case"]
+        assert entry["attacks"]["fgsm"]["attacked"] == int(result.clean_correct.sum())
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| eps" in markdown and "top-2 ASR" in markdown and "## Sanity checks" in markdown
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "robustlab", *BASE, "--model", "zoo:fmnist-cnn", "--n", "60", "--eps", "0.05",
+        "--attacks", "pgd(steps=30)", "--batch-size", "5", "--sanity-n", "0", "--no-plots", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_resume_after_sigkill_finishes_with_identical_results(tmp_path):
+    out = tmp_path / "killed"
+    batches = out / "partial" / "eps-0.05"
+    proc = subprocess.Popen(_command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (batches / "batch00001.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(batches.glob("batch*.pt"))
+    assert 2 <= len(finished) < 12, "the run should have been killed midway"
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished}
+    assert not (out / "report.json").exists()
+
+    subprocess.run(_command(out, "--resume"), env=ENV, check=True, capture_output=True)
+    assert {p.name: p.stat().st_mtime_ns for p in finished} == stamps  # finished batches were not recomputed
+    subprocess.run(_command(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
+    (resumed,), (straight,) = _results(out), _results(tmp_path / "straight")
+    assert torch.equal(resumed.robust, straight.robust) and torch.equal(resumed.clean_logits, straight.clean_logits)
+    assert torch.equal(resumed.adv_logits["pgd(steps=30)"], straight.adv_logits["pgd(steps=30)"])
+    reports = [json.loads((d / "report.json").read_text()) for d in (out, tmp_path / "straight")]
+    assert reports[0]["results"][0]["robust_accuracy"] == reports[1]["results"][0]["robust_accuracy"]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, capsys):
+    args = [*BASE, "--n", "20", "--eps", "0.05", "--attacks", "fgsm", "--sanity-n", "0", "--no-plots"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert main([*args, "--out", str(tmp_path), "--resume", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "different seed" in err and "--resume" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--attacks", "pgd,autoattack:fast"], "unknown AutoAttack version"),
+        (["--attacks", "pgd+bogus"], "unknown loss"),
+        (["--eps", "0.1,abc"], "not a number"),
+        (["--topk", "0"], "k >= 1"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
+    args = [*BASE, "--n", "10", "--eps", "0.1", "--sanity-n", "0", "--out", str(tmp_path), *extra]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
