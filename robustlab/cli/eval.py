@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="robust accuracy under several attacks and eps values (worst case, AutoAttack, top-k, reports)",
         description="Start from clean accuracy, run each attack only on the samples still robust, and report the "
         "worst-case robust accuracy per eps with top-k statistics, gradient-masking sanity checks, report.json, "
-        f"report.md and plots. Resumable with --resume; shard with torchrun --nproc_per_node=N -m robustlab eval "
+        f"report.md and plots. Resumable with --resume; shard with torchrun --nproc_per_node=N -m robustlab -- eval "
         f"... Example: {EXAMPLE}",
     )
     add_model_args(p)
