@@ -30,7 +30,8 @@ class Ensemble(nn.Module):
         if weights is not None and (len(weights) != len(models) or any(w < 0 for w in weights) or sum(weights) <= 0):
             raise RobustlabError(f"give one non-negative weight per model ({len(models)}), not all zero")
         self.members = nn.ModuleList(models)
-        self.training = any(m.training for m in models)  # mirror the members' mode; never switch theirs
+        # mirror the members' mode (here and on the container) without switching theirs
+        self.training = self.members.training = any(m.training for m in models)
         total = float(sum(weights)) if weights is not None else float(len(models))
         self.register_buffer(
             "weights", torch.tensor([w / total for w in (weights or [1.0] * len(models))]), persistent=False
