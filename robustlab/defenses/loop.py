@@ -380,7 +380,7 @@ def train(
             from tqdm.auto import tqdm
 
             bar = tqdm(bar, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -406,12 +406,14 @@ def train(
             if step_decision != "continue":
                 break
         epoch_seconds = time.perf_counter() - started
+        epoch_cpu_seconds = time.process_time() - cpu_started  # this process's CPU time: robust to other load
         train_seconds += epoch_seconds
         ctx.step = epoch * steps_per_epoch if step_decision == "continue" else ctx.step
         ctx.stats = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": epoch_seconds,
+            "epoch_cpu_seconds": epoch_cpu_seconds,
             "steps": n_steps,
             **{k: v / max(n_steps, 1) for k, v in sums.items()},
         }

@@ -112,7 +112,7 @@ class FGSMTraining(_Adversarial):
     default_alpha = 1.0
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha)(model, x, y, self.threat).x_adv
+        return FGSM(step_size=self.alpha, evaluate=False)(model, x, y, self.threat).x_adv
 
 
 class FGSMRS(_Adversarial):
@@ -121,7 +121,9 @@ class FGSMRS(_Adversarial):
     name = "fgsm-rs"
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = GradientAttack(steps=1, step_size=self.alpha, random_start=True, seed=self._attack_seed(x.device))
+        attack = GradientAttack(
+            steps=1, step_size=self.alpha, random_start=True, seed=self._attack_seed(x.device), evaluate=False
+        )
         return attack(model, x, y, self.threat).x_adv
 
 
@@ -153,7 +155,7 @@ class NoiseAug(_Adversarial):
         return self.threat.clip(x + scale * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha)(model, self.noisy(x), y, self.threat).x_adv
+        return FGSM(step_size=self.alpha, evaluate=False)(model, self.noisy(x), y, self.threat).x_adv
 
 
 class NFGSM(_Adversarial):
@@ -175,7 +177,7 @@ class NFGSM(_Adversarial):
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x_noisy = self.threat.clip(x + self._uniform(x, self.k * self.threat.eps))
         # a step of length <= eps from x_noisy never leaves its eps-ball: FGSM's projection only clips to bounds
-        return FGSM(step_size=self.alpha)(model, x_noisy, y, self.threat).x_adv
+        return FGSM(step_size=self.alpha, evaluate=False)(model, x_noisy, y, self.threat).x_adv
 
 
 class GradAlign(_Adversarial):
@@ -192,7 +194,7 @@ class GradAlign(_Adversarial):
         return {**super().config(), "lambda": self.lam}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha)(model, x, y, self.threat).x_adv
+        return FGSM(step_size=self.alpha, evaluate=False)(model, x, y, self.threat).x_adv
 
     def _input_grad(self, model: nn.Module, x: Tensor, y: Tensor, create_graph: bool) -> Tensor:
         x = x.detach().requires_grad_(True)
@@ -225,7 +227,7 @@ class PGDAT(_Adversarial):
         return {**super().config(), "steps": self.steps}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = PGD(steps=self.steps, step_size=self.alpha, seed=self._attack_seed(x.device))
+        attack = PGD(steps=self.steps, step_size=self.alpha, seed=self._attack_seed(x.device), evaluate=False)
         return attack(model, x, y, self.threat).x_adv
 
 

@@ -2,8 +2,8 @@
 
 CO (Wong et al. 2020; papers.md): within an epoch, PGD accuracy collapses while FGSM accuracy stays high or
 rises, because the model has become locally non-linear and the single FGSM step no longer finds the worst case.
-The monitor flags CO when PGD accuracy fell at least ``drop`` below its best (or to ``floor``) while FGSM
-accuracy exceeds PGD accuracy by at least ``gap``.
+The monitor flags CO when FGSM accuracy exceeds PGD accuracy by at least ``gap`` and PGD accuracy has collapsed:
+fallen at least ``drop`` below its best, or to ``floor``, or below ``ratio`` times the FGSM accuracy.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class COMonitor:
         drop: float = 0.2,
         gap: float = 0.2,
         floor: float = 0.02,
+        ratio: float = 0.25,
         seed: int = 0,
     ) -> None:
         if on_co not in ON_CO:
@@ -50,7 +51,7 @@ class COMonitor:
         self.pgd = PGD(steps=pgd_steps, step_size=threat.eps / 4, seed=seed)
         self.fgsm = FGSM()
         self.on_co, self.every_steps = on_co, int(every_steps)
-        self.drop, self.gap, self.floor = drop, gap, floor
+        self.drop, self.gap, self.floor, self.ratio = drop, gap, floor, ratio
         self.best_pgd: float | None = None
         self.events: list[dict[str, Any]] = []  # every CO detection: epoch, step, accuracies
         self.checks: list[dict[str, float]] = []  # every measurement (epochs and steps)
@@ -74,7 +75,8 @@ class COMonitor:
 
     def is_co(self, acc: dict[str, float]) -> bool:
         pgd, fgsm = acc["monitor_pgd_acc"], acc["monitor_fgsm_acc"]
-        collapsed = (self.best_pgd is not None and self.best_pgd - pgd >= self.drop) or pgd <= self.floor
+        fell = self.best_pgd is not None and self.best_pgd - pgd >= self.drop
+        collapsed = fell or pgd <= self.floor or pgd <= self.ratio * fgsm
         return bool(collapsed and fgsm - pgd >= self.gap)
 
     def _check(self, ctx: TrainContext, where: str) -> Decision:
@@ -99,6 +101,10 @@ class COMonitor:
         return "continue"
 
     def on_epoch_end(self, ctx: TrainContext) -> Decision:
+        last = self.checks[-1] if self.checks else None
+        if last is not None and last["step"] == ctx.step and last["epoch"] == ctx.epoch:  # measured at this step
+            ctx.stats.update({k: v for k, v in last.items() if k.startswith("monitor_") or k == "co"})
+            return "continue"  # a CO found at that step was already acted on
         return self._check(ctx, "epoch")
 
     def on_step_end(self, ctx: TrainContext) -> Decision:

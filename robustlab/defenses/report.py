@@ -20,7 +20,7 @@ def final_evaluation(
     model: nn.Module,
     test_set: Dataset,
     threat: ThreatModel,
-    autoattack: bool = False,
+    autoattack: bool | str = False,
     pgd_steps: int = 50,
     pgd_restarts: int = 10,
     batch_size: int = 500,
@@ -29,13 +29,15 @@ def final_evaluation(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Clean and PGD-``steps``-``restarts`` accuracy (and AutoAttack's, run on what PGD left robust, so it is
-    the per-sample worst case of both) through :class:`robustlab.eval.Evaluator`."""
+    the per-sample worst case of both) through :class:`robustlab.eval.Evaluator`. ``autoattack`` may be an
+    attack spec such as ``"autoattack:apgd-ce,apgd-t"`` (``True``: the standard version)."""
     name = f"pgd-{pgd_steps}-{pgd_restarts}"
     attacks: dict[str, Any] = {name: PGD(steps=pgd_steps, restarts=pgd_restarts, seed=seed)}
     if autoattack:
         from robustlab.attacks.registry import attack_from_spec
 
-        attacks["autoattack"] = attack_from_spec("autoattack", seed=seed)
+        spec = autoattack if isinstance(autoattack, str) else "autoattack"
+        attacks["autoattack"] = attack_from_spec(spec, seed=seed)
     model.eval()
     result = Evaluator(attacks, threat, batch_size=batch_size, progress=progress, device=device).run(model, test_set)
     summary = result.summary()
@@ -49,6 +51,7 @@ def final_evaluation(
         "threat": threat.to_dict(),
     }
     if autoattack:
+        out["autoattack_spec"] = attacks["autoattack"].spec
         out["autoattack_accuracy"] = summary["attacks"]["autoattack"]["robust_accuracy_after"]
     return out
 
