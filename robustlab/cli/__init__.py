@@ -12,7 +12,7 @@ from typing import NoReturn
 from robustlab.errors import RobustlabError
 
 # Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
-SUBCOMMANDS = ["attack", "eval", "transfer", "ssl", "deacl", "pseudo-at", "finetune"]
+SUBCOMMANDS = ["attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune"]
 
 
 class Parser(argparse.ArgumentParser):
