@@ -96,15 +96,15 @@ def test_pseudo_at_with_kmeans_and_linear_targets(zoo_cnn, fmnist_batch):
     labeler = kmeans_labeler(zoo_cnn, x, k=5)
     assert labeler.num_classes == 5 and set(labeler(x).tolist()) <= set(range(5))
     student = make_pseudo_student(zoo_cnn, "kmeans", labeler.num_classes)
-    loss, stats = PseudoAT("kmeans", THREAT, labeler=labeler, steps=2).training_loss(student, x[:16], y[:16])
+    loss, stats = PseudoAT("kmeans", THREAT, labeler=labeler, steps=2).training_loss(student, x[:8], y[:8])
     assert loss.requires_grad and math.isfinite(loss.item())
     linear = PseudoLabeler(zoo_cnn)  # the teacher's own head: the zoo CNN is ~92 % accurate
     assert (linear(x) == y).float().mean() > 0.8
     method = PseudoAT("linear", THREAT, labeler=linear, loss="trades", steps=2)
-    loss, stats = method.training_loss(make_pseudo_student(zoo_cnn, "linear"), x[:16], y[:16])
-    assert stats["pseudo_label_agreement"] > 0.8 and stats["kl"] >= 0
+    loss, stats = method.training_loss(make_pseudo_student(zoo_cnn, "linear"), x[:32], y[:32])
+    assert stats["pseudo_label_agreement"] > 0.6 and stats["kl"] >= 0  # labels of augmented views; chance: 0.1
     emb = PseudoAT("embedding", THREAT, teacher_net=zoo_cnn, steps=2)
-    loss, stats = emb.training_loss(make_pseudo_student(zoo_cnn, "embedding"), x[:16], y[:16])
+    loss, stats = emb.training_loss(make_pseudo_student(zoo_cnn, "embedding"), x[:8], y[:8])
     assert -1 <= stats["cos_teacher_adv"] < 1
     with pytest.raises(RobustlabError, match="pseudo-targets"):
         PseudoAT("clusters", THREAT)

@@ -54,7 +54,7 @@ def test_linear_protocols_leave_the_encoder_unchanged(protocol, fmnist_test):
 def test_slf_head_learns_from_frozen_zoo_features(zoo_cnn, fmnist_test):
     net = prepare_classifier(copy.deepcopy(zoo_cnn), "slf", num_classes=10)
     encoder_before = _encoder_state(net)
-    config = TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=1e-2, lr_schedule="constant")
+    config = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=1e-2, lr_schedule="constant")
     train(net, FineTune("slf"), Subset(fmnist_test, range(1024)), config)
     x, y = fmnist_test.images[1024:1524].float() / 255, fmnist_test.labels[1024:1524]
     with torch.no_grad():
@@ -76,3 +76,25 @@ def test_trades_loss_and_aff_train_every_weight(zoo_cnn, fmnist_batch):
         FineTune("aff")
     with pytest.raises(RobustlabError, match="slf, alf, aff"):
         prepare_classifier(net, "full", 10)
+
+
+def test_cli_chain_ssl_deacl_finetune_then_attack(tmp_path, capsys):
+    from robustlab.cli import main
+
+    small = ["--dataset", "fashion-mnist", "--n", "128", "--epochs", "1", "--max-steps-per-epoch", "1",
+             "--batch-size", "32", "--no-progress"]  # fmt: skip
+    assert main(["ssl", "--model", "cnn", "--knn-n", "0", "--out", str(tmp_path / "ssl"), *small]) == 0
+    teacher = ["--teacher", str(tmp_path / "ssl")]
+    assert main(["deacl", *teacher, "--eps", "0.1", "--steps", "1", "--out", str(tmp_path / "deacl"), *small]) == 0
+    encoder = ["--encoder", str(tmp_path / "deacl"), "--eps", "0.1", "--eval-n", "20", "--pgd-steps", "2"]
+    assert main(["finetune", *encoder, "--protocol", "slf", "--out", str(tmp_path / "slf"), *small]) == 0
+    assert "clean accuracy" in capsys.readouterr().out
+    # the fine-tuned classifier is a plain robustlab model file: robustlab attack takes it directly
+    model = str(tmp_path / "slf" / "model.pt")
+    args = ["--dataset", "fashion-mnist", "--n", "20", "--attack", "fgsm", "--eps", "0.1", "--no-progress"]
+    assert main(["attack", "--model", model, *args, "--out", str(tmp_path / "attack")]) == 0
+    # user mistakes: one line, exit code 2
+    assert main(["finetune", *encoder[:2], "--protocol", "alf", "--out", str(tmp_path / "x"), *small]) == 2
+    assert "give --eps" in capsys.readouterr().err
+    assert main(["deacl", *teacher, "--out", str(tmp_path / "deacl"), *small]) == 2
+    assert "--resume" in capsys.readouterr().err

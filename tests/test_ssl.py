@@ -136,12 +136,21 @@ def test_encoder_is_the_classifiers_penultimate_feature(zoo_cnn, fmnist_batch):
         feats = encoder(x)
         assert feats.shape == (8, 128) and encoder.feature_dim == 128
         assert torch.allclose(zoo_cnn.model.fc(feats), zoo_cnn(x), atol=1e-5)
-    import torchvision
 
-    net = torchvision.models.resnet18(num_classes=10).eval()  # no forward_features: the input of .fc
+    class Headed(torch.nn.Module):  # no forward_features (like torchvision's ResNets): the input of .fc
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.fc = (
+                torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32)),
+                torch.nn.Linear(32, 10),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.body(x).relu())
+
+    net = Headed()
     with torch.no_grad():
-        feats = Encoder(net)(torch.rand(2, 3, 32, 32))
-    assert feats.shape == (2, 512)
+        assert torch.allclose(Encoder(net)(x), net.body(x).relu())
 
 
 def test_knn_monitor_measures_feature_quality(fmnist_test):

@@ -42,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_teacher_args(p, flag="--encoder", what="encoder")
     p.add_argument("--protocol", required=True, choices=["slf", "alf", "aff"], help="fine-tuning protocol")
+    p.add_argument(
+        "--keep-head",
+        action="store_true",
+        help="start from the encoder's own head (e.g. a finished slf run) instead of a fresh one",
+    )
     add_data_args(p)
     add_threat_args(p, required=False)
     f = p.add_argument_group("adversarial fine-tuning (alf, aff)")
@@ -83,7 +88,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
         num_classes = len(getattr(getattr(train_set, "dataset", train_set), "classes", []) or [0])
     net = resolve_model(args.encoder, args.checkpoint, args.trust_checkpoint, device)
     arch, _ = model_arch(args.encoder, net)
-    net = prepare_classifier(net, args.protocol, num_classes).to(device)
+    net = prepare_classifier(net, args.protocol, num_classes, args.keep_head).to(device)
     method = FineTune(args.protocol, threat, args.steps, args.step_size, args.beta, args.seed)
     config = train_config(args)
     if rank == 0:

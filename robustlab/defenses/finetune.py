@@ -69,12 +69,21 @@ def trades_loss(
     return loss, stats
 
 
-def prepare_classifier(net: nn.Module, protocol: str, num_classes: int) -> nn.Module:
-    """Give the encoder's classifier a fresh head; freeze the encoder for SLF/ALF, unfreeze all for AFF."""
+def prepare_classifier(net: nn.Module, protocol: str, num_classes: int, keep_head: bool = False) -> nn.Module:
+    """Give the encoder's classifier a fresh head (or, with ``keep_head``, start from its own, e.g. an SLF
+    head); freeze the encoder for SLF/ALF, unfreeze everything for AFF."""
     if protocol not in PROTOCOLS:
         raise RobustlabError(f"unknown fine-tuning protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     net.requires_grad_(protocol == "aff")
-    replace_head(net, num_classes).requires_grad_(True)
+    head = classifier_head(net)
+    if keep_head and head.out_features != num_classes:
+        raise RobustlabError(
+            f"the encoder's head has {head.out_features} outputs but the dataset {num_classes} classes; "
+            "drop --keep-head to train a fresh head"
+        )
+    if not keep_head:
+        head = replace_head(net, num_classes)
+    head.requires_grad_(True)
     return net
 
 
