@@ -1,0 +1,205 @@
+"""Self-supervised robustness on Fashion-MNIST, one run: SimCLR teacher -> SLF; DeACL student -> SLF / ALF / AFF;
+pseudo-supervised AT (k-means targets) -> SLF; supervised PGD-AT for reference. Clean and AutoAttack accuracy
+at Linf eps 0.1, training times. Sized for a loaded 2-core CPU (~10 minutes); every stage trains through the
+one training loop (robustlab.defenses.train) and every number comes from robustlab.eval.Evaluator.
+
+    python bench/ssl_robust.py                 # writes bench/results/ssl_robust.json
+    python bench/ssl_robust.py --zoo           # also exports zoo:fmnist-simclr-slf and zoo:fmnist-deacl-slf
+
+Labels are used only by the fine-tuning heads (SLF/ALF/AFF), the kNN monitor and supervised PGD-AT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from robustlab.attacks.presets import PGD
+from robustlab.attacks.registry import attack_from_spec
+from robustlab.data import load_dataset
+from robustlab.defenses import TrainConfig, train
+from robustlab.defenses.deacl import DeACL, frozen_teacher, make_student
+from robustlab.defenses.finetune import FineTune, prepare_classifier
+from robustlab.defenses.methods import PGDAT
+from robustlab.defenses.pseudo import PseudoAT, kmeans_labeler, make_pseudo_student
+from robustlab.defenses.ssl import Augment, ContrastiveSSL, KNNMonitor, SSLModel, save_classifier
+from robustlab.eval import Evaluator
+from robustlab.io import environment, write_json
+from robustlab.models import build_model
+from robustlab.models.loader import ZOO_DIR
+from robustlab.threat import ThreatModel
+
+ROOT = Path(__file__).resolve().parent
+SETTINGS = {
+    "eps": 0.1,
+    "ssl_train_n": 8192,  # SimCLR images (labels unused)
+    "ssl_epochs": 2,
+    "ssl_crop_scale": [0.5, 1.0],  # random-resized-crop area for 28x28 images (SimCLR's 0.2 removed too much)
+    "robust_train_n": 5120,  # DeACL / pseudo-AT / PGD-AT images
+    "robust_epochs": 1,
+    "robust_batch": 128,
+    "inner_steps": 5,  # DeACL's PGD-5; the same for pseudo-AT and PGD-AT (equal budgets)
+    "slf_train_n": 6144,
+    "slf_epochs": 2,
+    "adv_ft_train_n": 2048,  # ALF / AFF (adversarial fine-tuning is the costly part)
+    "adv_ft_steps": 5,
+    "eval_n": 200,  # first test images: clean accuracy, PGD-10, then AutoAttack on what PGD left robust
+    "autoattack": "autoattack:apgd-ce,apgd-t(n_iter=50,n_target_classes=1)",  # reduced to fit a 2-core CPU
+    "seed": 0,
+}
+
+
+def seeded(fn, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def timed_train(model, method, data, config) -> float:
+    start = time.perf_counter()
+    train(model, method, data, config)
+    return time.perf_counter() - start
+
+
+def evaluate(net, x, y, threat, spec: str, seed: int) -> dict:
+    """Clean, PGD-10 and AutoAttack accuracy through the one evaluator (AutoAttack runs on what PGD-10 left
+    robust, so its figure is the per-sample worst case of both)."""
+    net.eval()
+    attacks = {"pgd10": PGD(steps=10, seed=seed), "autoattack": attack_from_spec(spec, seed=seed)}
+    summary = Evaluator(attacks, threat, batch_size=len(y)).run(net, (x, y)).summary()
+    return {
+        "clean_accuracy": summary["clean_accuracy"],
+        "pgd10_accuracy": summary["attacks"]["pgd10"]["robust_accuracy_after"],
+        "autoattack_accuracy": summary["robust_accuracy"],
+        "eval_seconds": round(sum(a["seconds"] for a in summary["attacks"].values()), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", action="store_true", help="export the teacher and DeACL SLF classifiers to the zoo")
+    parser.add_argument("--out", default=str(ROOT / "results" / "ssl_robust.json"))
+    args = parser.parse_args()
+    s = SETTINGS
+    started = time.time()
+    load_at_start = os.getloadavg()
+    threat = ThreatModel("linf", s["eps"])
+    train_full = load_dataset("fashion-mnist", "train")
+    test = load_dataset("fashion-mnist", "test")
+    x_eval, y_eval = test.images[: s["eval_n"]].float() / 255, test.labels[: s["eval_n"]]
+    ssl_set = Subset(train_full, range(s["ssl_train_n"]))
+    robust_set = Subset(train_full, range(s["robust_train_n"]))
+    slf_set = Subset(train_full, range(s["slf_train_n"]))
+    adv_ft_set = Subset(train_full, range(s["adv_ft_train_n"]))
+    rows: dict[str, dict] = {}
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
+
+    def finetune(net, protocol: str, name: str, source_seconds: float, keep_head: bool = False) -> torch.nn.Module:
+        clf = prepare_classifier(copy.deepcopy(net), protocol, 10, keep_head=keep_head)
+        if protocol == "slf":
+            config = TrainConfig(epochs=s["slf_epochs"], batch_size=256, optimizer="adam", lr=1e-2,
+                                 lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+            data, method = slf_set, FineTune("slf")
+        else:
+            config = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=1e-3 if protocol == "aff" else 5e-3,
+                                 lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+            data, method = adv_ft_set, FineTune(protocol, threat, steps=s["adv_ft_steps"], seed=s["seed"])
+        seconds = timed_train(clf, method, data, config)
+        rows[name] = {
+            "train_seconds": round(source_seconds + seconds, 1),
+            "finetune_seconds": round(seconds, 1),
+            **evaluate(clf, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
+        }
+        log(f"{name}: {rows[name]}")
+        return clf
+
+    # Stage 1: SimCLR teacher (labels unused; the kNN monitor only reports)
+    teacher_net = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
+    ssl_model = seeded(lambda: SSLModel(teacher_net), s["seed"])
+    monitor = KNNMonitor((train_full.images[-2000:].float() / 255, train_full.labels[-2000:]),
+                         (test.images[-1000:].float() / 255, test.labels[-1000:]))  # fmt: skip
+    ssl_config = TrainConfig(epochs=s["ssl_epochs"], batch_size=256, optimizer="adam", lr=1e-3, lr_schedule="cosine",
+                             weight_decay=1e-5, seed=s["seed"])  # fmt: skip
+    start = time.perf_counter()
+    ssl_result = train(
+        ssl_model,
+        ContrastiveSSL("simclr", 0.2, augment=Augment("strong", tuple(s["ssl_crop_scale"])), seed=s["seed"]),
+        ssl_set,
+        ssl_config,
+        callbacks=[monitor],
+    )
+    ssl_seconds = time.perf_counter() - start
+    knn = [round(h["knn_accuracy"], 4) for h in ssl_result.history]
+    log(f"SimCLR teacher: {ssl_seconds:.0f}s, kNN accuracy per epoch {knn}")
+    teacher_slf = finetune(teacher_net, "slf", "simclr_teacher_slf", ssl_seconds)
+
+    # Stage 2: DeACL student (labels never used), then the three fine-tuning protocols
+    robust_config = TrainConfig(epochs=s["robust_epochs"], batch_size=s["robust_batch"], optimizer="adam", lr=2e-3,
+                                lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+    student = make_student(teacher_net)
+    deacl = DeACL(frozen_teacher(teacher_net), threat, beta=2.0, steps=s["inner_steps"], seed=s["seed"])
+    deacl_seconds = timed_train(student, deacl, robust_set, robust_config)
+    log(f"DeACL student: {deacl_seconds:.0f}s")
+    deacl_slf = finetune(student.net, "slf", "deacl_slf", ssl_seconds + deacl_seconds)
+    # ALF and AFF start from the SLF head (warm start: a fresh head does not learn from PGD inputs in this budget)
+    slf_seconds = rows["deacl_slf"]["train_seconds"]
+    finetune(deacl_slf, "alf", "deacl_alf", slf_seconds, keep_head=True)
+    finetune(deacl_slf, "aff", "deacl_aff", slf_seconds, keep_head=True)
+
+    # Pseudo-supervised AT: hard pseudo-labels from k-means on the teacher's features (no labels), then SLF
+    labeler = kmeans_labeler(teacher_net, train_full.images[: s["ssl_train_n"]].float() / 255, k=10, seed=s["seed"])
+    pseudo_student = make_pseudo_student(teacher_net, "kmeans", labeler.num_classes)
+    pseudo = PseudoAT("kmeans", threat, labeler=labeler, steps=s["inner_steps"], seed=s["seed"])
+    pseudo_seconds = timed_train(pseudo_student, pseudo, robust_set, robust_config)
+    log(f"pseudo-AT (k-means): {pseudo_seconds:.0f}s")
+    finetune(pseudo_student, "slf", "pseudo_at_kmeans_slf", ssl_seconds + pseudo_seconds)
+
+    # Supervised PGD-AT for reference (issue-5's PGD-AT method, same inner steps and budget, from scratch)
+    supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
+    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config)
+    rows["supervised_pgd_at"] = {
+        "train_seconds": round(pgd_seconds, 1),
+        **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
+    }
+    log(f"supervised PGD-AT: {rows['supervised_pgd_at']}")
+
+    aa = {name: r["autoattack_accuracy"] for name, r in rows.items()}
+    goal = {
+        "deacl_slf_minus_teacher_slf": round(aa["deacl_slf"] - aa["simclr_teacher_slf"], 4),
+        "pgd_at_minus_deacl_slf": round(aa["supervised_pgd_at"] - aa["deacl_slf"], 4),
+    }
+    goal["met"] = goal["deacl_slf_minus_teacher_slf"] >= 0.25 and goal["pgd_at_minus_deacl_slf"] <= 0.10
+    report = {
+        "benchmark": "ssl_robust",
+        "command": "python bench/ssl_robust.py" + (" --zoo" if args.zoo else ""),
+        "dataset": "fashion-mnist",
+        "threat": threat.to_dict(),
+        "settings": s,
+        "ssl_knn_accuracy_per_epoch": knn,
+        "results": rows,
+        "goal": goal,
+        "wall_time_s": round(time.time() - started, 1),
+        "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
+        "environment": environment(),
+    }
+    write_json(args.out, report)
+    log(f"goal: {goal}; wrote {args.out}")
+    if args.zoo:
+        meta = {"command": "python bench/ssl_robust.py --zoo"}
+        save_classifier(ZOO_DIR / "fmnist-simclr-slf.pt", teacher_slf, "cnn", "fashion-mnist", **meta)
+        save_classifier(ZOO_DIR / "fmnist-deacl-slf.pt", deacl_slf, "cnn", "fashion-mnist", **meta)
+        log(f"exported zoo checkpoints to {ZOO_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
