@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,7 +224,9 @@ def gather_with_grad(z: Tensor) -> tuple[Tensor, int]:
         return z, 0
     from torch.distributed.nn.functional import all_gather
 
-    parts = all_gather(z.contiguous())
+    with warnings.catch_warnings():  # deprecated upstream in favour of a private API; still the autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(z.contiguous())
     return torch.cat(parts), dist.get_rank() * z.shape[0]
 
 
