@@ -17,6 +17,16 @@ from robustlab.cli import main
 from robustlab.eval import EvalResult
 from robustlab.eval.metrics import topk_report
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 BASE = ["eval", "--model", "zoo:fmnist-mlp", "--dataset", "fashion-mnist", "--no-progress"]
 # One thread in every run compared: float results are bitwise reproducible only at a fixed thread count.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

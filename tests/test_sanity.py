@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -16,6 +17,15 @@ from robustlab.eval.sanity import (
     run_sanity_checks,
 )
 from robustlab.threat import ThreatModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class _FlipGradient(torch.autograd.Function):
