@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,6 +17,12 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
 THREAT = ThreatModel("linf", 0.1)
+
+
+@pytest.fixture
+def zoo_cnn(zoo_cnn):
+    """A private copy: teachers and encoders freeze the parameters of the model they wrap."""
+    return copy.deepcopy(zoo_cnn)
 
 
 def test_deacl_loss_is_minus_cos_to_teacher_minus_beta_cos_adv_clean():

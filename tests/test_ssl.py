@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -26,6 +27,12 @@ from robustlab.defenses.ssl import (
     simco_loss,
 )
 from robustlab.models import build_model
+
+
+@pytest.fixture
+def zoo_cnn(zoo_cnn):
+    """A private copy: teachers and encoders freeze the parameters of the model they wrap."""
+    return copy.deepcopy(zoo_cnn)
 
 
 def reference_info_nce(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:

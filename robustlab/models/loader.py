@@ -146,8 +146,14 @@ def _robustlab_checkpoint(path: str) -> dict[str, Any] | None:
     """A classifier saved with its architecture (``{"model_state", "arch", "dataset", "num_classes"}``, as
     ``robustlab ssl/deacl/finetune`` write), else None."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("constants.pkl") for name in archive.namelist()):
+                return None  # a TorchScript archive (torch.load would hand it to torch.jit.load)
+    except (zipfile.BadZipFile, OSError):
+        pass
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # TorchScript or anything else: not ours
+    except Exception:  # anything else that is not a plain checkpoint: not ours
         return None
     if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("model_state"), dict):
         return obj
