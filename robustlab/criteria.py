@@ -41,4 +41,3 @@ class TargetedMisclassified:
     @property
     def name(self) -> str:
         return "targeted"
-

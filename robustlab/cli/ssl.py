@@ -21,6 +21,7 @@ from torch import nn
 from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, resolve_device
 from robustlab.data import first_n, load_dataset
 from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainResult, init_distributed, train
+from robustlab.defenses.report import evaluation_rows, write_report
 from robustlab.errors import RobustlabError
 from robustlab.io import environment, markdown_table
 from robustlab.models import ARCHITECTURES, build_model
@@ -36,7 +37,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
     p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
-    p.add_argument("--download", action="store_true", help="download the dataset if it is not found")
+    p.add_argument(
+        "--no-download", dest="download", action="store_false", help="never download: fail if the data is not on disk"
+    )
 
 
 def add_threat_args(p: argparse.ArgumentParser, required: bool, default_eps: str | None = None) -> None:
@@ -151,7 +154,6 @@ def finish(
     **extra: Any,
 ) -> None:
     """Write ``report.json`` and ``report.md`` and print the summary table."""
-    from robustlab.defenses.report import write_report
 
     report = {
         "method": method,
@@ -169,11 +171,7 @@ def finish(
     }
     write_report(out, report)
     table = [["training time", f"{result.train_seconds:.1f} s ({result.epochs_done} epochs)"], *(rows or [])]
-    if evaluation:
-        table.append(["clean accuracy", f"{100 * evaluation['clean_accuracy']:.2f} %"])
-        table.append([f"{evaluation['pgd_attack']} accuracy", f"{100 * evaluation['pgd_accuracy']:.2f} %"])
-        if "autoattack_accuracy" in evaluation:
-            table.append(["autoattack accuracy", f"{100 * evaluation['autoattack_accuracy']:.2f} %"])
+    table += evaluation_rows(evaluation)
     print(markdown_table(["metric", "value"], table))
     print(f"report: {out / 'report.json'}; model: {out / 'model.pt'}")
     sys.stdout.flush()

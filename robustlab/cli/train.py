@@ -16,7 +16,7 @@ from robustlab.data import first_n, load_dataset
 from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, init_distributed, train
 from robustlab.defenses.methods import METHODS, NOISE_KINDS, make_method
 from robustlab.defenses.monitor import ON_CO, COMonitor
-from robustlab.defenses.report import final_evaluation, plot_curves, write_report
+from robustlab.defenses.report import evaluation_rows, final_evaluation, plot_curves, write_report
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_torch_save, environment, markdown_table
 from robustlab.models import ARCHITECTURES, build_model, load_model
@@ -44,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--eval-n", type=positive_int, default=1000, help="test items for the final evaluation (default: 1000)"
     )
     p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
-    p.add_argument("--download", action="store_true", help="download the dataset if it is not found")
+    p.add_argument(
+        "--no-download", dest="download", action="store_false", help="never download: fail if the data is not on disk"
+    )
 
     g = p.add_argument_group("threat model and method")
     g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
@@ -219,11 +221,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     rows = [["training time", f"{result.train_seconds:.1f} s ({result.epochs_done} epochs)"]]
     rows.append(["stopped early", result.stop_reason or "no"])
     rows.append(["CO detected", f"{len(report['co_events'])} time(s)"])
-    if evaluation:
-        rows.append(["clean accuracy", f"{100 * evaluation['clean_accuracy']:.2f} %"])
-        rows.append([f"{evaluation['pgd_attack']} accuracy", f"{100 * evaluation['pgd_accuracy']:.2f} %"])
-        if "autoattack_accuracy" in evaluation:
-            rows.append(["autoattack accuracy", f"{100 * evaluation['autoattack_accuracy']:.2f} %"])
+    rows += evaluation_rows(evaluation)
     print(markdown_table(["metric", "value"], rows))
     print(f"report: {out / 'report.json'}; model: {out / 'model.pt'}")
     sys.stdout.flush()

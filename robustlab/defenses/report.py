@@ -89,6 +89,19 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def evaluation_rows(evaluation: dict[str, Any] | None) -> list[list[str]]:
+    """Table rows (metric, value) of a :func:`final_evaluation` result, for the training CLIs' summaries."""
+    if not evaluation:
+        return []
+    rows = [
+        ["clean accuracy", f"{100 * evaluation['clean_accuracy']:.2f} %"],
+        [f"{evaluation['pgd_attack']} accuracy", f"{100 * evaluation['pgd_accuracy']:.2f} %"],
+    ]
+    if "autoattack_accuracy" in evaluation:
+        rows.append(["autoattack accuracy", f"{100 * evaluation['autoattack_accuracy']:.2f} %"])
+    return rows
+
+
 def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
     """``report.json`` and a short ``report.md`` (results table, then the per-epoch history)."""
     out = Path(out_dir)
