@@ -32,3 +32,13 @@ def zoo_cnn():
 @pytest.fixture(scope="session")
 def zoo_mlp():
     return load_model("zoo:fmnist-mlp")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op CPU thread (restored afterwards): for small tensors on a small, shared CPU, more threads only
+    contend. Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,14 +10,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval import Evaluator
 from robustlab.threat import ThreatModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_autoattack_equals_a_direct_pyautoattack_run(zoo_cnn, fmnist_batch):

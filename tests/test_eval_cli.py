@@ -17,14 +17,7 @@ from robustlab.cli import main
 from robustlab.eval import EvalResult
 from robustlab.eval.metrics import topk_report
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BASE = ["eval", "--model", "zoo:fmnist-mlp", "--dataset", "fashion-mnist", "--no-progress"]

@@ -10,14 +10,7 @@ from robustlab.eval import EvalResult, Evaluator, merge_batches
 from robustlab.eval.metrics import topk_report
 from robustlab.threat import ThreatModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 THREAT = ThreatModel("linf", 0.05)

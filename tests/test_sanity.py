@@ -18,14 +18,7 @@ from robustlab.eval.sanity import (
 )
 from robustlab.threat import ThreatModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread for these small tensors: on a busy 2-core machine more threads only contend (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _FlipGradient(torch.autograd.Function):

@@ -103,3 +103,24 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise RobustlabError(f"unknown device {name!r}; use cpu or cuda") from None
+
+
+def train_config(args: argparse.Namespace, best_metric: str | None = None):  # -> TrainConfig
+    """The training loop's configuration from the shared optimisation and run arguments of the training CLIs."""
+    from robustlab.defenses.loop import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        amp=getattr(args, "amp", False),
+        num_workers=getattr(args, "num_workers", 0),
+        progress=not args.no_progress,
+        best_metric=best_metric,
+        max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
+    )

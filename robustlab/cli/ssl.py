@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, resolve_device
+from robustlab.cli.common import (  # noqa: F401 - train_config is re-exported for the SSL subcommands
+    bounds_value,
+    eps_value,
+    positive_float,
+    positive_int,
+    resolve_device,
+    train_config,
+)
 from robustlab.data import first_n, load_dataset
 from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainResult, init_distributed, train
 from robustlab.defenses.report import evaluation_rows, write_report
@@ -87,22 +94,6 @@ def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: 
     )
     p.add_argument("--checkpoint", metavar="FILE", help=f"weights of a torchvision:/module:factory {what}")
     p.add_argument("--trust-checkpoint", action="store_true", help="load --checkpoint with weights_only=False")
-
-
-def train_config(args: argparse.Namespace, best_metric: str | None = None) -> TrainConfig:
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        progress=not args.no_progress,
-        best_metric=best_metric,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-    )
 
 
 def threat_of(args: argparse.Namespace) -> ThreatModel | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, resolve_device
+from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, resolve_device, train_config
 from robustlab.data import first_n, load_dataset
-from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, init_distributed, train
+from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, init_distributed, train
 from robustlab.defenses.methods import METHODS, NOISE_KINDS, make_method
 from robustlab.defenses.monitor import ON_CO, COMonitor
 from robustlab.defenses.report import evaluation_rows, final_evaluation, plot_curves, write_report
@@ -131,20 +131,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     train_full = load_dataset(args.dataset, "train", args.data_root, args.download)
     train_set = first_n(train_full, args.n)
     model = _build(args, device)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        amp=args.amp,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        best_metric="monitor_pgd_acc" if args.monitor_n > 0 else None,
-    )
+    config = train_config(args, best_metric="monitor_pgd_acc" if args.monitor_n > 0 else None)
     callbacks = []
     if args.monitor_n > 0:
         xs, ys = zip(*(train_set[i] for i in range(min(args.monitor_n, len(train_set)))))
