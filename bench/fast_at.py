@@ -26,7 +26,7 @@ from robustlab.defenses.methods import make_method
 from robustlab.defenses.monitor import COMonitor
 from robustlab.defenses.report import final_evaluation
 from robustlab.io import atomic_write_bytes, environment, markdown_table, write_json
-from robustlab.models import build_model
+from robustlab.models import build_model, seeded_weights
 from robustlab.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,8 +40,7 @@ EVAL["monitor_n"] = 128
 
 
 def fresh_model(seed: int = 0) -> torch.nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded_weights(seed):
         return build_model("cnn", "fashion-mnist")
 
 

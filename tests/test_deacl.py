@@ -72,6 +72,24 @@ def test_student_init_random_is_seeded_and_leaves_the_global_rng_alone(zoo_cnn, 
         make_student(zoo_cnn, "imagenet")
 
 
+def test_pseudo_student_random_init_keeps_the_architecture_and_the_teacher(zoo_cnn, fmnist_batch):
+    x, _ = fmnist_batch(8)
+    before = {k: v.clone() for k, v in zoo_cnn.state_dict().items()}
+    state = torch.random.get_rng_state()
+    a, b = (make_pseudo_student(zoo_cnn, "kmeans", 50, init="random", seed=3) for _ in range(2))
+    copied = make_pseudo_student(zoo_cnn, "kmeans", 50)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(v, zoo_cnn.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        za, zb, zc = a(x), b(x), copied(x)
+    assert za.shape == zc.shape == (8, 50) and torch.equal(za, zb)
+    # random init: no weight shared with the teacher; teacher init: every encoder weight copied
+    shared = [k for k, v in a.state_dict().items() if v.is_floating_point() and torch.equal(v, before[k])]
+    assert set(shared) <= {"mean", "std"}  # only the input normalisation's constants
+    assert all(torch.equal(v, before[k]) for k, v in copied.state_dict().items() if "fc." not in k)
+    assert a.training and all(p.requires_grad for p in a.parameters())
+
+
 def test_centred_deacl_step_runs_and_its_pgd_stays_in_the_ball(zoo_cnn, fmnist_batch):
     x, y = fmnist_batch(16)
     method = DeACL(frozen_teacher(zoo_cnn), THREAT, steps=2, augment=Augment("none"), center=True, seed=3)

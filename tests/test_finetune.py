@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.data import Subset
 
 from robustlab.defenses import TrainConfig, train
 from robustlab.defenses.finetune import FineTune, kl_to_clean, prepare_classifier, trades_loss
+from robustlab.defenses.ssl import classifier_head
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -63,6 +65,14 @@ def test_slf_head_learns_from_frozen_zoo_features(zoo_cnn, fmnist_test):
     assert all(torch.equal(v, encoder_before[k]) for k, v in _encoder_state(net).items())
 
 
+def test_fresh_head_is_drawn_from_its_seed_and_leaves_the_global_rng_alone(zoo_cnn):
+    state = torch.random.get_rng_state()
+    a, b, c = (prepare_classifier(copy.deepcopy(zoo_cnn), "slf", 10, seed=s) for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # so an earlier stage cannot change the head
+    wa, wb, wc, old = (classifier_head(n).weight for n in (a, b, c, zoo_cnn))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc) and not torch.equal(wa, old)
+
+
 def test_trades_loss_and_aff_train_every_weight(zoo_cnn, fmnist_batch):
     logits = torch.randn(4, 10)
     assert torch.allclose(kl_to_clean(logits, F.softmax(logits, 1)), torch.zeros(4), atol=1e-6)
@@ -87,9 +97,12 @@ def test_cli_chain_ssl_deacl_pseudo_at_finetune_then_attack(tmp_path, capsys):
     teacher = ["--teacher", str(tmp_path / "ssl")]
     deacl = ["--eps", "0.1", "--steps", "1", "--init", "random", "--center", "--augment", "none"]
     assert main(["deacl", *teacher, *deacl, "--out", str(tmp_path / "deacl"), *small]) == 0
-    pseudo = ["--targets", "kmeans", "--clusters", "3", "--kmeans-n", "64", "--eps", "0.1", "--steps", "1"]
+    pseudo = ["--targets", "kmeans", "--clusters", "3", "--kmeans-n", "64", "--eps", "0.1", "--steps", "1",
+              "--init", "random", "--augment", "none"]  # fmt: skip
     assert main(["pseudo-at", *teacher, *pseudo, "--out", str(tmp_path / "pseudo"), *small]) == 0
     assert (tmp_path / "pseudo" / "model.pt").is_file() and (tmp_path / "pseudo" / "report.json").is_file()
+    pseudo_report = json.loads((tmp_path / "pseudo" / "report.json").read_text())
+    assert pseudo_report["method"]["init"] == "random" and pseudo_report["method"]["clusters"] == 3
     encoder = ["--encoder", str(tmp_path / "deacl"), "--eps", "0.1", "--eval-n", "20", "--pgd-steps", "2"]
     assert main(["finetune", *encoder, "--protocol", "slf", "--out", str(tmp_path / "slf"), *small]) == 0
     assert "clean accuracy" in capsys.readouterr().out

@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
     if num_classes is None:  # imagefolder: its class folders
         num_classes = len(getattr(getattr(train_set, "dataset", train_set), "classes", []) or [0])
     net, arch = load_encoder(args, args.encoder, device)
-    net = prepare_classifier(net, args.protocol, num_classes, args.keep_head).to(device)
+    net = prepare_classifier(net, args.protocol, num_classes, args.keep_head, args.seed).to(device)
     method = FineTune(args.protocol, threat, args.steps, args.step_size, args.beta, args.seed)
     config = train_config(args)
     if rank == 0:

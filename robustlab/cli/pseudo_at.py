@@ -19,6 +19,7 @@ from robustlab.cli.ssl import (
     load_encoder,
     start,
 )
+from robustlab.defenses.deacl import STUDENT_INITS
 from robustlab.errors import RobustlabError
 
 EXAMPLE = (
@@ -35,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Targets: embedding (the teacher's features; cosine loss, or with --loss trades DeACL's "
         "decoupled loss), kmeans (hard pseudo-labels: the teacher's k-means cluster of each image; no labels "
         "anywhere) or linear (the argmax of the teacher's own head, self-training). Hard pseudo-labels train "
-        "a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the teacher. Writes "
+        "a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the teacher (--init random: "
+        "from scratch). Writes "
         f"OUT/model.pt, report.json/md, resumable checkpoints; DDP under torchrun. Example: {EXAMPLE}",
     )
     add_teacher_args(p)
@@ -49,6 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--beta", type=float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
     a.add_argument("--steps", type=positive_int, default=5, help="inner PGD steps (default: 5)")
     a.add_argument("--step-size", type=positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)")
+    a.add_argument("--augment", choices=["weak", "strong", "none"], default="weak", help="augmentation (default: weak)")
+    a.add_argument(
+        "--init",
+        choices=STUDENT_INITS,
+        default="teacher",
+        help="student initialisation: a copy of the teacher or random (better on short budgets: see the README's "
+        "SSL section)",
+    )
     add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
     add_run_args(p, "runs/pseudo-at")
     p.set_defaults(run=distributed(_run))
@@ -56,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
     from robustlab.defenses.pseudo import PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student
-    from robustlab.defenses.ssl import save_classifier
+    from robustlab.defenses.ssl import Augment, save_classifier
 
     started, out, threat, train_set = start(args)
     teacher, arch = load_encoder(args, args.teacher, device)
@@ -70,7 +80,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
     if args.targets == "embedding" and args.clusters != 10:
         raise RobustlabError("--clusters only applies to --targets kmeans")
     num_classes = labeler.num_classes if labeler is not None else None
-    student = make_pseudo_student(teacher, args.targets, num_classes).to(device)
+    student = make_pseudo_student(teacher, args.targets, num_classes, args.init, args.seed).to(device)
     method = PseudoAT(
         args.targets,
         threat,
@@ -80,13 +90,14 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
         beta=args.beta,
         steps=args.steps,
         step_size=args.step_size,
+        augment=Augment(args.augment),
         seed=args.seed,
     )
     config = train_config(args)
     if rank == 0:
         print(
             f"pseudo-AT ({args.targets} targets, {args.loss}) on {args.dataset} ({len(train_set)} images), "
-            f"teacher {args.teacher}, {threat.norm} eps={threat.eps:.4g}",
+            f"teacher {args.teacher}, student init {args.init}, {threat.norm} eps={threat.eps:.4g}",
             flush=True,
         )
     keys = ("cos_teacher", "cos_teacher_adv", "adv_accuracy", "pseudo_label_agreement")
@@ -100,6 +111,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
         "teacher": args.teacher,
         "targets": args.targets,
         "clusters": num_classes,
+        "init": args.init,
+        "augment": args.augment,
         "loss": args.loss,
         "beta": method.beta,
         "steps": args.steps,

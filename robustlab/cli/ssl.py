@@ -31,7 +31,7 @@ from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, Train
 from robustlab.defenses.report import evaluation_rows, write_report
 from robustlab.errors import RobustlabError
 from robustlab.io import environment, markdown_table
-from robustlab.models import ARCHITECTURES, build_model
+from robustlab.models import ARCHITECTURES, build_model, seeded_weights
 from robustlab.threat import ThreatModel
 
 EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n 10000 --epochs 5 --out runs/ssl"
@@ -231,8 +231,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def build_or_load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, str | None]:
     """A fresh architecture (seeded) or an existing classifier to start from; returns it and its arch."""
     if args.model in ARCHITECTURES:
-        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global RNG
-            torch.manual_seed(args.seed)
+        with seeded_weights(args.seed):  # seeded weights without touching the caller's global RNG
             return build_model(args.model, args.dataset).to(device), args.model
     return load_encoder(args, args.model, device)
 
@@ -242,8 +241,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
 
     started, out, _, train_set = start(args)
     net, arch = build_or_load(args, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+    with seeded_weights(args.seed):
         model = SSLModel(net, args.proj_hidden, args.proj_dim).to(device)
     method = ContrastiveSSL(args.method, args.temperature, args.tau_beta, seed=args.seed)
     callbacks = []

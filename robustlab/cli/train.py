@@ -19,7 +19,7 @@ from robustlab.defenses.monitor import ON_CO, COMonitor
 from robustlab.defenses.report import evaluation_rows, final_evaluation, plot_curves, write_report
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_torch_save, environment, markdown_table
-from robustlab.models import ARCHITECTURES, build_model, load_model
+from robustlab.models import ARCHITECTURES, build_model, load_model, seeded_weights
 from robustlab.threat import ThreatModel
 
 EXAMPLE = "robustlab train --method noiseaug --model cnn --dataset fashion-mnist --eps 0.1 --epochs 10 --out runs/na"
@@ -94,8 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     if ":" in args.model or args.model.endswith((".pt", ".pth")):
         return load_model(args.model, args.checkpoint, device=device)
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global RNG
-        torch.manual_seed(args.seed)
+    with seeded_weights(args.seed):  # seeded weights without touching the caller's global RNG
         return build_model(args.model, args.dataset).to(device)
 
 

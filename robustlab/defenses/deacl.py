@@ -18,6 +18,7 @@ from robustlab.attacks.base import GradientAttack
 from robustlab.defenses.loop import TrainContext, unwrap
 from robustlab.defenses.ssl import Augment, Encoder, RandomState
 from robustlab.errors import RobustlabError
+from robustlab.models import seeded_weights
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,24 @@ def deacl_loss(
 STUDENT_INITS = ("teacher", "random")
 
 
+def student_copy(teacher_net: nn.Module, init: str = "teacher", seed: int = 0) -> nn.Module:
+    """A deep copy of ``teacher_net``, re-initialised when ``init="random"`` (every module's own
+    ``reset_parameters``, drawn on the CPU from ``seed`` under a forked RNG: the global random state is untouched).
+    """
+    if init not in STUDENT_INITS:
+        raise RobustlabError(f"unknown student initialisation {init!r}; choose one of: {', '.join(STUDENT_INITS)}")
+    net = copy.deepcopy(teacher_net)
+    if init == "random":
+        device = next(net.parameters()).device
+        net.cpu()
+        with seeded_weights(seed):
+            for module in net.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        net.to(device)
+    return net
+
+
 def make_student(teacher_net: nn.Module, init: str = "teacher", seed: int = 0) -> Encoder:
     """A trainable encoder of the teacher's architecture: a copy of the teacher (``init="teacher"``, DeACL's
     choice) or freshly initialised (``"random"``, from ``seed``; the global RNG is left as it was).
@@ -74,19 +93,7 @@ def make_student(teacher_net: nn.Module, init: str = "teacher", seed: int = 0) -
     On a short budget the teacher's weights are a trap: the student stays close to its non-robust solution
     (Fashion-MNIST, 2-4 epochs: ~32 % PGD accuracy after SLF from the teacher, ~45 % from a random start).
     """
-    if init not in STUDENT_INITS:
-        raise RobustlabError(f"unknown student initialisation {init!r}; choose one of: {', '.join(STUDENT_INITS)}")
-    net = copy.deepcopy(teacher_net)
-    if init == "random":  # drawn on the CPU from a forked CPU RNG: no global random state changes
-        device = next(net.parameters()).device
-        net.cpu()
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            for module in net.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        net.to(device)
-    student = Encoder(net)
+    student = Encoder(student_copy(teacher_net, init, seed))
     for name, p in student.named_parameters():
         p.requires_grad_(not name.endswith(("fc.weight", "fc.bias")))
     return student.train()
@@ -184,4 +191,5 @@ __all__ = [
     "frozen_teacher",
     "make_student",
     "negative_cosine",
+    "student_copy",
 ]

@@ -69,9 +69,11 @@ def trades_loss(
     return loss, stats
 
 
-def prepare_classifier(net: nn.Module, protocol: str, num_classes: int, keep_head: bool = False) -> nn.Module:
-    """Give the encoder's classifier a fresh head (or, with ``keep_head``, start from its own, e.g. an SLF
-    head); freeze the encoder for SLF/ALF, unfreeze everything for AFF."""
+def prepare_classifier(
+    net: nn.Module, protocol: str, num_classes: int, keep_head: bool = False, seed: int = 0
+) -> nn.Module:
+    """Give the encoder's classifier a fresh head drawn from ``seed`` (or, with ``keep_head``, start from its own,
+    e.g. an SLF head); freeze the encoder for SLF/ALF, unfreeze everything for AFF."""
     if protocol not in PROTOCOLS:
         raise RobustlabError(f"unknown fine-tuning protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     net.requires_grad_(protocol == "aff")
@@ -82,7 +84,7 @@ def prepare_classifier(net: nn.Module, protocol: str, num_classes: int, keep_hea
             "drop --keep-head to train a fresh head"
         )
     if not keep_head:
-        head = replace_head(net, num_classes)
+        head = replace_head(net, num_classes, seed)
     head.requires_grad_(True)
     return net
 

@@ -11,7 +11,6 @@ Hard pseudo-labels train a classifier (student encoder + a fresh head) with PGD-
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -157,17 +156,20 @@ class PseudoAT(RandomState):
         return loss, stats
 
 
-def make_pseudo_student(teacher_net: nn.Module, targets: str, num_classes: int | None = None) -> nn.Module:
-    """The student, initialised from the teacher: its encoder (embedding targets) or a classifier whose head
-    has ``num_classes`` outputs (hard pseudo-labels)."""
-    from robustlab.defenses.deacl import make_student
+def make_pseudo_student(
+    teacher_net: nn.Module, targets: str, num_classes: int | None = None, init: str = "teacher", seed: int = 0
+) -> nn.Module:
+    """The student: its encoder (embedding targets) or a classifier whose head has ``num_classes`` outputs (hard
+    pseudo-labels), a copy of the teacher (``init="teacher"``) or of its architecture re-initialised from
+    ``seed`` (``"random"``; as for DeACL, better on short budgets: see :func:`make_student`)."""
+    from robustlab.defenses.deacl import make_student, student_copy
 
     if targets == "embedding":
-        return make_student(teacher_net)
-    net = copy.deepcopy(teacher_net).train()
+        return make_student(teacher_net, init, seed)
+    net = student_copy(teacher_net, init, seed).train()
     net.requires_grad_(True)
     if num_classes is not None:
-        replace_head(net, num_classes)
+        replace_head(net, num_classes, seed)
     return net
 
 

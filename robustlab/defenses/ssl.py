@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from robustlab.defenses.loop import TrainContext, unwrap
 from robustlab.errors import RobustlabError
-from robustlab.models import Normalize, load_model
+from robustlab.models import Normalize, load_model, seeded_weights
 from robustlab.models.loader import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,14 @@ def classifier_head(net: nn.Module) -> nn.Linear:
     return head
 
 
-def replace_head(net: nn.Module, num_classes: int) -> nn.Linear:
-    """Give the classifier a fresh linear head with ``num_classes`` outputs (same device); returns it."""
+def replace_head(net: nn.Module, num_classes: int, seed: int = 0) -> nn.Linear:
+    """Give the classifier a fresh linear head with ``num_classes`` outputs (same device), drawn from ``seed``
+    (the global RNG is untouched, so the same seed gives the same head); returns it."""
     inner = net.model if isinstance(net, Normalize) else net
     old = classifier_head(net)
-    inner.fc = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    with seeded_weights(seed):
+        head = nn.Linear(old.in_features, num_classes)
+    inner.fc = head.to(old.weight.device)
     return inner.fc
 
 

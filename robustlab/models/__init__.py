@@ -1,6 +1,6 @@
 """Models: the embedded zoo, standard architectures, the Normalize wrapper and one loader."""
 
-from robustlab.models.arch import ARCHITECTURES, MLP, SmallCNN, preact_resnet18, resnet18
+from robustlab.models.arch import ARCHITECTURES, MLP, SmallCNN, preact_resnet18, resnet18, seeded_weights
 from robustlab.models.loader import build_model, load_checkpoint, load_model, load_weights, zoo_index
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
@@ -16,5 +16,6 @@ __all__ = [
     "load_weights",
     "preact_resnet18",
     "resnet18",
+    "seeded_weights",
     "zoo_index",
 ]

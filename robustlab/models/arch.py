@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def seeded_weights(seed: int) -> Iterator[None]:
+    """Modules built (or ``reset_parameters``-ed) inside draw their weights from ``seed`` on the CPU generator,
+    forked: the caller's random state (CPU and CUDA) is as it was afterwards. Build on the CPU, then move, so the
+    weights do not depend on the device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
 
 
 class SmallCNN(nn.Module):
