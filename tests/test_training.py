@@ -31,7 +31,7 @@ def _setup(method, seed: int = 0):
 def test_training_input_stays_in_bounds_and_in_its_ball(name, zoo_cnn, fmnist_batch):
     x, y = fmnist_batch(64)
     method = _setup(make_method(name, THREAT))
-    state = method.generator.get_state()
+    state = method.generator("cpu").get_state()
     x_train = method.training_input(zoo_cnn, x, y)
     assert x_train.shape == x.shape and x_train.min() >= 0 and x_train.max() <= 1
     dist = THREAT.distance(x_train, x)
@@ -41,7 +41,7 @@ def test_training_input_stays_in_bounds_and_in_its_ball(name, zoo_cnn, fmnist_ba
         assert dist.max() <= EPS + ATOL
         assert dist.max() > 0.9 * EPS  # and it really moved
     elif name == "noiseaug":  # projected onto the eps-ball around the noisy image
-        method.generator.set_state(state)
+        method.generator("cpu").set_state(state)
         x_noisy = method.noisy(x)
         assert THREAT.distance(x_train, x_noisy).max() <= EPS + ATOL
         assert dist.max() <= (method.noise_sigma + 1) * EPS + ATOL

@@ -11,6 +11,7 @@ from robustlab.cli.ssl import (
     add_data_args,
     add_optim_args,
     add_run_args,
+    add_student_args,
     add_teacher_args,
     add_threat_args,
     finish,
@@ -19,7 +20,6 @@ from robustlab.cli.ssl import (
     load_encoder,
     start,
 )
-from robustlab.defenses.deacl import STUDENT_INITS
 
 EXAMPLE = "robustlab deacl --teacher runs/ssl --dataset fashion-mnist --eps 0.1 --epochs 5 --out runs/deacl"
 
@@ -40,14 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--beta", type=float, default=2.0, help="weight of the adversarial term (default: 2)")
     d.add_argument("--steps", type=positive_int, default=5, help="steps of the inner feature PGD (default: 5)")
     d.add_argument("--step-size", type=positive_float, help="inner PGD step size (default: eps/4)")
-    d.add_argument("--augment", choices=["weak", "strong", "none"], default="weak", help="augmentation (default: weak)")
-    d.add_argument(
-        "--init",
-        choices=STUDENT_INITS,
-        default="teacher",
-        help="student initialisation: a copy of the teacher (the paper) or random (better on short budgets: "
-        "see the README's SSL section)",
-    )
+    add_student_args(d, "a copy of the teacher (the paper)")
     d.add_argument(
         "--center",
         action="store_true",

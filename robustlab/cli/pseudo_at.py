@@ -11,6 +11,7 @@ from robustlab.cli.ssl import (
     add_data_args,
     add_optim_args,
     add_run_args,
+    add_student_args,
     add_teacher_args,
     add_threat_args,
     finish,
@@ -19,7 +20,6 @@ from robustlab.cli.ssl import (
     load_encoder,
     start,
 )
-from robustlab.defenses.deacl import STUDENT_INITS
 from robustlab.errors import RobustlabError
 
 EXAMPLE = (
@@ -51,14 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--beta", type=float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
     a.add_argument("--steps", type=positive_int, default=5, help="inner PGD steps (default: 5)")
     a.add_argument("--step-size", type=positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)")
-    a.add_argument("--augment", choices=["weak", "strong", "none"], default="weak", help="augmentation (default: weak)")
-    a.add_argument(
-        "--init",
-        choices=STUDENT_INITS,
-        default="teacher",
-        help="student initialisation: a copy of the teacher or random (better on short budgets: see the README's "
-        "SSL section)",
-    )
+    add_student_args(a, "a copy of the teacher")
     add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
     add_run_args(p, "runs/pseudo-at")
     p.set_defaults(run=distributed(_run))

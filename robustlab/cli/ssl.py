@@ -84,6 +84,20 @@ def add_run_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def add_student_args(group: argparse._ArgumentGroup, init_help: str) -> None:
+    """``--augment`` and ``--init`` of a student trained against a frozen teacher (deacl, pseudo-at)."""
+    from robustlab.defenses.deacl import STUDENT_INITS
+    from robustlab.defenses.ssl import AUGMENT_STRENGTHS
+
+    group.add_argument("--augment", choices=AUGMENT_STRENGTHS, default="weak", help="augmentation (default: weak)")
+    group.add_argument(
+        "--init",
+        choices=STUDENT_INITS,
+        default="teacher",
+        help=f"student initialisation: {init_help} or random (better on short budgets: see the README's SSL section)",
+    )
+
+
 def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: str = "teacher") -> None:
     p.add_argument(
         flag,

@@ -3,6 +3,7 @@
 from robustlab.defenses.loop import (
     Callback,
     Method,
+    SeededMethod,
     TrainConfig,
     TrainContext,
     TrainResult,
@@ -15,6 +16,7 @@ from robustlab.defenses.loop import (
 __all__ = [
     "Callback",
     "Method",
+    "SeededMethod",
     "TrainConfig",
     "TrainContext",
     "TrainResult",

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
-from robustlab.defenses.loop import TrainContext, unwrap
-from robustlab.defenses.ssl import Augment, Encoder, RandomState
+from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
+from robustlab.defenses.ssl import Augment, Encoder
 from robustlab.errors import RobustlabError
 from robustlab.models import seeded_weights
 from robustlab.threat import ThreatModel
@@ -117,7 +117,7 @@ class Shifted(nn.Module):
         return self.encoder(x) - self.shift
 
 
-class DeACL(RandomState):
+class DeACL(SeededMethod):
     """DeACL as a training :class:`Method`: ``model`` is the student :class:`Encoder`; labels are ignored.
 
     Args:
@@ -163,7 +163,7 @@ class DeACL(RandomState):
 
     def adversarial(self, student: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         """The DeACL PGD target: ``x'`` in the eps-ball maximising ``-cos(f(x'), target)``."""
-        self.attack.seed = self.next_attack_seed()
+        self.attack.seed = self.attack_seed(x.device)
         return self.attack(unwrap(student), x, target, self.threat).x_adv
 
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import PGD
 from robustlab.defenses.deacl import NeverSucceeds
-from robustlab.defenses.loop import unwrap
-from robustlab.defenses.ssl import RandomState, classifier_head, replace_head
+from robustlab.defenses.loop import SeededMethod, unwrap
+from robustlab.defenses.ssl import classifier_head, replace_head
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -103,7 +103,7 @@ def frozen_encoder(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-class FineTune(RandomState):
+class FineTune(SeededMethod):
     """SLF / ALF / AFF as a training :class:`Method` for a classifier from :func:`prepare_classifier`.
 
     Args:
@@ -139,7 +139,7 @@ class FineTune(RandomState):
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """SLF: CE on clean inputs; ALF: CE on PGD inputs (encoder frozen); AFF: TRADES on all weights."""
         if self.attack is not None:
-            self.attack.seed = self.next_attack_seed()
+            self.attack.seed = self.attack_seed(x.device)
         if self.name == "aff":
             return trades_loss(model, x, y, self.threat, self.beta, self.attack)
         with frozen_encoder(model):

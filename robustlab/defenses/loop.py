@@ -9,7 +9,8 @@ Contract for methods (``robustlab.defenses.methods`` and the SSL methods build o
   through (DDP-wrapped under torchrun); inner attacks must run on :func:`unwrap` ``(model)`` so that they cause
   no extra all-reduce, and must only take gradients w.r.t. their input (``GradientAttack`` does that).
 - optional ``method.setup(ctx)``: called once before training (e.g. seed a generator with ``ctx.seed`` and
-  ``ctx.rank``, move a frozen teacher to ``ctx.device``).
+  ``ctx.rank``, move a frozen teacher to ``ctx.device``). Every built-in method gets its randomness from
+  :class:`SeededMethod` (one generator per rank, saved in checkpoints).
 - optional ``method.state_dict()`` / ``method.load_state_dict(state)``: extra state (random generators, ...)
   saved in every checkpoint, so ``resume`` continues bit-for-bit.
 - optional ``method.trainable_parameters(model)``: the parameters the optimizer updates (default: all).
@@ -99,6 +100,45 @@ class TrainConfig:
             raise RobustlabError(f"unknown LR schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise RobustlabError(f"lr must be > 0 and weight decay >= 0, got {self.lr} and {self.weight_decay}")
+
+
+class SeededMethod:
+    """Base of every training method's randomness: one local generator per DDP rank (noise, augmentations, the
+    inner attacks' random starts), seeded from the method's ``seed`` (``None``: the run's ``TrainConfig.seed``)
+    and saved in the loop's checkpoints, so a resumed run draws the same numbers. The global RNG is never used.
+    """
+
+    seed: int | None = None
+    _generator: torch.Generator | None = None
+    _rank: int = 0
+    _run_seed: int = 0
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Called by the training loop once: this rank's generator on the training device."""
+        self._rank, self._run_seed, self._generator = ctx.rank, ctx.seed, None
+        self.generator(ctx.device)
+
+    def generator(self, device: torch.device | str) -> torch.Generator:
+        """This rank's generator on ``device``'s type (created and seeded on first use)."""
+        device = torch.device(device)
+        if self._generator is None or self._generator.device.type != device.type:
+            seed = self._run_seed if self.seed is None else self.seed
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(1_000_003 * seed + 7919 * self._rank + 17)
+        return self._generator
+
+    def attack_seed(self, device: torch.device | str) -> int:
+        """A fresh seed for an inner attack's own generator, drawn from this one (random starts differ per step)."""
+        gen = self.generator(device)
+        return int(torch.randint(0, 2**62, (), generator=gen, device=gen.device).item())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state() if self._generator is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("generator") is not None:
+            gen = self._generator if self._generator is not None else self.generator("cpu")
+            gen.set_state(state["generator"].to(torch.uint8).cpu())
 
 
 @dataclass

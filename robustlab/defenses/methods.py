@@ -16,15 +16,15 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack, frozen_parameters
 from robustlab.attacks.presets import FGSM, PGD
-from robustlab.defenses.loop import TrainContext, unwrap
+from robustlab.defenses.loop import SeededMethod, unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
 NOISE_KINDS = ("uniform", "gaussian")
 
 
-class TrainingMethod:
-    """Base of the methods: a local random generator (saved in checkpoints) and the cross-entropy loss on
+class TrainingMethod(SeededMethod):
+    """Base of the methods: the run-seeded generator of :class:`SeededMethod` and the cross-entropy loss on
     :meth:`training_input`. Subclasses override :meth:`training_input` (and ``extra_loss`` if needed)."""
 
     name = "standard"
@@ -32,37 +32,13 @@ class TrainingMethod:
     def __init__(self, threat: ThreatModel | None = None, alpha: float | None = None) -> None:
         self.threat = threat
         self.alpha = alpha
-        self.generator: torch.Generator | None = None
-
-    def setup(self, ctx: TrainContext) -> None:
-        """Seed the method's generator from the run's seed and the rank (each rank draws its own noise)."""
-        self.generator = torch.Generator(device=ctx.device)
-        self.generator.manual_seed(1_000_003 * ctx.seed + 7919 * ctx.rank + 17)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state() if self.generator is not None else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("generator") is not None and self.generator is not None:
-            self.generator.set_state(state["generator"].cpu())
 
     def config(self) -> dict[str, Any]:
         """The method's settings, for reports."""
         return {"method": self.name, "alpha": self.alpha, "threat": self.threat.to_dict() if self.threat else None}
 
-    def _gen(self, device: torch.device) -> torch.Generator:
-        if self.generator is None or self.generator.device.type != device.type:
-            self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(17)
-        return self.generator
-
-    def _attack_seed(self, device: torch.device) -> int:
-        """A fresh seed per batch for an inner attack's own generator (so random starts differ per batch)."""
-        gen = self._gen(device)
-        return int(torch.randint(0, 2**62, (), generator=gen, device=gen.device).item())
-
     def _uniform(self, x: Tensor, scale: float) -> Tensor:
-        gen = self._gen(x.device)
+        gen = self.generator(x.device)
         return (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * scale
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -122,7 +98,7 @@ class FGSMRS(_Adversarial):
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         attack = GradientAttack(
-            steps=1, step_size=self.alpha, random_start=True, seed=self._attack_seed(x.device), evaluate=False
+            steps=1, step_size=self.alpha, random_start=True, seed=self.attack_seed(x.device), evaluate=False
         )
         return attack(model, x, y, self.threat).x_adv
 
@@ -151,7 +127,7 @@ class NoiseAug(_Adversarial):
         scale = self.noise_sigma * self.threat.eps
         if self.noise == "uniform":
             return self.threat.clip(x + self._uniform(x, scale))
-        gen = self._gen(x.device)
+        gen = self.generator(x.device)
         return self.threat.clip(x + scale * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -206,7 +182,7 @@ class GradAlign(_Adversarial):
     def extra_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor | None, dict[str, float]]:
         with frozen_parameters(model):
             g1 = self._input_grad(model, x, y, create_graph=False)
-        x_rand = self.threat.random_start(x, self._gen(x.device))
+        x_rand = self.threat.random_start(x, self.generator(x.device))
         g2 = self._input_grad(model, x_rand, y, create_graph=True)  # parameter gradients flow through g2
         cos = F.cosine_similarity(g1.flatten(1), g2.flatten(1), dim=1, eps=1e-12)
         reg = self.lam * (1 - cos).mean()
@@ -227,7 +203,7 @@ class PGDAT(_Adversarial):
         return {**super().config(), "steps": self.steps}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = PGD(steps=self.steps, step_size=self.alpha, seed=self._attack_seed(x.device), evaluate=False)
+        attack = PGD(steps=self.steps, step_size=self.alpha, seed=self.attack_seed(x.device), evaluate=False)
         return attack(model, x, y, self.threat).x_adv
 
 

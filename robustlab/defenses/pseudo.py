@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from robustlab.attacks.presets import PGD
 from robustlab.defenses.deacl import deacl_loss, feature_pgd, frozen_teacher
 from robustlab.defenses.finetune import trades_attack, trades_loss
-from robustlab.defenses.loop import TrainContext, unwrap
-from robustlab.defenses.ssl import Augment, RandomState, classifier_head, embed, replace_head
+from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
+from robustlab.defenses.ssl import Augment, classifier_head, embed, replace_head
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -81,7 +81,7 @@ def kmeans_labeler(teacher_net: nn.Module, images: Tensor, k: int = 10, seed: in
     return PseudoLabeler(teacher_net, centroids)
 
 
-class PseudoAT(RandomState):
+class PseudoAT(SeededMethod):
     """Pseudo-supervised AT as a training :class:`Method`; labels ``y`` are ignored.
 
     ``model`` is a student :class:`Encoder` for ``targets="embedding"``, else a classifier whose head has
@@ -133,7 +133,7 @@ class PseudoAT(RandomState):
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Augment, ask the teacher for targets, attack the student, and train it on the targets."""
         x = self.augment(x, self.generator(x.device))
-        self.attack.seed = self.next_attack_seed()
+        self.attack.seed = self.attack_seed(x.device)
         if self.teacher is not None:
             with torch.no_grad():
                 t = self.teacher(x)

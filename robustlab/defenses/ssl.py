@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.defenses.loop import TrainContext, unwrap
+from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
 from robustlab.errors import RobustlabError
 from robustlab.models import Normalize, load_model, seeded_weights
 from robustlab.models.loader import load_checkpoint
@@ -153,6 +153,9 @@ def model_arch(spec: str, net: nn.Module) -> tuple[str | None, str | None]:
 # ---------------------------------------------------------------------------------------------- augmentations
 
 
+AUGMENT_STRENGTHS = ("strong", "weak", "none")
+
+
 class Augment:
     """Batched SSL augmentations on [0, 1] tensors: random resized crop, horizontal flip, and (strong only)
     brightness/contrast jitter and random grayscale; every random draw comes from the passed generator.
@@ -168,8 +171,10 @@ class Augment:
         jitter_prob: float = 0.8,
         gray_prob: float = 0.2,
     ) -> None:
-        if strength not in ("strong", "weak", "none"):
-            raise RobustlabError(f"unknown augmentation strength {strength!r}; choose strong, weak or none")
+        if strength not in AUGMENT_STRENGTHS:
+            raise RobustlabError(
+                f"unknown augmentation strength {strength!r}; choose one of: {', '.join(AUGMENT_STRENGTHS)}"
+            )
         self.strength = strength
         self.crop_scale = crop_scale or ((0.2, 1.0) if strength == "strong" else (0.6, 1.0))
         self.jitter, self.jitter_prob, self.gray_prob = jitter, jitter_prob, gray_prob
@@ -267,52 +272,7 @@ def simco_loss(z1: Tensor, z2: Tensor, tau_alpha: float = 0.1, tau_beta: float =
 # ---------------------------------------------------------------------------------------------- methods
 
 
-class RandomState:
-    """A method's own random generator (seeded per DDP rank) and step counter, saved in the loop's
-    checkpoints so that a resumed run draws the same augmentations and attack starts."""
-
-    seed: int = 0
-    _generator: torch.Generator | None = None
-    _rank: int = 0
-    _step: int = 0
-    _pending: dict | None = None
-
-    def setup(self, ctx: TrainContext) -> None:
-        """Called by the training loop once: this rank's generator on the training device."""
-        self._rank = ctx.rank
-        self._generator = None
-        self.generator(ctx.device)
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.seed * 1000 + self._rank)
-            if self._pending is not None:
-                self._generator.set_state(self._pending["generator"])
-                self._pending = None
-        return self._generator
-
-    def next_attack_seed(self) -> int:
-        """A fresh seed for the inner attack's random start at every step."""
-        self._step += 1
-        return (self.seed * 1_000_003 + self._step) * 64 + self._rank
-
-    def state_dict(self) -> dict:
-        state = {"step": self._step}
-        if self._generator is not None:
-            state["generator"] = self._generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self._step = int(state.get("step", 0))
-        if "generator" in state:
-            if self._generator is not None:
-                self._generator.set_state(state["generator"].to(torch.uint8).cpu())
-            else:
-                self._pending = state
-
-
-class ContrastiveSSL(RandomState):
+class ContrastiveSSL(SeededMethod):
     """SimCLR (``tau_beta=None``) or SimCo: a training :class:`Method` for :class:`SSLModel` (labels unused).
 
     Both views of a batch go through the model in one forward pass (one DDP forward per step).
@@ -417,12 +377,12 @@ class KNNMonitor:
 
 
 __all__ = [
+    "AUGMENT_STRENGTHS",
     "Augment",
     "ContrastiveSSL",
     "Encoder",
     "KNNMonitor",
     "Projector",
-    "RandomState",
     "SSLModel",
     "classifier_head",
     "eval_mode",
