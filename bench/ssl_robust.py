@@ -114,6 +114,35 @@ def evaluate(net, x, y, threat, spec: str, seed: int) -> dict:
     }
 
 
+def fine_tune(net, protocol: str, s: dict, data, threat, keep_head: bool = False) -> tuple[torch.nn.Module, float]:
+    """The bench's SLF / ALF / AFF of a copy of ``net`` on ``data``; returns the classifier and its training time."""
+    clf = prepare_classifier(copy.deepcopy(net), protocol, 10, keep_head=keep_head, seed=s["seed"])
+    if protocol == "slf":
+        config = TrainConfig(epochs=s["slf_epochs"], batch_size=256, optimizer="adam", lr=1e-2,
+                             lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+        method = FineTune("slf")
+    else:
+        lr = 1e-3 if protocol == "aff" else 5e-3
+        config = TrainConfig(epochs=s["adv_ft_epochs"], batch_size=128, optimizer="adam", lr=lr,
+                             lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+        method = FineTune(protocol, threat, steps=s["adv_ft_steps"], seed=s["seed"])
+    return clf, timed_train(clf, method, data, config)
+
+
+def robust_config(s: dict) -> TrainConfig:
+    """DeACL's, pseudo-AT's and PGD-AT's shared training budget."""
+    return TrainConfig(epochs=s["robust_epochs"], batch_size=s["robust_batch"], optimizer="adam", lr=s["robust_lr"],
+                       lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+
+
+def deacl_student(teacher_net, recipe: dict, s: dict, data, threat) -> tuple[torch.nn.Module, float]:
+    """A DeACL student of ``teacher_net`` trained with ``recipe`` on ``data``; returns its network and time."""
+    student = make_student(teacher_net, recipe["init"], s["seed"])
+    method = DeACL(frozen_teacher(teacher_net), threat, beta=recipe["beta"], steps=s["inner_steps"],
+                   augment=Augment(recipe["augment"]), seed=s["seed"], center=recipe["center"])  # fmt: skip
+    return student.net, timed_train(student, method, data, robust_config(s))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", action="store_true", help="export the teacher and DeACL SLF classifiers to the zoo")
@@ -141,17 +170,8 @@ def main() -> int:
         print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
 
     def finetune(net, protocol: str, name: str, source_seconds: float, keep_head: bool = False) -> torch.nn.Module:
-        clf = prepare_classifier(copy.deepcopy(net), protocol, 10, keep_head=keep_head, seed=s["seed"])
-        if protocol == "slf":
-            config = TrainConfig(epochs=s["slf_epochs"], batch_size=256, optimizer="adam", lr=1e-2,
-                                 lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
-            data, method = slf_set, FineTune("slf")
-        else:
-            lr = 1e-3 if protocol == "aff" else 5e-3
-            config = TrainConfig(epochs=s["adv_ft_epochs"], batch_size=128, optimizer="adam", lr=lr,
-                                 lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
-            data, method = adv_ft_set, FineTune(protocol, threat, steps=s["adv_ft_steps"], seed=s["seed"])
-        seconds = timed_train(clf, method, data, config)
+        data = slf_set if protocol == "slf" else adv_ft_set
+        clf, seconds = fine_tune(net, protocol, s, data, threat, keep_head)
         rows[name] = {
             "train_seconds": round(source_seconds + seconds, 1),
             "finetune_seconds": round(seconds, 1),
@@ -183,20 +203,11 @@ def main() -> int:
     teacher_slf = finetune(teacher_net, "slf", "simclr_teacher_slf", ssl_seconds)
 
     # Stage 2: DeACL student (labels never used), then the three fine-tuning protocols
-    robust_config = TrainConfig(epochs=s["robust_epochs"], batch_size=s["robust_batch"], optimizer="adam",
-                                lr=s["robust_lr"], lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
-
-    def deacl_student(recipe: dict) -> tuple[torch.nn.Module, float]:
-        student = make_student(teacher_net, recipe["init"], s["seed"])
-        method = DeACL(frozen_teacher(teacher_net), threat, beta=recipe["beta"], steps=s["inner_steps"],
-                       augment=Augment(recipe["augment"]), seed=s["seed"], center=recipe["center"])  # fmt: skip
-        seconds = timed_train(student, method, robust_set, robust_config)
-        log(f"DeACL student {recipe}: {seconds:.0f}s")
-        return student.net, seconds
-
-    paper_net, paper_seconds = deacl_student(s["deacl_paper"])
+    paper_net, paper_seconds = deacl_student(teacher_net, s["deacl_paper"], s, robust_set, threat)
+    log(f"DeACL student {s['deacl_paper']}: {paper_seconds:.0f}s")
     finetune(paper_net, "slf", "deacl_paper_slf", ssl_seconds + paper_seconds)
-    student_net, deacl_seconds = deacl_student(s["deacl"])
+    student_net, deacl_seconds = deacl_student(teacher_net, s["deacl"], s, robust_set, threat)
+    log(f"DeACL student {s['deacl']}: {deacl_seconds:.0f}s")
     deacl_slf = finetune(student_net, "slf", "deacl_slf", ssl_seconds + deacl_seconds)
     # ALF and AFF start from the SLF head (warm start: a fresh head does not learn from PGD inputs in this budget)
     slf_seconds = rows["deacl_slf"]["train_seconds"]
@@ -210,13 +221,13 @@ def main() -> int:
     pseudo_student = make_pseudo_student(teacher_net, "kmeans", labeler.num_classes, p["init"], s["seed"])
     pseudo = PseudoAT("kmeans", threat, labeler=labeler, steps=s["inner_steps"], augment=Augment(p["augment"]),
                       seed=s["seed"])  # fmt: skip
-    pseudo_seconds = timed_train(pseudo_student, pseudo, robust_set, robust_config)
+    pseudo_seconds = timed_train(pseudo_student, pseudo, robust_set, robust_config(s))
     log(f"pseudo-AT (k-means) {p}: {pseudo_seconds:.0f}s")
     finetune(pseudo_student, "slf", "pseudo_at_kmeans_slf", ssl_seconds + pseudo_seconds)
 
     # Supervised PGD-AT for reference (issue-5's PGD-AT method, same inner steps and budget, from scratch)
     supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
-    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config)
+    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config(s))
     rows["supervised_pgd_at"] = {
         "train_seconds": round(pgd_seconds, 1),
         **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
