@@ -19,14 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from ssl_robust import LARGE, deacl_student, evaluate, fine_tune, robust_config, seeded, timed_train
+from ssl_robust import LARGE, bench_data, deacl_student, evaluate, fine_tune, robust_config, seeded, timed_train
 from torch.utils.data import Subset
 
-from robustlab.data import load_dataset
 from robustlab.defenses.methods import PGDAT
 from robustlab.io import environment, write_json
 from robustlab.models import build_model, load_model
-from robustlab.threat import ThreatModel
 
 ROOT = Path(__file__).resolve().parent
 TEACHERS = {
@@ -46,11 +44,7 @@ def main() -> int:
     out = args.out or str(ROOT / "results" / f"deacl_teachers{suffix}.json")
     started = time.time()
     load_at_start = os.getloadavg()
-    threat = ThreatModel("linf", s["eps"])
-    train_full = load_dataset("fashion-mnist", "train")
-    test = load_dataset("fashion-mnist", "test")
-    eval_slice = slice(s["eval_start"], s["eval_start"] + s["eval_n"])
-    x_eval, y_eval = test.images[eval_slice].float() / 255, test.labels[eval_slice]
+    threat, train_full, _, x_eval, y_eval = bench_data(s)
     robust_set = Subset(train_full, range(s["robust_train_n"]))
     slf_set = Subset(train_full, range(s["slf_train_n"]))
     rows: dict[str, dict] = {}

@@ -114,6 +114,14 @@ def evaluate(net, x, y, threat, spec: str, seed: int) -> dict:
     }
 
 
+def bench_data(s: dict):
+    """The threat model, the Fashion-MNIST training set and the evaluation images (test images eval_start..)."""
+    test = load_dataset("fashion-mnist", "test")
+    eval_slice = slice(s["eval_start"], s["eval_start"] + s["eval_n"])
+    x_eval, y_eval = test.images[eval_slice].float() / 255, test.labels[eval_slice]
+    return ThreatModel("linf", s["eps"]), load_dataset("fashion-mnist", "train"), test, x_eval, y_eval
+
+
 def fine_tune(net, protocol: str, s: dict, data, threat, keep_head: bool = False) -> tuple[torch.nn.Module, float]:
     """The bench's SLF / ALF / AFF of a copy of ``net`` on ``data``; returns the classifier and its training time."""
     clf = prepare_classifier(copy.deepcopy(net), protocol, 10, keep_head=keep_head, seed=s["seed"])
@@ -155,11 +163,7 @@ def main() -> int:
     )
     started = time.time()
     load_at_start = os.getloadavg()
-    threat = ThreatModel("linf", s["eps"])
-    train_full = load_dataset("fashion-mnist", "train")
-    test = load_dataset("fashion-mnist", "test")
-    eval_slice = slice(s["eval_start"], s["eval_start"] + s["eval_n"])
-    x_eval, y_eval = test.images[eval_slice].float() / 255, test.labels[eval_slice]
+    threat, train_full, test, x_eval, y_eval = bench_data(s)
     ssl_set = Subset(train_full, range(s["ssl_train_n"]))
     robust_set = Subset(train_full, range(s["robust_train_n"]))
     slf_set = Subset(train_full, range(s["slf_train_n"]))
