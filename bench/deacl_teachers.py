@@ -52,22 +52,27 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
 
+    def score(net) -> dict:
+        return evaluate(net, x_eval, y_eval, threat, s["autoattack"], s["seed"])
+
     for name, spec in TEACHERS.items():
         teacher = load_model(spec)
-        teacher_slf, slf_seconds = fine_tune(teacher, "slf", s, slf_set, threat)
+        teacher_slf, _ = fine_tune(teacher, "slf", s, slf_set, threat)
         student, seconds = deacl_student(teacher, s["deacl"], s, robust_set, threat)
-        clf, student_slf_seconds = fine_tune(student, "slf", s, slf_set, threat)
-        rows[f"{name}_teacher"] = {"teacher": spec, "teacher_slf": evaluate(teacher_slf, x_eval, y_eval, threat,
-                                   s["autoattack"], s["seed"]), "deacl_seconds": round(seconds, 1),
-                                   "deacl_slf": evaluate(clf, x_eval, y_eval, threat, s["autoattack"],
-                                   s["seed"])}  # fmt: skip
+        student_slf, _ = fine_tune(student, "slf", s, slf_set, threat)
+        rows[f"{name}_teacher"] = {
+            "teacher": spec,
+            "teacher_slf": score(teacher_slf),
+            "deacl_seconds": round(seconds, 1),
+            "deacl_slf": score(student_slf),
+        }
         log(f"{name} teacher: {rows[f'{name}_teacher']}")
 
     supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
     pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config(s))
     rows["supervised_pgd_at"] = {
         "train_seconds": round(pgd_seconds, 1),
-        **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
+        **score(supervised),
     }
     log(f"supervised PGD-AT: {rows['supervised_pgd_at']}")
 
