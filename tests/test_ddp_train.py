@@ -48,7 +48,7 @@ def test_two_rank_torchrun_trains_and_ranks_agree(tmp_path):
     for name, w in rank0["state"].items():
         assert torch.equal(w, rank1["state"][name]), name
     # it trained: rank 0 wrote checkpoints whose history has each rank's 4 steps per epoch (256 / 2 / 32)
-    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert [h["steps"] for h in last["history"]] == [4, 4]
     with torch.random.fork_rng():
         torch.manual_seed(0)

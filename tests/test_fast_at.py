@@ -79,7 +79,7 @@ def test_co_is_detected_and_on_co_is_honoured(small_train, tmp_path, on_co):
     assert result.epochs_done == 3 and result.stop_reason.startswith(on_co)
     rolled_back = torch.equal(model.model.fc.weight, weights[2])
     assert rolled_back == (on_co == "rollback")  # "stop" keeps the collapsed weights (best.pt has the good ones)
-    saved = torch.load(tmp_path / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["stop_reason"] == result.stop_reason  # a resumed run stays stopped
     resumed = train(_model(), make_method("fgsm", THREAT), data, config, tmp_path, resume=True, callbacks=[monitor])
     assert resumed.epochs_done == 3

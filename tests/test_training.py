@@ -127,7 +127,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, optimizer):
     full = _run(tmp_path / "full", optimizer=optimizer)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "killed", kill_at=2, optimizer=optimizer)
-    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
     resumed = _run(tmp_path / "killed", resume=True, optimizer=optimizer)
     assert resumed.epochs_done == 3 and len(resumed.history) == 3
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):

@@ -34,6 +34,7 @@ from robustlab.io import environment, markdown_table
 from robustlab.models import ARCHITECTURES, build_model, seeded_weights
 from robustlab.threat import ThreatModel
 
+TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)"
 EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n 10000 --epochs 5 --out runs/ssl"
 
 
@@ -107,7 +108,7 @@ def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: 
         "(+ --checkpoint) or package.module:factory (+ --checkpoint)",
     )
     p.add_argument("--checkpoint", metavar="FILE", help=f"weights of a torchvision:/module:factory {what}")
-    p.add_argument("--trust-checkpoint", action="store_true", help="load --checkpoint with weights_only=False")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 
 def threat_of(args: argparse.Namespace) -> ThreatModel | None:
@@ -154,7 +155,7 @@ def fit(
     """The one training loop with the subcommands' shared options (resume, device, a line per epoch of ``keys``)."""
     return train(
         model, method, train_set, config, out, resume=args.resume, callbacks=callbacks or [], device=device,
-        on_epoch=epoch_printer(rank, config.epochs, keys),
+        on_epoch=epoch_printer(rank, config.epochs, keys), trust_checkpoint=args.trust_checkpoint,
     )  # fmt: skip
 
 
@@ -229,7 +230,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision:NAME, package.module:factory + --checkpoint, or a robustlab run folder)",
     )
     p.add_argument("--checkpoint", metavar="FILE", help="weights of a torchvision:/module:factory model")
-    p.add_argument("--trust-checkpoint", action="store_true", help="load --checkpoint with weights_only=False")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     add_data_args(p)
     s = p.add_argument_group("self-supervised method")
     s.add_argument("--temperature", type=positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha (default: 0.2)")

@@ -38,6 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model", required=True, help=f"architecture ({', '.join(ARCHITECTURES)}) or a model spec (zoo:NAME)"
     )
     p.add_argument("--checkpoint", metavar="FILE", help="start weights for a module:factory model spec")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)",
+    )
     p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
     p.add_argument(
@@ -71,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cyclic", help="(default: cyclic)")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1 (default: 0.9)")
     o.add_argument("--weight-decay", type=float, default=5e-4, help="(default: 5e-4)")
+    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
     o.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     o.add_argument("--num-workers", type=int, default=0, help="data loader workers (default: 0)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise (default: 0)")
@@ -93,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     if ":" in args.model or args.model.endswith((".pt", ".pth")):
-        return load_model(args.model, args.checkpoint, device=device)
+        return load_model(args.model, args.checkpoint, args.trust_checkpoint, device=device)
     with seeded_weights(args.seed):  # seeded weights without touching the caller's global RNG
         return build_model(args.model, args.dataset).to(device)
 
@@ -154,8 +160,9 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
         flush=True,
     )
     result = train(
-        model, method, train_set, config, out, resume=args.resume, callbacks=callbacks, device=device, on_epoch=on_epoch
-    )
+        model, method, train_set, config, out, resume=args.resume, callbacks=callbacks, device=device,
+        on_epoch=on_epoch, trust_checkpoint=args.trust_checkpoint,
+    )  # fmt: skip
     if rank != 0:
         return 0
     monitor = callbacks[0] if callbacks else None

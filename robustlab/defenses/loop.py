@@ -43,8 +43,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from robustlab.errors import RobustlabError
-from robustlab.io import atomic_torch_save, write_json
+from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.io import atomic_torch_save, safe_load, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ Decision = Literal["continue", "stop", "rollback"]
 _DECISIONS = ("continue", "stop", "rollback")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cyclic", "piecewise", "cosine", "constant")
+_CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "method", "callbacks", "epoch", "history"}
 
 
 @runtime_checkable
@@ -311,12 +312,15 @@ def train(
     callbacks: Sequence[Any] = (),
     device: str | torch.device | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    trust_checkpoint: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with ``method``'s loss; checkpoints go to ``out_dir`` (``last.pt``, ``best.pt``,
     ``history.json``) every epoch, and ``resume=True`` continues from ``out_dir/last.pt``.
 
     Under torchrun (torch.distributed initialised) the model is wrapped in DistributedDataParallel, each rank
     sees its shard of every epoch, and only rank 0 writes. ``on_epoch`` receives each epoch's stats (rank 0).
+    Checkpoints hold only tensors, numbers, strings, lists and dicts, so resuming reads them with
+    ``weights_only=True``; ``trust_checkpoint=True`` (``--trust-checkpoint``) lifts that for files you trust.
     """
     config.validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -354,7 +358,11 @@ def train(
     if resume:
         if out is None or not (out / "last.pt").is_file():
             raise RobustlabError(f"--resume: no checkpoint {out / 'last.pt' if out else 'last.pt'}; drop --resume")
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)  # our own file
+        ckpt = safe_load(out / "last.pt", trust_checkpoint, what="training checkpoint")
+        if not isinstance(ckpt, dict) or not set(ckpt) >= _CHECKPOINT_KEYS:
+            raise CheckpointError(
+                f"{out / 'last.pt'} is not a robustlab training checkpoint; start a new run in another --out"
+            )
         if ckpt["steps_per_epoch"] != steps_per_epoch or ckpt["config"]["epochs"] != config.epochs:
             raise RobustlabError(
                 "--resume with a different data size, batch size or number of epochs than the checkpoint; "
@@ -371,7 +379,7 @@ def train(
         best_epoch, best_value, stop_reason = ckpt["best_epoch"], ckpt["best_value"], ckpt["stop_reason"]
         train_seconds = ckpt["train_seconds"]
         if (out / "best.pt").is_file():
-            best_state = torch.load(out / "best.pt", map_location=device, weights_only=True)
+            best_state = safe_load(out / "best.pt", trust_checkpoint, what="best checkpoint")
         log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
 
     def save(epoch: int) -> None:

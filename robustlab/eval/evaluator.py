@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.base import AttackResult, check_labels, model_logits
 from robustlab.criteria import interest_class_rank
-from robustlab.errors import RobustlabError
-from robustlab.io import atomic_torch_save
+from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Evaluator:
         for b in mine:
             path = folder / f"batch{b:05d}.pt" if folder is not None else None
             if path is not None and path.exists():
-                done[b] = EvalResult.from_state(torch.load(path, map_location="cpu", weights_only=True))
+                done[b] = _load_batch(path)
         todo = [b for b in mine if b not in done]
         if done:
             log.info("resuming: %d of %d batches already finished", len(done), len(mine))
@@ -264,3 +264,15 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
     if all(p.x_adv is not None for p in parts):
         merged.x_adv = cat([p.x_adv for p in parts])  # type: ignore[misc]
     return merged
+
+
+def _load_batch(path: Path) -> EvalResult:
+    """A finished batch of an interrupted run (tensors only: never unpickles objects); one error line otherwise."""
+    try:
+        return EvalResult.from_state(safe_load(path, what="evaluation batch"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; delete it to recompute that batch") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"evaluation batch {str(path)!r} is not a robustlab batch file ({exc}); delete it to recompute it"
+        ) from None

@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import os
-import pickle
 import warnings
 import zipfile
 from functools import cache
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.io import safe_load
 from robustlab.models.arch import ARCHITECTURES
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
@@ -50,20 +50,7 @@ def build_model(arch: str, dataset: str = "fashion-mnist", num_classes: int | No
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True`` unless ``trust``; clear errors for missing or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if not trust and "weights_only" in str(exc):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds Python objects that weights_only loading refuses; "
-                "if you trust the file, pass --trust-checkpoint (trust_checkpoint=True)"
-            ) from None
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({exc})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({exc})") from None
+    return safe_load(path, trust)
 
 
 def _state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -115,11 +102,20 @@ def load_model(
         model = _load_torchvision(spec[len("torchvision:") :], num_classes)
         if checkpoint is None:
             log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
-    elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec)) is not None:
-        model = build_model(
-            saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes")
-        )
-        model.load_state_dict(saved["model_state"])
+    elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
+        if isinstance(saved, nn.Module):
+            model = saved
+        else:
+            model = build_model(
+                saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes")
+            )
+            try:
+                model.load_state_dict(saved["model_state"])
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
+                    f"({str(exc).splitlines()[0]}); the file is damaged: save or train it again"
+                ) from None
     elif Path(spec).is_file():
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
@@ -142,9 +138,11 @@ def load_model(
     return model.to(device).eval()
 
 
-def _robustlab_checkpoint(path: str) -> dict[str, Any] | None:
-    """A classifier saved with its architecture (``{"model_state", "arch", "dataset", "num_classes"}``, as
-    ``robustlab ssl/deacl/finetune`` write), else None."""
+def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
+    """What a model file holds: a classifier saved with its architecture (``{"model_state", "arch", "dataset",
+    "num_classes"}``, as robustlab's trainers write), a whole ``nn.Module`` (``torch.save(model)``, only with
+    ``trust``), or None for a TorchScript archive or any other file. A file holding Python objects is refused
+    (one line, naming ``--trust-checkpoint``) unless trusted: it is never unpickled."""
     try:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("constants.pkl") for name in archive.namelist()):
@@ -152,9 +150,13 @@ def _robustlab_checkpoint(path: str) -> dict[str, Any] | None:
     except (zipfile.BadZipFile, OSError):
         pass
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # anything else that is not a plain checkpoint: not ours
-        return None
+        obj = safe_load(path, trust, what="model file")
+    except CheckpointError as exc:
+        if "--trust-checkpoint" in str(exc):
+            raise
+        return None  # not a PyTorch pickle at all: perhaps TorchScript, which torch.jit.load will judge
+    if isinstance(obj, nn.Module):
+        return obj
     if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("model_state"), dict):
         return obj
     return None
