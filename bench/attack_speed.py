@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def main() -> None:
     xc = torch.rand(args.batch_size if device.type == "cuda" else 32, 3, 32, 32, generator=g).to(device)
     yc = torch.randint(0, 10, (len(xc),), generator=g).to(device)
     rows.append(bench_model("preact-resnet18 (cifar shape)", resnet, xc, yc, 8 / 255, max(3, args.repeats // 3)))
-    result = {"benchmark": "attack_speed", "results": rows, "environment": environment()}
+    result = {"benchmark": "attack_speed", "results": rows, "environment": environment(" ".join(["python", *sys.argv]))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:

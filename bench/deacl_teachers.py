@@ -90,7 +90,7 @@ def main() -> int:
         "pgd_at_minus_deacl_slf_autoattack": gaps,
         "wall_time_s": round(time.time() - started, 1),
         "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
-        "environment": environment(),
+        "environment": environment(" ".join(["python", *sys.argv])),
     }
     write_json(out, report)
     log(f"PGD-AT minus DeACL SLF (AutoAttack): {gaps}; wrote {out}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def main() -> None:
         "n": args.n,
         "autoattack": "pyautoattack standard (apgd-ce, apgd-t, fab-t, square), seed 0",
         "results": results,
-        "environment": environment(),
+        "environment": environment(" ".join(["python", *sys.argv])),
     }
     write_json(args.out, report)
     print(f"wrote {args.out}")

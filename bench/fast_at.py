@@ -12,7 +12,6 @@ Writes ``bench/results/fast_at.json`` and ``bench/results/fast_at_curves.png``.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import time
@@ -25,8 +24,9 @@ from robustlab.defenses import TrainConfig, train
 from robustlab.defenses.methods import make_method
 from robustlab.defenses.monitor import COMonitor
 from robustlab.defenses.report import final_evaluation
-from robustlab.io import atomic_write_bytes, environment, markdown_table, write_json
+from robustlab.io import environment, markdown_table, write_json
 from robustlab.models import build_model, seeded_weights
+from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,12 +62,7 @@ def run_method(name, threat, data, monitor_batch, setting, alpha=None, every_ste
 
 
 def plot(main_runs: dict, co_runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = subplots(1, 3, figsize=(14, 3.8))
     ax = axes[0]
     for name, run in main_runs.items():
         ax.plot([h["epoch"] for h in run["history"]], [h["monitor_pgd_acc"] for h in run["history"]], "o-", label=name)
@@ -84,10 +79,7 @@ def plot(main_runs: dict, co_runs: dict, path: Path) -> None:
         ax.set(title=f"{name}, eps {CO['eps']}, alpha {CO['alpha']} eps (red: CO)", xlabel="step", ylim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "co": co_runs,
             "table_markdown": table,
             "wall_time_s": round(time.time() - started, 1),
-            "environment": environment(),
+            "environment": environment(" ".join(["python", *sys.argv])),
         },
     )
     plot(main_runs, co_runs, out.with_name(out.stem + "_curves.png"))

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary_table": table,
         "runs": runs,
         "wall_time_s": round(time.time() - started, 1),
-        "environment": environment(),
+        "environment": environment(" ".join(["python", *sys.argv])),
     }
     write_json(args.out, report)
     print(table + "\n\n" + pairs_table(runs))

@@ -8,8 +8,7 @@ import os
 import pickle
 import pickletools
 import platform
-import sys
-import tempfile
+import secrets
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch
 from robustlab.errors import CheckpointError
 
 
-def environment() -> dict[str, Any]:
-    """Versions and hardware, for reports."""
+def environment(command: str | None = None) -> dict[str, Any]:
+    """Versions and hardware, for reports; ``command`` is the command line the CLI was given (library code never
+    reads ``sys.argv``: a caller that is not the CLI passes its own description, or nothing)."""
     import torchvision
 
     from robustlab import __version__
@@ -34,7 +34,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "command": " ".join(["robustlab", *sys.argv[1:]]),
+        "command": command,
     }
 
 
@@ -42,15 +42,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that a kill leaves either the old or the new file, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    while True:  # os.open with mode 0o666 lets the kernel apply the umask (mkstemp would make it 0600)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,3 +142,13 @@ def _first_line(exc: BaseException) -> str:
     """The cause in a few words (torch's weights-only message buries it after a paragraph of advice)."""
     text = str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def write_report(out: str | os.PathLike, data: dict[str, Any], markdown: str) -> dict[str, str]:
+    """The one report writer: ``OUT/report.json`` (``data``) and ``OUT/report.md`` (``markdown``), atomically;
+    returns their paths. Plots and HTML are written beside them by their owners."""
+    out = Path(out)
+    files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
+    atomic_write_bytes(out / "report.md", markdown.encode())
+    write_json(out / "report.json", data)
+    return files

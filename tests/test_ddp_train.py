@@ -14,14 +14,15 @@ WORKER = textwrap.dedent(
     import sys
     import torch
     from robustlab.data import first_n, load_dataset
-    from robustlab.defenses import TrainConfig, init_distributed, train
+    from robustlab.defenses import TrainConfig, train
+    from robustlab.distributed import init_distributed
     from robustlab.defenses.methods import make_method
     from robustlab.defenses.monitor import COMonitor
     from robustlab.models import build_model
     from robustlab.threat import ThreatModel
 
     out = sys.argv[1]
-    rank, world = init_distributed(torch.device("cpu"))
+    rank, world = init_distributed(torch.device("cpu")).as_tuple()
     threat = ThreatModel("linf", 0.1)
     ds = load_dataset("fashion-mnist", "train")
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {k: v for k, v in vars(args).items() if k != "run"},
         "seconds": summary["attacks"][runner.name]["seconds"],
         "wall_time_s": round(time.time() - started, 3),
-        "environment": environment(),
+        "environment": environment(args.command_line),
     }
     out = Path(args.out)
     write_json(out / "report.json", report)

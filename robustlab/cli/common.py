@@ -128,19 +128,45 @@ def train_config(args: argparse.Namespace, best_metric: str | None = None):  # -
     )
 
 
-def run_distributed(args: argparse.Namespace, body: Callable[[argparse.Namespace, torch.device, int], int]) -> int:
-    """Resolve the device, join torchrun's process group if there is one, run ``body(args, device, rank)``."""
-    from robustlab.defenses.loop import init_distributed
+# Arguments that change neither the trained weights nor their meaning: a resumed run may differ in them.
+RESUME_NEUTRAL = {
+    "run", "command", "command_line", "verbose", "out", "resume", "overwrite", "no_progress", "device", "threads",
+    "num_workers", "trust_checkpoint", "export", "no_eval", "eval_n", "autoattack", "no_plots", "resume_neutral",
+}  # fmt: skip
 
-    device = resolve_device(args.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world_size = init_distributed(device)
+
+def training_fingerprint(args: argparse.Namespace, neutral: set[str] = RESUME_NEUTRAL) -> dict:
+    """Every argument of a training command that changes its result (what ``--resume`` must match), with the
+    content digest of the files it starts from."""
+    from robustlab.runs import file_digest
+
+    keys = {k: v for k, v in sorted(vars(args).items()) if k not in neutral}
+    for name in ("model", "checkpoint", "teacher", "encoder"):
+        value = keys.get(name)
+        if isinstance(value, str) and os.path.isfile(value):
+            keys[f"{name}_sha256"] = file_digest(value)
+        elif isinstance(value, str) and os.path.isfile(os.path.join(value, "model.pt")):
+            keys[f"{name}_sha256"] = file_digest(os.path.join(value, "model.pt"))
+    return keys
+
+
+def run_distributed(args: argparse.Namespace, body: Callable[[argparse.Namespace, torch.device, int], int]) -> int:
+    """Resolve the device, join torchrun's process group if there is one, lock and check ``--out`` (one run per
+    folder; ``--resume`` only with the same settings), run ``body(args, device, rank)``."""
+    from robustlab.distributed import barrier, finish, init_distributed, shard_device
+    from robustlab.runs import RunFolder
+
+    shard = init_distributed(resolve_device(args.device))
     try:
-        return body(args, device, rank)
+        neutral = RESUME_NEUTRAL | set(getattr(args, "resume_neutral", ()))
+        folder = RunFolder(
+            args.out, args.command, training_fingerprint(args, neutral), resume=args.resume,
+            overwrite=args.overwrite, is_main=shard.is_main, barrier=lambda: barrier(shard),
+        )  # fmt: skip
+        with folder:
+            return body(args, shard_device(resolve_device(args.device), shard), shard.rank)
     finally:
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+        finish(shard)
 
 
 def distributed(body: Callable[[argparse.Namespace, torch.device, int], int]) -> Callable[[argparse.Namespace], int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,14 +25,15 @@ from robustlab.cli.common import (
     resolve_device,
 )
 from robustlab.data import first_n, load_dataset
-from robustlab.errors import RobustlabError
+from robustlab.distributed import Shard, barrier, finish, init_distributed, shard_device
 from robustlab.eval import Evaluator, merge_batches
-from robustlab.eval.distributed import Shard, barrier, finish, gather_batches, init_distributed, shard_device
+from robustlab.eval.evaluator import gather_batches
 from robustlab.eval.report import eps_entry, write_report
 from robustlab.eval.sanity import eps_curve_flag, run_sanity_checks
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_json
 from robustlab.losses import loss_names
 from robustlab.models import load_model
+from robustlab.runs import RunFolder, file_digest, text_digest
 from robustlab.threat import ThreatModel
 
 EXAMPLE = (
@@ -99,35 +99,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--sanity-n", type=int, default=100, help="samples for the gradient-masking checks (0 skips; default 100)"
     )
     p.add_argument("--resume", action="store_true", help="reuse the finished batches saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_run_args(p, out_default="runs/eval")
     p.set_defaults(run=run)
 
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
-    return json.loads(json.dumps({k: getattr(args, k) for k in FINGERPRINT_KEYS}, default=str))
-
-
-def _prepare_out(args: argparse.Namespace, shard: Shard) -> Path:
-    """The checkpoint folder ``OUT/partial``: checked against the configuration (resume) or emptied (fresh)."""
-    partial = Path(args.out) / "partial"
-    fingerprint = _fingerprint(args)
-    saved_path = partial / "fingerprint.json"
-    if args.resume and saved_path.exists():  # every rank checks, so every rank fails alike
-        saved = json.loads(saved_path.read_text())
-        changed = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
-        if changed:
-            raise RobustlabError(
-                f"{args.out} holds a run with different {', '.join(changed)}; resume with the same arguments, "
-                "or use another --out (or drop --resume to start over)"
-            )
-    barrier(shard)
-    if shard.is_main:
-        if not args.resume and partial.exists():
-            shutil.rmtree(partial)
-        write_json(saved_path, fingerprint)
-    barrier(shard)
-    return partial
+    """Everything the cached per-eps batches in ``--out`` depend on, with the content of model files (a file
+    changed under the same name is another model)."""
+    keys = {k: getattr(args, k) for k in FINGERPRINT_KEYS}
+    for name in ("model", "checkpoint"):
+        if keys[name] and Path(keys[name]).is_file():
+            keys[f"{name}_sha256"] = file_digest(keys[name])
+    return keys
 
 
 def _first_samples(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +124,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     shard = init_distributed(resolve_device(args.device))
     try:
-        return _run(args, shard, started)
+        folder = RunFolder(
+            args.out, "eval", _fingerprint(args), resume=args.resume, overwrite=args.overwrite,
+            is_main=shard.is_main, barrier=lambda: barrier(shard),
+        )  # fmt: skip
+        with folder:
+            return _run(args, shard, started)
     finally:
         finish(shard)
 
@@ -151,7 +141,7 @@ def _run(args: argparse.Namespace, shard: Shard, started: float) -> int:
     attacks = {spec: attack_from_spec(spec, seed=args.seed, **defaults) for spec in split_specs(args.attacks)}
     dataset = first_n(load_dataset(args.dataset, args.split, args.data_root, args.download), args.n)
     model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device=device)
-    partial = _prepare_out(args, shard)
+    partial = Path(args.out) / "partial"
     say = print if shard.is_main else (lambda *a, **k: None)
     say(f"{args.model} on {args.dataset}/{args.split} (n={len(dataset)}), {threat.norm}, attacks: {', '.join(attacks)}")
 
@@ -180,7 +170,8 @@ def _run(args: argparse.Namespace, shard: Shard, started: float) -> int:
 
     flags = None
     if args.sanity_n > 0:
-        sanity_path = partial / "sanity.json"
+        depends = [args.eps[0], args.sanity_n, args.steps, args.seed]  # and the fingerprint's model/data/threat
+        sanity_path = partial / f"sanity-{text_digest(json.dumps(depends))[:16]}.json"
         if sanity_path.exists():
             flags = json.loads(sanity_path.read_text())
         else:
@@ -212,7 +203,7 @@ def _run(args: argparse.Namespace, shard: Shard, started: float) -> int:
         "world_size": shard.world,
         "config": {k: v for k, v in vars(args).items() if k != "run"},
         "wall_time_s": round(time.time() - started, 3),
-        "environment": environment(),
+        "environment": environment(args.command_line),
         "files": {"results": str(out / "results.pt")},
     }
     files = write_report(report, out, plots=not args.no_plots)

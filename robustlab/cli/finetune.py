@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
     add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
     add_run_args(p, "runs/finetune")
-    p.set_defaults(run=distributed(_run))
+    p.set_defaults(run=distributed(_run), resume_neutral=("pgd_steps", "pgd_restarts"))  # evaluation only
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:

@@ -29,7 +29,6 @@ from robustlab.cli.common import (
 from robustlab.data import first_n, load_dataset
 from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainResult, train
 from robustlab.defenses.report import evaluation_rows, write_report
-from robustlab.errors import RobustlabError
 from robustlab.io import environment, markdown_table
 from robustlab.models import ARCHITECTURES, build_model, seeded_weights
 from robustlab.threat import ThreatModel
@@ -82,6 +81,7 @@ def add_run_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"run folder (default: {out_default})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -122,10 +122,8 @@ def start(args: argparse.Namespace) -> tuple[float, Path, ThreatModel | None, An
 
 
 def check_out(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
-    if not args.resume and (out / "last.pt").exists():
-        raise RobustlabError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    return out
+    """The run folder (locked and checked by :func:`robustlab.cli.common.run_distributed`)."""
+    return Path(args.out)
 
 
 def train_set_of(args: argparse.Namespace):
@@ -199,7 +197,7 @@ def finish(
         **extra,
         "args": {k: v for k, v in vars(args).items() if k != "run"},
         "wall_time_s": round(time.time() - started, 3),
-        "environment": environment(),
+        "environment": environment(args.command_line),
     }
     write_report(out, report)
     table = [["training time", f"{result.train_seconds:.1f} s ({result.epochs_done} epochs)"], *(rows or [])]

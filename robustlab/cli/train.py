@@ -13,11 +13,11 @@ import torch
 
 from robustlab.cli.common import bounds_value, eps_value, positive_float, positive_int, run_distributed, train_config
 from robustlab.data import first_n, load_dataset
-from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, distributed_info, train
+from robustlab.defenses.loop import LR_SCHEDULES, OPTIMIZERS, train
 from robustlab.defenses.methods import METHODS, NOISE_KINDS, make_method
 from robustlab.defenses.monitor import ON_CO, COMonitor
 from robustlab.defenses.report import evaluation_rows, final_evaluation, plot_curves, write_report
-from robustlab.errors import RobustlabError
+from robustlab.distributed import current_shard
 from robustlab.io import atomic_torch_save, environment, markdown_table
 from robustlab.models import ARCHITECTURES, build_model, load_model, seeded_weights
 from robustlab.threat import ThreatModel
@@ -91,6 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--out", default="runs/train", metavar="DIR", help="run folder (default: runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--export", metavar="FILE", help="also save the final model's state dict here")
     p.add_argument("--threads", type=positive_int, help="CPU threads per process (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
-    world_size = distributed_info()[1]
+    world_size = current_shard().world
     started = time.time()
     threat = ThreatModel(args.norm, args.eps, args.bounds)
     method = make_method(
@@ -141,9 +142,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
                 seed=args.seed,
             )
         )
-    out = Path(args.out)
-    if not args.resume and (out / "last.pt").exists():
-        raise RobustlabError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    out = Path(args.out)  # locked and checked by run_distributed
     say = print if rank == 0 else (lambda *a, **k: None)
 
     def on_epoch(s: dict) -> None:
@@ -197,7 +196,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
         "epoch_seconds_mean": sum(h["epoch_seconds"] for h in result.history) / max(len(result.history), 1),
         "history": result.history,
         "wall_time_s": round(time.time() - started, 3),
-        "environment": environment(),
+        "environment": environment(args.command_line),
     }
     write_report(out, report)
     if result.history:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         **result.to_dict(),
         "config": {k: v for k, v in vars(args).items() if k != "run"},
         "wall_time_s": round(time.time() - started, 3),
-        "environment": environment(),
+        "environment": environment(args.command_line),
     }
     write_json(out / "report.json", report)
     header = (

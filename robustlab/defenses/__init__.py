@@ -7,10 +7,7 @@ from robustlab.defenses.loop import (
     TrainConfig,
     TrainContext,
     TrainResult,
-    distributed_info,
-    init_distributed,
     train,
-    unwrap,
 )
 
 __all__ = [
@@ -20,8 +17,5 @@ __all__ = [
     "TrainConfig",
     "TrainContext",
     "TrainResult",
-    "distributed_info",
-    "init_distributed",
     "train",
-    "unwrap",
 ]

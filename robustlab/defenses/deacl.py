@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
-from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
+from robustlab.defenses.loop import SeededMethod, TrainContext
 from robustlab.defenses.ssl import Augment, Encoder
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.models import seeded_weights
 from robustlab.threat import ThreatModel

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import PGD
 from robustlab.defenses.deacl import NeverSucceeds
-from robustlab.defenses.loop import SeededMethod, unwrap
+from robustlab.defenses.loop import SeededMethod
 from robustlab.defenses.ssl import classifier_head, replace_head
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

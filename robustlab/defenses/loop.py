@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from robustlab.distributed import Shard, broadcast_ints, current_shard
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import atomic_torch_save, safe_load, write_json
 
@@ -178,29 +178,6 @@ class TrainResult:
     out_dir: Path | None
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (inner attacks run on it: no extra all-reduce)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def distributed_info() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` unless torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on CUDA), if present."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return distributed_info()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
-    return distributed_info()
-
-
 def lr_at(config: TrainConfig, progress: float) -> float:
     """The learning rate at ``progress`` in [0, 1] of training (per step, so schedules are smooth)."""
     lr = config.lr
@@ -280,14 +257,10 @@ def _in_memory(dataset: Dataset) -> tuple[Tensor | None, Tensor | None]:
     return None, None
 
 
-def _broadcast_decision(decision: str | None, is_best: bool, world_size: int, device: torch.device) -> tuple[str, bool]:
+def _broadcast_decision(decision: str | None, is_best: bool, shard: Shard, device: torch.device) -> tuple[str, bool]:
     """Rank 0's decision, on every rank."""
-    code = _DECISIONS.index(decision or "continue")
-    if world_size > 1:
-        t = torch.tensor([code, int(is_best)], dtype=torch.long, device=device)
-        dist.broadcast(t, src=0)
-        code, is_best = int(t[0].item()), bool(t[1].item())
-    return _DECISIONS[code], is_best
+    code, best = broadcast_ints([_DECISIONS.index(decision or "continue"), int(is_best)], shard, device)
+    return _DECISIONS[code], bool(best)
 
 
 def _state(obj: Any) -> Any:
@@ -324,7 +297,8 @@ def train(
     """
     config.validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    rank, world_size = distributed_info()
+    shard = current_shard()
+    rank, world_size = shard.as_tuple()
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     use_amp = bool(config.amp and device.type == "cuda")
@@ -357,7 +331,10 @@ def train(
     train_seconds = 0.0
     if resume:
         if out is None or not (out / "last.pt").is_file():
-            raise RobustlabError(f"--resume: no checkpoint {out / 'last.pt' if out else 'last.pt'}; drop --resume")
+            raise RobustlabError(
+                f"--resume: no checkpoint {out / 'last.pt' if out else 'last.pt'} to continue; start over "
+                "without --resume (with --overwrite if the folder holds the run's other files)"
+            )
         ckpt = safe_load(out / "last.pt", trust_checkpoint, what="training checkpoint")
         if not isinstance(ckpt, dict) or not set(ckpt) >= _CHECKPOINT_KEYS:
             raise CheckpointError(
@@ -413,7 +390,7 @@ def train(
             decision = getattr(c, hook)(ctx)
             if decision not in (None, *_DECISIONS):
                 raise ValueError(f"callback {type(c).__name__} returned {decision!r}; expected one of {_DECISIONS}")
-        return _broadcast_decision(decision, False, world_size, device)[0], False
+        return _broadcast_decision(decision, False, shard, device)[0], False
 
     epoch = start_epoch
     while stop_reason is None and epoch < config.epochs:
@@ -474,7 +451,7 @@ def train(
         ctx.history.append(stats)
         value = stats.get(config.best_metric) if config.best_metric else None
         is_best = ctx.is_main and value is not None and (best_value is None or value > best_value)
-        _, is_best = _broadcast_decision(None, is_best, world_size, device)
+        _, is_best = _broadcast_decision(None, is_best, shard, device)
         if config.best_metric is None or is_best:
             best_epoch, best_value = epoch, value
             best_state = copy.deepcopy(model.state_dict())

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack, frozen_parameters
 from robustlab.attacks.presets import FGSM, PGD
-from robustlab.defenses.loop import SeededMethod, unwrap
+from robustlab.defenses.loop import SeededMethod
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from robustlab.attacks.presets import PGD
 from robustlab.defenses.deacl import deacl_loss, feature_pgd, frozen_teacher
 from robustlab.defenses.finetune import trades_attack, trades_loss
-from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
+from robustlab.defenses.loop import SeededMethod, TrainContext
 from robustlab.defenses.ssl import Augment, classifier_head, embed, replace_head
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from robustlab.attacks.presets import PGD
 from robustlab.eval import Evaluator
 from robustlab.io import atomic_write_bytes, markdown_table, write_json
+from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
 
 
@@ -58,15 +59,8 @@ def final_evaluation(
 
 def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
     """Clean / FGSM / PGD accuracy of the monitor batch and the training loss per epoch, as a PNG."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax, ax_loss) = subplots(1, 2, figsize=(10, 3.6))
     for key, label in [
         ("monitor_clean_acc", "clean"),
         ("monitor_fgsm_acc", "FGSM"),
@@ -83,10 +77,7 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     ax_loss.plot(epochs, [h.get("loss", float("nan")) for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=100)
 
 
 def evaluation_rows(evaluation: dict[str, Any] | None) -> list[list[str]]:

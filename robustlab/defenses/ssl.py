@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.defenses.loop import SeededMethod, TrainContext, unwrap
+from robustlab.defenses.loop import SeededMethod, TrainContext
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.models import Normalize, load_model, seeded_weights
 from robustlab.models.loader import load_checkpoint
@@ -393,5 +394,4 @@ __all__ = [
     "resolve_model",
     "save_classifier",
     "simco_loss",
-    "unwrap",
 ]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.base import AttackResult, check_labels, model_logits
 from robustlab.criteria import interest_class_rank
+from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
@@ -276,3 +277,13 @@ def _load_batch(path: Path) -> EvalResult:
         raise CheckpointError(
             f"evaluation batch {str(path)!r} is not a robustlab batch file ({exc}); delete it to recompute it"
         ) from None
+
+
+def gather_batches(batches: dict[int, EvalResult], shard: Shard) -> dict[int, EvalResult] | None:
+    """All ranks' ``{batch: EvalResult}`` on rank 0 (``None`` on the others); a no-op for one process."""
+    if not shard.distributed:
+        return batches
+    parts = gather_to_main({b: r.to_state() for b, r in batches.items()}, shard)
+    if parts is None:
+        return None
+    return {b: EvalResult.from_state(s) for part in parts for b, s in (part or {}).items()}

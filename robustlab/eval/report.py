@@ -14,6 +14,7 @@ from typing import Any
 from robustlab.eval.evaluator import EvalResult
 from robustlab.eval.metrics import topk_report
 from robustlab.io import markdown_table
+from robustlab.plots import save_png, subplots
 
 
 def eps_entry(eps: float, result: EvalResult, ks: Sequence[int] | None = None) -> dict[str, Any]:
@@ -86,30 +87,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
-    """Save a figure as PNG atomically and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from robustlab.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def plot_robust_vs_eps(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Robust accuracy against eps: one line per attack (cumulative) and the worst case."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     entries = sorted(report["results"], key=lambda e: e["eps"])
     eps = [e["eps"] for e in entries]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = subplots(figsize=(5, 3.6))
     ax.plot(eps, [100 * e["clean_accuracy"] for e in entries], "k:", label="clean")
     for name in entries[0]["attacks"]:
         ax.plot(eps, [100 * e["attacks"][name]["robust_accuracy_after"] for e in entries], "o-", label=f"after {name}")
@@ -119,18 +101,13 @@ def plot_robust_vs_eps(report: dict[str, Any], path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, dpi=120)
 
 
 def plot_icr_histogram(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Histogram of the worst-case interest class rank, one group of bars per eps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     entries = sorted(report["results"], key=lambda e: e["eps"])
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = subplots(figsize=(5, 3.6))
     width = 0.8 / max(1, len(entries))
     for i, e in enumerate(entries):
         hist = e["worst_case_topk"]["icr"]["histogram"]
@@ -142,7 +119,7 @@ def plot_icr_histogram(report: dict[str, Any], path: str | os.PathLike) -> None:
     ax.set_title(f"{report['model']}: worst-case ICR", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, dpi=120)
 
 
 def write_report(report: dict[str, Any], out: str | os.PathLike, plots: bool = True) -> dict[str, str]:

@@ -24,6 +24,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Attack, Evaluator
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import markdown_table
+from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -190,14 +191,9 @@ def transfer_matrix(
 
 def plot_heatmaps(result: TransferResult, path: str | Path) -> None:
     """A PNG grid of heat maps: one per (attack, k), rows = surrogates, columns = targets, cells = top-k ASR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows, cols = len(result.attacks), len(result.ks)
     size = max(len(result.sources), len(result.targets))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows,
         cols,
         figsize=(2.5 + cols * (1.2 + 0.6 * size), 1.0 + rows * (1.6 + 0.5 * size)),
@@ -224,19 +220,15 @@ def plot_heatmaps(result: TransferResult, path: str | Path) -> None:
     fig.suptitle(
         f"transfer top-k ASR (surrogate rows, target columns), {result.threat.norm} eps={result.threat.eps:.3g}"
     )
-    _save(fig, path)
+    save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_topk_curves(result: TransferResult, path: str | Path) -> None:
     """A PNG of top-k ASR against k, one line per attack, one panel per (surrogate, white-box or target)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     columns = [WHITE_BOX, *result.targets]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(result.sources),
         len(columns),
         figsize=(3.2 * len(columns), 2.8 * len(result.sources)),
@@ -257,24 +249,11 @@ def plot_topk_curves(result: TransferResult, path: str | Path) -> None:
             if j == 0:
                 ax.set_ylabel("top-k ASR (%)", fontsize=8)
     axes[0][-1].legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _short(name: str) -> str:
     return name.replace("zoo:", "")
-
-
-def _save(fig: Any, path: str | Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from robustlab.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 __all__ = [
