@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import NoReturn
 
+from robustlab import __version__
 from robustlab.errors import RobustlabError
 
 # Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
-SUBCOMMANDS = ["attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune"]
+SUBCOMMANDS = ["attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune", "zoo"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -23,12 +24,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="robustlab",
         description="Attack image classifiers and make them robust: one threat model, one evaluator.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    parser.add_argument(
+        "--version", action="version", version=f"robustlab {__version__} (torch {torch_version()})"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         import_module(f"robustlab.cli.{name.replace('-', '_')}").add_parser(subparsers)
