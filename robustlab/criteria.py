@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -41,3 +42,16 @@ class TargetedMisclassified:
     @property
     def name(self) -> str:
         return "targeted"
+
+
+@dataclass(frozen=True)
+class NeverSucceeds:
+    """A criterion that never holds, so the attack runs all its steps on every sample (no early stop):
+    feature-space and TRADES attacks, whose "success" has no meaning."""
+
+    def __call__(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
+
+    @property
+    def name(self) -> str:
+        return "never"

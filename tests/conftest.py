@@ -42,3 +42,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv, *words)`` runs ``robustlab argv`` in-process and asserts a user mistake's contract: exit
+    code 2, exactly one stderr line (no traceback) that contains every one of ``words``; returns that line."""
+    from robustlab.cli import main
+
+    def run(argv: list[str], *words: str) -> str:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2, f"exit {code}, stderr: {err}"
+        assert len(lines) == 1 and "Traceback" not in err, err
+        for word in words:
+            assert word.lower() in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
+        return lines[0]
+
+    return run

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
+from robustlab.criteria import NeverSucceeds
 from robustlab.defenses.loop import SeededMethod, TrainContext
 from robustlab.defenses.ssl import Augment, Encoder
 from robustlab.distributed import unwrap
@@ -28,15 +29,6 @@ log = logging.getLogger(__name__)
 def negative_cosine(features: Tensor, target: Tensor) -> Tensor:
     """Per-sample ``-cos(features, target)``: the feature-space attack loss (higher = further from target)."""
     return -F.cosine_similarity(features, target, dim=1)
-
-
-class NeverSucceeds:
-    """A criterion that never holds, so the attack runs all its steps on every sample (no early stop)."""
-
-    name = "never"
-
-    def __call__(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
 
 
 def feature_pgd(steps: int = 5, step_size: float | None = None, seed: int = 0) -> GradientAttack:
@@ -185,7 +177,6 @@ class DeACL(SeededMethod):
 __all__ = [
     "STUDENT_INITS",
     "DeACL",
-    "NeverSucceeds",
     "Shifted",
     "deacl_loss",
     "feature_pgd",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import PGD
-from robustlab.defenses.deacl import NeverSucceeds
+from robustlab.criteria import NeverSucceeds
 from robustlab.defenses.loop import SeededMethod
 from robustlab.defenses.ssl import classifier_head, replace_head
 from robustlab.distributed import unwrap
