@@ -39,6 +39,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def topk_list(text: str) -> list[int]:
+    """``--topk 1,2,3,5`` -> ``[1, 2, 3, 5]`` (k >= 1; the model's class count bounds it later)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"give k >= 1, e.g. 1,2,3,5; got {text!r}")
+    return values
+
+
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
     parser.add_argument(
         flag,

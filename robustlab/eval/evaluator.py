@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.base import AttackResult, check_labels, model_logits
-from robustlab.criteria import interest_class_rank
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.eval.metrics import interest_class_rank
 from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
 
@@ -42,7 +42,8 @@ class EvalResult:
     clean_logits: Tensor  # (N, C)
     clean_correct: Tensor  # bool (N,)
     attacked: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack ran on the sample
-    success: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack broke the sample
+    success: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): top-1 wrong at the attack's x_adv
+    criterion: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack's own criterion held
     adv_logits: dict[str, Tensor] = field(default_factory=dict)  # (N, C): logits at the attack's x_adv
     robust_after: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): still robust after it
     seconds: dict[str, float] = field(default_factory=dict)
@@ -51,6 +52,14 @@ class EvalResult:
     @property
     def n(self) -> int:
         return len(self.labels)
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """Per sample: the clean logits or some attack's logits hold NaN or inf (never correct, never robust)."""
+        flags = ~torch.isfinite(self.clean_logits).all(1)
+        for logits in self.adv_logits.values():
+            flags |= ~torch.isfinite(logits).all(1)
+        return flags
 
     @property
     def clean_accuracy(self) -> float:
@@ -80,7 +89,7 @@ class EvalResult:
     def to_state(self) -> dict[str, Any]:
         """Plain tensors and numbers (for ``torch.save``/``torch.load(weights_only=True)``)."""
         state = {k: getattr(self, k) for k in ("labels", "clean_logits", "clean_correct", "x_adv")}
-        for k in ("attacked", "success", "adv_logits", "robust_after", "seconds"):
+        for k in ("attacked", "success", "criterion", "adv_logits", "robust_after", "seconds"):
             state[k] = dict(getattr(self, k))
         return state
 
@@ -96,6 +105,7 @@ class EvalResult:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "attack_success_rate": self.attack_success_rate(),
+            "nonfinite": self.nonfinite.nonzero().squeeze(1).tolist(),
             "attacks": {
                 name: {
                     "robust_accuracy_after": self.robust_after[name].float().mean().item(),
@@ -215,19 +225,21 @@ class Evaluator:
         with torch.no_grad():
             clean_logits = model_logits(model, x)
         check_labels(y, clean_logits.shape[1])
-        correct = clean_logits.argmax(1) == y
+        correct = top1_correct(clean_logits, y)
         result = EvalResult(y.cpu(), clean_logits.cpu(), correct.cpu())
         robust = correct.clone()
         x_adv = x.clone() if self.keep_adv else None
         for name, attack in self.attacks.items():
             todo = robust.clone() if self.only_robust else torch.ones_like(robust)
             idx = todo.nonzero().squeeze(1)
-            success = torch.zeros_like(robust)
+            success, criterion = torch.zeros_like(robust), torch.zeros_like(robust)
             logits = clean_logits.clone()
             start = time.perf_counter()
             if idx.numel():
                 out = attack(model, x[idx], y[idx], self.threat)
-                success[idx] = out.success.to(success.device) & correct[idx]
+                # the headline is top-1 at x_adv, whatever criterion the attack optimised (top-k, targeted)
+                success[idx] = correct[idx] & ~top1_correct(out.logits.to(success.device), y[idx])
+                criterion[idx] = out.success.to(success.device) & correct[idx]
                 logits[idx] = out.logits.to(logits.dtype)
                 if x_adv is not None:
                     # keep the first adversarial input that breaks a sample, else the latest attempt
@@ -237,10 +249,16 @@ class Evaluator:
             robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
             result.success[name] = success.cpu()
+            result.criterion[name] = criterion.cpu()
             result.adv_logits[name] = logits.cpu()
             result.robust_after[name] = robust.cpu()
         result.x_adv = x_adv.cpu() if x_adv is not None else None
         return result
+
+
+def top1_correct(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per sample: the true class is the arg-max of finite logits (a NaN or inf logit is never correct)."""
+    return (logits.argmax(1) == labels) & torch.isfinite(logits).all(1)
 
 
 def merge_batches(batches: Mapping[int, EvalResult], names: list[str]) -> EvalResult:
@@ -259,6 +277,7 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
     for name in names:
         merged.attacked[name] = cat([p.attacked[name] for p in parts])
         merged.success[name] = cat([p.success[name] for p in parts])
+        merged.criterion[name] = cat([p.criterion.get(name, p.success[name]) for p in parts])
         merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
         merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
         merged.seconds[name] = sum(p.seconds[name] for p in parts)

@@ -8,9 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robustlab.criteria import interest_class_rank
+from robustlab.criteria import interest_class_rank as _rank
 
 __all__ = ["default_topk", "icr_statistics", "interest_class_rank", "topk_metrics", "topk_report", "worst_case_rank"]
+
+
+def interest_class_rank(logits: Tensor, labels: Tensor) -> Tensor:
+    """Rank of the true class (1 = top); a row with a NaN or inf logit ranks it last (it is never "in the top k")."""
+    return torch.where(torch.isfinite(logits).all(1), _rank(logits, labels), logits.shape[1])
 
 
 def default_topk(num_classes: int) -> list[int]:
@@ -39,15 +44,7 @@ def topk_metrics(adv_logits: Tensor, labels: Tensor, clean_logits: Tensor, ks: S
     """
     adv_rank = interest_class_rank(adv_logits, labels)
     clean_rank = interest_class_rank(clean_logits, labels)
-    out: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
-    for k in ks:
-        in_topk = clean_rank <= k
-        pushed_out = in_topk & (adv_rank > k)
-        out["asr"][str(k)] = pushed_out.sum().item() / max(1, in_topk.sum().item())
-        out["robust_accuracy"][str(k)] = (in_topk & (adv_rank <= k)).float().mean().item()
-        out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
-    out["icr"] = icr_statistics(adv_rank, adv_logits.shape[1])
-    return out
+    return _rank_metrics(adv_rank, clean_rank, ks, adv_logits.shape[1], torch.ones_like(adv_rank, dtype=torch.bool))
 
 
 def worst_case_rank(result: Any) -> Tensor:
@@ -57,13 +54,20 @@ def worst_case_rank(result: Any) -> Tensor:
     return torch.stack(ranks).max(dim=0).values
 
 
-def _rank_metrics(ranks: Tensor, clean_rank: Tensor, ks: Sequence[int], num_classes: int) -> dict[str, Any]:
-    """Top-k ASR / robust / clean accuracy and ICR statistics from per-sample ranks after and before attacks."""
+def _rank_metrics(
+    ranks: Tensor, clean_rank: Tensor, ks: Sequence[int], num_classes: int, attacked: Tensor
+) -> dict[str, Any]:
+    """Top-k ASR / robust / clean accuracy and ICR statistics from per-sample ranks after and before attacks.
+
+    Only ``attacked`` samples count as top-k robust and in the ASR denominators: under AutoAttack's protocol a
+    sample that was wrong but in the clean top k was never attacked, and counting it would dilute the ASR.
+    """
     out: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
     for k in ks:
         in_topk = clean_rank <= k
-        out["asr"][str(k)] = (in_topk & (ranks > k)).sum().item() / max(1, in_topk.sum().item())
-        out["robust_accuracy"][str(k)] = (in_topk & (ranks <= k)).float().mean().item()
+        tried = in_topk & attacked
+        out["asr"][str(k)] = (tried & (ranks > k)).sum().item() / max(1, tried.sum().item())
+        out["robust_accuracy"][str(k)] = (tried & (ranks <= k)).float().mean().item()
         out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
     out["icr"] = icr_statistics(ranks, num_classes)
     return out
@@ -84,13 +88,14 @@ def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
     clean_rank = interest_class_rank(result.clean_logits, result.labels)
     own = all(bool(a.all()) for a in result.attacked.values())
     out: dict[str, Any] = {"ks": ks, "scope": "own" if own else "cumulative", "attacks": {}}
-    cumulative = clean_rank
+    cumulative, tried = clean_rank, torch.zeros_like(result.clean_correct)
     for name, logits in result.adv_logits.items():
         rank = interest_class_rank(logits, result.labels)
         cumulative = torch.maximum(cumulative, rank)
-        stats = _rank_metrics(rank if own else cumulative, clean_rank, ks, num_classes)
+        tried = tried | result.attacked[name]
+        stats = _rank_metrics(rank if own else cumulative, clean_rank, ks, num_classes, tried)
         stats["scope"] = out["scope"]
         stats["attacked"] = int(result.attacked[name].sum().item())
         out["attacks"][name] = stats
-    out["worst_case"] = _rank_metrics(worst_case_rank(result), clean_rank, ks, num_classes)
+    out["worst_case"] = _rank_metrics(worst_case_rank(result), clean_rank, ks, num_classes, tried)
     return out

@@ -1,0 +1,125 @@
+"""What an evaluation run evaluates: a model and a dataset given by name (loaded by the run, with a fingerprint for
+``--resume``) or as objects, and the one-batch probe that refuses a model that does not fit the data before work."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustlab.attacks.base import check_labels, model_logits
+from robustlab.data import first_n, load_dataset
+from robustlab.errors import RobustlabError
+from robustlab.runs import file_digest
+
+Data = Dataset | tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model by spec (``zoo:NAME``, ``module:factory`` + checkpoint, a file), loaded by the run."""
+
+    spec: str
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+
+    def load(self, device: torch.device | str = "cpu") -> nn.Module:
+        from robustlab.models import load_model
+
+        return load_model(self.spec, self.checkpoint, self.trust_checkpoint, device=device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The spec and checkpoint, with the content of model files (a file changed under the same name is
+        another model)."""
+        keys: dict[str, Any] = {"model": self.spec, "checkpoint": self.checkpoint}
+        for name in ("model", "checkpoint"):
+            if keys[name] and Path(keys[name]).is_file():
+                keys[f"{name}_sha256"] = file_digest(keys[name])
+        return keys
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset by name (``fashion-mnist``, ``imagefolder:PATH``, ...), split and size, loaded by the run."""
+
+    name: str
+    split: str = "test"
+    n: int | None = None
+    root: str | None = None
+    download: bool = True
+
+    def load(self) -> Dataset:
+        return first_n(load_dataset(self.name, self.split, self.root, self.download), self.n)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"dataset": self.name, "split": self.split, "n": self.n}
+
+
+def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | str) -> tuple[nn.Module, str, dict]:
+    """``(module, name for reports, fingerprint)`` of a model given as a module, a spec or a :class:`ModelSource`."""
+    if isinstance(model, str):
+        model = ModelSource(model)
+    if isinstance(model, ModelSource):
+        return model.load(device), model.spec, model.fingerprint()
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return model, type(model).__name__, {"model": type(model).__name__, "model_state_sha256": digest.hexdigest()}
+
+
+def resolve_data(data: Data | str | DataSource) -> tuple[Data, str, str, dict]:
+    """``(dataset, name, split, fingerprint)`` of data given as a dataset, an ``(x, y)`` pair, a name or a
+    :class:`DataSource`; objects are fingerprinted by their size and first items."""
+    if isinstance(data, str):
+        data = DataSource(data)
+    if isinstance(data, DataSource):
+        return data.load(), data.name, data.split, data.fingerprint()
+    x, y = first_batch(data, 64)
+    digest = hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+    n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
+    return data, type(data).__name__, "-", {"dataset": type(data).__name__, "n": n, "first_items_sha256": digest}
+
+
+def first_batch(data: Data, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` items (fewer if the data is smaller) as two tensors."""
+    if isinstance(data, tuple):
+        return data[0][:n], data[1][:n]
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise RobustlabError("nothing to evaluate: the dataset is empty")
+    x, y = next(iter(DataLoader(data, batch_size=min(n, len(data)), shuffle=False)))  # type: ignore[arg-type]
+    return x, torch.as_tensor(y)
+
+
+def probe(model: nn.Module, data: Data, device: torch.device | str, ks: Sequence[int] | None = None) -> int:
+    """Run the model on two samples before any long work; returns the number of classes, or one error line: a
+    model whose input does not fit the data, labels outside its classes, top-k values it cannot have."""
+    x, y = first_batch(data, 2)
+    try:
+        with torch.no_grad():
+            logits = model_logits(model, x.to(device))
+    except RobustlabError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RobustlabError(
+            f"the model does not fit this dataset's inputs of shape {tuple(x.shape[1:])} ({first}); choose a model "
+            "built for this dataset"
+        ) from None
+    num_classes = logits.shape[1]
+    check_labels(y.to(logits.device), num_classes)
+    bad = [k for k in ks or [] if not 1 <= k < num_classes]
+    if bad:
+        raise RobustlabError(
+            f"top-k values {bad} impossible for a {num_classes}-class model; k must be in 1..{num_classes - 1}"
+        )
+    return num_classes
+
+
+__all__ = ["DataSource", "ModelSource", "first_batch", "probe", "resolve_data", "resolve_model"]
