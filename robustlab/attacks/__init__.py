@@ -1,7 +1,14 @@
-"""Attacks: one gradient loop (:class:`GradientAttack`) and its named configurations."""
+"""Attacks: one protocol (:class:`Attack`), one gradient loop (:class:`GradientAttack`) and its named
+configurations, the top-k, targeted and transfer attacks, and adapters for AutoAttack and torchattacks."""
 
-from robustlab.attacks.base import AttackResult, GradientAttack, frozen_parameters, model_logits
+from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack
+from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import ATTACKS, FGSM, IFGSM, MIFGSM, PGD, make_attack
+from robustlab.attacks.protocol import Attack, AttackResult, check_labels, frozen_parameters, model_logits
+from robustlab.attacks.registry import attack_from_spec, split_specs
+from robustlab.attacks.targeted import Targeted, choose_targets
+from robustlab.attacks.topk import TopK
+from robustlab.attacks.transfer import Ensemble, TransferAttack
 
 __all__ = [
     "ATTACKS",
@@ -9,23 +16,20 @@ __all__ = [
     "IFGSM",
     "MIFGSM",
     "PGD",
+    "Attack",
     "AttackResult",
+    "AutoAttack",
+    "Ensemble",
     "GradientAttack",
+    "Targeted",
+    "TopK",
+    "TorchattacksAttack",
+    "TransferAttack",
+    "attack_from_spec",
+    "check_labels",
+    "choose_targets",
     "frozen_parameters",
     "make_attack",
     "model_logits",
+    "split_specs",
 ]
-
-from robustlab.attacks.targeted import Targeted, choose_targets  # noqa: E402
-
-__all__ += ["Targeted", "choose_targets"]
-
-from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack  # noqa: E402
-from robustlab.attacks.registry import attack_from_spec, split_specs  # noqa: E402
-
-__all__ += ["AutoAttack", "TorchattacksAttack", "attack_from_spec", "split_specs"]
-
-from robustlab.attacks.topk import TopK  # noqa: E402
-from robustlab.attacks.transfer import Ensemble, TransferAttack  # noqa: E402
-
-__all__ += ["Ensemble", "TopK", "TransferAttack"]

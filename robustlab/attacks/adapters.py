@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import AttackResult, check_labels, frozen_parameters, model_logits
+from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits
 from robustlab.criteria import Misclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import cross_entropy

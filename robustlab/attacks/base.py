@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits
 from robustlab.criteria import Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss
@@ -20,58 +19,6 @@ from robustlab.threat import ThreatModel
 log = logging.getLogger(__name__)
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass
-class AttackResult:
-    """What an attack returns; every tensor is per sample, in the order of the inputs (``success``, ``loss`` and
-    ``logits`` are None for an attack built with ``evaluate=False``)."""
-
-    x_adv: Tensor
-    success: Tensor  # bool (N,): the criterion holds at x_adv
-    loss: Tensor  # (N,): the attack loss at x_adv (for targeted attacks: the loss towards the target)
-    logits: Tensor  # (N, C): the model's logits at x_adv
-    info: dict = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Switch off ``requires_grad`` on the parameters (no weight gradients), restore it afterwards."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def model_logits(model: nn.Module, x: Tensor) -> Tensor:
-    """Run the model and check that it returns one row of logits per sample."""
-    logits = model(x)
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise RobustlabError(
-            f"the model returned {shape} for a batch of {x.shape[0]} inputs; a classifier must return "
-            "logits of shape (N, num_classes) (wrap feature extractors with a linear head)"
-        )
-    return logits
-
-
-def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None:
-    """Raise unless ``labels`` are integer class indices in ``[0, num_classes)``.
-
-    Attacks skip this check for floating-point targets, which feature-space attacks (DeACL) use with a
-    custom loss and criterion.
-    """
-    if labels.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
-        raise RobustlabError(f"{what} must be integer class indices, got dtype {labels.dtype}")
-    if labels.numel() and (labels.min().item() < 0 or labels.max().item() >= num_classes):
-        raise RobustlabError(
-            f"{what} range over [{labels.min().item()}, {labels.max().item()}] but the model has "
-            f"{num_classes} classes; use indices 0..{num_classes - 1}"
-        )
 
 
 def diverse_inputs(x: Tensor, prob: float, generator: torch.Generator, scale: float = 1.1) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import AttackResult, GradientAttack, model_logits
+from robustlab.attacks.protocol import Attack, AttackResult, model_logits
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -28,18 +28,27 @@ def choose_targets(rule: str | int, logits: Tensor, labels: Tensor, generator: t
 
 
 class Targeted:
-    """Wraps an attack so that the evaluator's ``attack(model, x, y, threat)`` call becomes targeted."""
+    """Wraps an attack so that the evaluator's ``attack(model, x, y, threat)`` call becomes targeted: the targets
+    are chosen per sample by ``rule`` (a class index, ``random`` drawn from ``seed``, or ``least-likely``)."""
 
-    def __init__(self, attack: GradientAttack, rule: str | int = "random", seed: int = 0) -> None:
+    def __init__(self, attack: Attack, rule: str | int = "random", seed: int = 0) -> None:
         self.attack = attack
         self.rule = rule
         self.seed = seed
         self.name = f"{attack.name}-targeted"
 
     def config(self) -> dict:
+        """The wrapped attack's configuration and the target rule, for reports."""
         return {**self.attack.config(), "target": self.rule}
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> AttackResult:
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
+    ) -> AttackResult:
+        """Choose targets by the rule (or take the given ``target``) and run the wrapped attack towards them."""
+        if target is not None:
+            result = self.attack(model, x, y, threat, target=target)
+            result.info["target"] = target
+            return result
         generator = torch.Generator(device=x.device)
         generator.manual_seed(self.seed)
         with torch.no_grad():

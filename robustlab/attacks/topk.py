@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks.base import AttackResult
 from robustlab.attacks.presets import make_attack
+from robustlab.attacks.protocol import AttackResult
 from robustlab.criteria import Misclassified, interest_class_rank
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, normalized_ce, register_loss

@@ -7,17 +7,16 @@ makes "craft on the surrogate, judge on the target" an ordinary attack for the e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import AttackResult, Criterion, model_logits
+from robustlab.attacks.base import Criterion
+from robustlab.attacks.protocol import Attack, AttackResult, model_logits
 from robustlab.criteria import Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
-
-Attack = Callable[..., AttackResult]  # attack(model, x, y, threat, target=None) -> AttackResult
 
 
 class Ensemble(nn.Module):
@@ -65,8 +64,7 @@ class TransferAttack:
 
     def config(self) -> dict:
         """The crafting attack's configuration, for reports."""
-        inner = self.attack.config() if hasattr(self.attack, "config") else {"attack": str(self.attack)}
-        return {**inner, "transfer": True}
+        return {**self.attack.config(), "transfer": True}
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
