@@ -132,8 +132,6 @@ def test_ifgsm_and_fgsm_rows_come_from_the_same_examples_per_k(zoo_cnn, zoo_mlp,
         (["--targets", "zoo:fmnist-mlp", "--attacks", "deepfool"], "unknown attack"),
     ],
 )
-def test_transfer_cli_errors_are_one_line(extra, message, capsys, tmp_path):
+def test_transfer_cli_errors_are_one_line(extra, message, cli_error, tmp_path):
     base = ["transfer", "--source", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "8", "--eps", "0.1"]
-    assert main([*base, *extra, "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    cli_error([*base, *extra, "--out", str(tmp_path)], message)  # exit 2, one stderr line, no traceback

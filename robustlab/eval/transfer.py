@@ -54,6 +54,9 @@ class TransferResult:
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     x_adv: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # [attack][source] -> (N, ...)
     attack_configs: dict[str, dict] = field(default_factory=dict)
+    dataset: str = "-"
+    split: str = "-"
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -91,6 +94,21 @@ class TransferResult:
             "transfer": self.transfer,
             "seconds": self.seconds,
         }
+
+    def clean_table(self) -> str:
+        """Clean accuracy of every surrogate and target."""
+        rows = [[m, f"{100 * a:.2f} %"] for m, a in self.clean_accuracy.items()]
+        return markdown_table(["model", "clean accuracy"], rows)
+
+    def to_markdown(self) -> str:
+        """``report.md``: the setting, the clean accuracies and :meth:`markdown`'s tables."""
+        header = (
+            f"# Transfer attacks on {self.dataset}/{self.split} (n = {self.n}), {self.threat.norm} "
+            f"eps = {self.threat.eps:.4g}\n\nCells: top-k attack success rate (%) for k = "
+            + ", ".join(map(str, self.ks))
+            + "; rows craft (surrogates), columns judge (the white-box column is the surrogate itself).\n\n"
+        )
+        return header + self.clean_table() + "\n\n" + self.markdown()
 
     def markdown(self) -> str:
         """Per attack, a surrogate x target table of top-k ASR (one ``a / b / c`` cell per pair), then ICRs."""

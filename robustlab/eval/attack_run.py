@@ -1,0 +1,163 @@
+"""One attack over a dataset in one call: ``run_attack(model, data, AttackConfig(...), out)`` does what
+``robustlab attack`` does -- clean and (top-1) robust accuracy, attack success rate, top-k statistics, the
+report and, if asked, the adversarial examples -- with every output path checked before the attack runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.attacks import Targeted, attack_from_spec
+from robustlab.errors import RobustlabError
+from robustlab.eval.evaluator import Evaluator
+from robustlab.eval.metrics import default_topk, topk_metrics
+from robustlab.eval.report import TopKStats
+from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model
+from robustlab.io import atomic_torch_save, environment, markdown_table, write_report
+from robustlab.runs import check_writable_file, check_writable_folder
+from robustlab.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack (any spec, e.g. ``pgd``, ``topk(k=3)``, ``autoattack``; or an attack object) at one threat model.
+
+    ``steps``, ``step_size``, ``loss`` and ``restarts`` given here are options of that attack (an attack that does
+    not take one refuses it); ``target`` makes it targeted (a class index, ``random`` or ``least-likely``).
+    """
+
+    attack: Any
+    eps: float
+    norm: str = "linf"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    target: str | None = None
+    topk: tuple[int, ...] | None = None
+    batch_size: int = 256
+    seed: int = 0
+    steps: int | None = None
+    step_size: float | None = None
+    loss: str | None = None
+    restarts: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
+
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps, self.bounds)
+
+    def build_attack(self) -> Any:
+        """The attack object, wrapped in :class:`~robustlab.attacks.Targeted` when a target rule is given."""
+        attack = self.attack
+        if isinstance(attack, str):
+            options = {k: getattr(self, k) for k in ("steps", "step_size", "loss", "restarts")}
+            try:
+                attack = attack_from_spec(with_options(attack, options), seed=self.seed)
+            except TypeError as exc:
+                raise RobustlabError(f"attack {attack!r}: {exc}") from None
+        return Targeted(attack, self.target, seed=self.seed) if self.target else attack
+
+
+def with_options(spec: str, options: dict[str, Any]) -> str:
+    """``spec`` with ``options`` (None: not given) as options in parentheses; options already in the spec win."""
+    given = ",".join(f"{k}={v!r}" for k, v in options.items() if v is not None)
+    if not given:
+        return spec
+    head, paren, rest = spec.strip().partition("(")
+    return f"{head}({given},{rest}" if paren else f"{head}({given})"
+
+
+@dataclass
+class AttackReport:
+    """What ``robustlab attack`` reports. ``robust_accuracy`` is top-1 at the adversarial points; for a targeted
+    or top-k attack, ``criterion_success_rate`` is the share of clean-correct samples where its own goal held."""
+
+    name: str
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    attack_success_rate: float
+    criterion_success_rate: float
+    topk: TopKStats
+    attack: dict[str, Any]
+    threat: dict[str, Any]
+    seconds: float
+    nonfinite: list[int] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["topk"] = self.topk.to_dict()
+        return d
+
+    def rows(self) -> list[list[Any]]:
+        """The table the CLI prints: metric, value."""
+        return [
+            ["clean accuracy", f"{100 * self.clean_accuracy:.2f} %"],
+            ["robust accuracy (top-1)", f"{100 * self.robust_accuracy:.2f} %"],
+            ["attack success rate", f"{100 * self.attack_success_rate:.2f} %"],
+            *[[f"top-{k} ASR", f"{100 * asr:.2f} %"] for k, asr in self.topk.asr.items()],
+            ["interest class rank (mean / median)", f"{self.topk.icr['mean']:.2f} / {self.topk.icr['median']:.0f}"],
+            *([["samples with NaN/inf logits", len(self.nonfinite)]] if self.nonfinite else []),
+            ["samples", self.n],
+            ["attack time", f"{self.seconds:.2f} s"],
+        ]
+
+    def to_markdown(self) -> str:
+        return markdown_table(["metric", "value"], self.rows())
+
+
+def run_attack(
+    model: nn.Module | str | ModelSource,
+    dataset: Data | str | DataSource,
+    config: AttackConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    save_adv: str | os.PathLike | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    command_line: str | None = None,
+) -> AttackReport:
+    """Attack every sample of ``dataset``; with ``out``, write ``out/report.json`` and ``report.md``; with
+    ``save_adv``, the adversarial examples ``{"x_adv", "y", "index"}``. Outputs, attack, model and data are checked
+    first."""
+    started = time.time()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    threat, runner = config.threat(), config.build_attack()
+    if out is not None:
+        check_writable_folder(out)
+    if save_adv is not None:
+        check_writable_file(save_adv, "--save-adv")
+    module, _, _ = resolve_model(model, device)
+    data, _, _, _ = resolve_data(dataset)
+    num_classes = probe(module, data, device, config.topk)
+    ks = list(config.topk or default_topk(num_classes))
+    evaluator = Evaluator(
+        {runner.name: runner}, threat, batch_size=config.batch_size, only_robust=False,
+        keep_adv=save_adv is not None, progress=progress, device=device,
+    )  # fmt: skip
+    result = evaluator.run(module, data)
+    summary = result.summary()
+    correct = max(1, int(result.clean_correct.sum()))
+    report = AttackReport(
+        runner.name, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
+        summary["attack_success_rate"], int(result.criterion[runner.name].sum()) / correct,
+        TopKStats.from_dict(topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)),
+        runner.config(), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
+        config={**{k: v for k, v in asdict(config).items() if k not in ("attack", "extra")}, **config.extra},
+        wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
+    )  # fmt: skip
+    if out is not None:
+        report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))
+    if save_adv is not None:
+        atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+        report.files["adversarial_examples"] = str(save_adv)
+    return report
+
+
+__all__ = ["AttackConfig", "AttackReport", "run_attack", "with_options"]

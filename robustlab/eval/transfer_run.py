@@ -1,0 +1,138 @@
+"""A transfer evaluation in one call: ``run_transfer(sources, targets, data, TransferConfig(...), out)`` does what
+``robustlab transfer`` does -- surrogates (single models or ensembles) craft, targets judge, a top-k ASR matrix,
+``report.json``/``report.md``/heat maps/curves and, if asked, the adversarial examples."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.attacks import Ensemble, attack_from_spec, split_specs
+from robustlab.errors import RobustlabError
+from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data
+from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
+from robustlab.io import atomic_torch_save, environment, write_report
+from robustlab.runs import check_writable_file, check_writable_folder
+from robustlab.threat import ThreatModel
+
+DEFAULT_ATTACKS = "fgsm,ifgsm,ifgsm+normalized-ce"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Attacks (specs, built with ``steps``/``step_size``/``seed`` as defaults, or ``{name: attack}``), the threat
+    model and the k's of the tables."""
+
+    eps: float
+    attacks: str | tuple[str, ...] | Mapping[str, Any] = DEFAULT_ATTACKS
+    norm: str = "linf"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    topk: tuple[int, ...] | None = None
+    batch_size: int = 256
+    seed: int = 0
+    steps: int | None = None
+    step_size: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
+
+    def build_attacks(self) -> dict[str, Any]:
+        if isinstance(self.attacks, Mapping):
+            return dict(self.attacks)
+        specs = split_specs(self.attacks) if isinstance(self.attacks, str) else list(self.attacks)
+        repeated = sorted({s for s in specs if specs.count(s) > 1})
+        if repeated:
+            raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
+        return {s: attack_from_spec(s, seed=self.seed, steps=self.steps, step_size=self.step_size) for s in specs}
+
+
+Model = nn.Module | str | ModelSource
+
+
+def load_models(
+    sources: Sequence[Model | Sequence[Model]] | Mapping[str, nn.Module], targets: Sequence[Model] | Mapping,
+    device: torch.device,
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:  # fmt: skip
+    """``({surrogate name: model}, {target name: model})``; a source given as several models is their ensemble
+    (named ``a+b``); each spec is loaded once."""
+    loaded: dict[str, nn.Module] = {}
+
+    def one(model: Model) -> tuple[str, nn.Module]:
+        if isinstance(model, nn.Module):
+            return type(model).__name__, model
+        spec = ModelSource(model) if isinstance(model, str) else model
+        if spec.spec not in loaded:
+            loaded[spec.spec] = spec.load(device)
+        return spec.spec, loaded[spec.spec]
+
+    def group(source: Model | Sequence[Model]) -> tuple[str, nn.Module]:
+        if isinstance(source, (str, nn.Module, ModelSource)):
+            return one(source)
+        members = [one(m) for m in source]
+        if not members:
+            raise RobustlabError("--source is empty; give a model spec such as zoo:fmnist-cnn")
+        if len(members) == 1:
+            return members[0]
+        return "+".join(n for n, _ in members), Ensemble([m for _, m in members])
+
+    surrogates = dict(sources) if isinstance(sources, Mapping) else dict(group(s) for s in sources)
+    judged = dict(targets) if isinstance(targets, Mapping) else dict(one(t) for t in targets)
+    if not judged:
+        raise RobustlabError("--targets is empty; give model specs such as zoo:fmnist-cnn-s1,zoo:fmnist-mlp")
+    return surrogates, judged
+
+
+def run_transfer(
+    sources: Sequence[Model | Sequence[Model]] | Mapping[str, nn.Module],
+    targets: Sequence[Model] | Mapping[str, nn.Module],
+    dataset: Data | str | DataSource,
+    config: TransferConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    save_adv: str | os.PathLike | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    command_line: str | None = None,
+) -> TransferResult:
+    """Craft every attack on every surrogate, judge every target; with ``out``, write the report and plots there.
+    Outputs, attacks, models and data are checked before any attack runs."""
+    started = time.time()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    threat = ThreatModel(config.norm, config.eps, config.bounds)
+    attacks = config.build_attacks()
+    if out is not None:
+        check_writable_folder(out)
+    if save_adv is not None:
+        check_writable_file(save_adv, "--save-adv")
+    surrogates, judged = load_models(sources, targets, device)
+    data, name, split, _ = resolve_data(dataset)
+    for model in [*surrogates.values(), *judged.values()]:
+        probe(model, data, device, config.topk)
+    result = transfer_matrix(
+        surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
+    )
+    result.dataset, result.split = name, split
+    if out is not None:
+        out = Path(out)
+        report = {
+            **result.to_dict(),
+            "config": {**{k: v for k, v in asdict(config).items() if k not in ("attacks", "extra")}, **config.extra},
+            "wall_time_s": round(time.time() - started, 3),
+            "environment": environment(command_line),
+        }
+        result.files = write_report(out, report, result.to_markdown())
+        result.files.update(heatmap=str(out / "heatmap.png"), topk_curves=str(out / "topk_curves.png"))
+        plot_heatmaps(result, result.files["heatmap"])
+        plot_topk_curves(result, result.files["topk_curves"])
+    if save_adv is not None:
+        atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+        result.files["adversarial_examples"] = str(save_adv)
+    return result
+
+
+__all__ = ["DEFAULT_ATTACKS", "TransferConfig", "load_models", "run_transfer"]
