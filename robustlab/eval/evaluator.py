@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab.attacks.base import AttackResult, check_labels, model_logits
+from robustlab.attacks.protocol import Attack, check_labels, model_logits
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.eval.metrics import interest_class_rank
@@ -26,12 +26,6 @@ from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-
-
-class Attack(Protocol):
-    """Anything the evaluator can run: ``attack(model, x, y, threat) -> AttackResult``."""
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> AttackResult: ...
 
 
 @dataclass

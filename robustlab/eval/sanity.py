@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.adapters import AutoAttack
-from robustlab.attacks.base import frozen_parameters, model_logits
 from robustlab.attacks.presets import PGD
+from robustlab.attacks.protocol import frozen_parameters, model_logits
 from robustlab.eval.evaluator import Evaluator
 from robustlab.losses import cross_entropy
 from robustlab.threat import ThreatModel

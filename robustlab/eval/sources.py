@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab.attacks.base import check_labels, model_logits
+from robustlab.attacks.protocol import check_labels, model_logits
 from robustlab.data import first_n, load_dataset
 from robustlab.errors import RobustlabError
 from robustlab.runs import file_digest

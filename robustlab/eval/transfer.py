@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab.attacks.base import model_logits
+from robustlab.attacks.protocol import Attack, model_logits
 from robustlab.errors import RobustlabError
-from robustlab.eval.evaluator import Attack, Evaluator
+from robustlab.eval.evaluator import Evaluator
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import markdown_table
 from robustlab.plots import save_png, subplots
