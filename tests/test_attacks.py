@@ -136,3 +136,18 @@ def test_bad_configuration_and_inputs_are_named(zoo_cnn, fmnist_batch):
         PGD()(zoo_cnn, x, y[:4], threat)
     with pytest.raises(RobustlabError, match="logits of shape"):
         PGD()(torch.nn.Conv2d(1, 2, 3), x, y, threat)
+
+
+def test_perturb_gives_the_x_adv_of_a_call_without_its_extra_forward_pass(zoo_cnn, fmnist_batch):
+    """``perturb`` is training's inner maximisation: the same x_adv as ``attack(...).x_adv``, nothing else."""
+    x, y = fmnist_batch(64)
+    threat = ThreatModel("linf", 0.1)
+    for attack in (FGSM(), PGD(steps=3, seed=5), MIFGSM(steps=3)):
+        x_adv = attack.perturb(zoo_cnn, x, y, threat)
+        assert isinstance(x_adv, torch.Tensor) and torch.equal(x_adv, attack(zoo_cnn, x, y, threat).x_adv)
+    target = (y + 1) % 10
+    assert torch.equal(
+        PGD(steps=3).perturb(zoo_cnn, x, y, threat, target), PGD(steps=3)(zoo_cnn, x, y, threat, target).x_adv
+    )
+    with pytest.raises(RobustlabError, match="one restart"):
+        PGD(restarts=2).perturb(zoo_cnn, x, y, threat)

@@ -119,31 +119,59 @@ class GradientAttack:
     def resolve_step_size(self, threat: ThreatModel) -> float:
         return float(self.step_size) if self.step_size is not None else self.rel_step_size * threat.eps
 
-    def __call__(
-        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
-    ) -> AttackResult:
-        """Attack ``model`` at ``x`` (true labels ``y``); with ``target`` the attack is targeted."""
+    def _check(self, x: Tensor, y: Tensor, threat: ThreatModel) -> None:
+        """Refuse a batch whose shapes do not match or whose inputs leave the threat model's bounds."""
         if x.dim() < 2 or x.shape[0] != y.shape[0]:
             raise RobustlabError(
                 f"inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not match; "
                 "give a batch x of shape (N, ...) and labels of shape (N,)"
             )
         threat.check_inputs(x)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed)
+        return generator
+
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
+    ) -> Tensor:
+        """Just ``x_adv``, for adversarial training's inner maximisation: one restart, no forward pass at ``x_adv``.
+
+        The model runs as it is, like a training step: a train-mode model's BatchNorm statistics see the
+        iterates and its dropout draws from the global RNG (the PGD-AT recipe); ``__call__`` leaves it untouched.
+        """
+        if self.restarts != 1:
+            raise RobustlabError(
+                f"perturb runs one restart, not {self.restarts}: restarts pick per sample by the loss at x_adv; "
+                "call the attack for its AttackResult instead"
+            )
+        self._check(x, y, threat)
+        targeted = target is not None
+        criterion = self.criterion or (TargetedMisclassified() if targeted else Misclassified())
+        labels, sign = (target, -1.0) if targeted else (y, 1.0)
+        step_size = self.resolve_step_size(threat)
+        with frozen_parameters(model):
+            return self._run(model, x.detach(), labels, threat, step_size, sign, criterion, self._generator(x.device))
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
+    ) -> AttackResult:
+        """Attack ``model`` at ``x`` (true labels ``y``); with ``target`` the attack is targeted."""
         start = time.perf_counter()
+        if not self.evaluate:
+            x_adv = self.perturb(model, x, y, threat, target)
+            return AttackResult(x_adv, None, None, None, {"time_s": time.perf_counter() - start})  # type: ignore[arg-type]
+        self._check(x, y, threat)
         targeted = target is not None
         labels = target if targeted else y
         criterion = self.criterion or (TargetedMisclassified() if targeted else Misclassified())
         sign = -1.0 if targeted else 1.0
         step_size = self.resolve_step_size(threat)
-        device = x.device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed)
+        generator = self._generator(x.device)
         x = x.detach()
 
         with frozen_parameters(model):
-            if not self.evaluate:
-                x_adv = self._run(model, x, labels, threat, step_size, sign, criterion, generator)
-                return AttackResult(x_adv, None, None, None, {"time_s": time.perf_counter() - start})  # type: ignore[arg-type]
             best: AttackResult | None = None
             for _ in range(self.restarts):
                 x_adv = self._run(model, x, labels, threat, step_size, sign, criterion, generator)
