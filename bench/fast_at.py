@@ -20,14 +20,12 @@ from pathlib import Path
 import torch
 
 from robustlab.data import first_n, load_dataset
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.methods import make_method
-from robustlab.defenses.monitor import COMonitor
-from robustlab.defenses.report import final_evaluation
+from robustlab.defenses import COMonitor, make_method
 from robustlab.io import environment, markdown_table, write_json
 from robustlab.models import build_model, seeded_weights
 from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, final_evaluation, train
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ["standard", "fgsm", "fgsm-rs", "noiseaug", "n-fgsm", "gradalign", "pgd"]
@@ -44,7 +42,7 @@ def fresh_model(seed: int = 0) -> torch.nn.Module:
         return build_model("cnn", "fashion-mnist")
 
 
-def run_method(name, threat, data, monitor_batch, setting, alpha=None, every_steps=0, on_co="continue"):
+def run_method(name, threat, data, monitor_batch, setting, step_size=None, every_steps=0, on_co="continue"):
     """Train one method; returns (model, result, monitor)."""
     monitor = COMonitor(*monitor_batch, threat, every_steps=every_steps, on_co=on_co)
     config = TrainConfig(
@@ -57,7 +55,7 @@ def run_method(name, threat, data, monitor_batch, setting, alpha=None, every_ste
         best_metric="monitor_pgd_acc",
     )
     model = fresh_model()
-    result = train(model, make_method(name, threat, alpha), data, config, None, callbacks=[monitor])
+    result = train(model, make_method(name, threat, step_size), data, config, None, callbacks=[monitor])
     return model, result, monitor
 
 
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             co_data,
             (mon_x, mon_y),
             CO,
-            alpha=CO["alpha"] * CO["eps"],
+            step_size=CO["alpha"] * CO["eps"],
             every_steps=CO["every_steps"],
             on_co="continue",
         )

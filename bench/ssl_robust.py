@@ -2,7 +2,7 @@
 (plus the paper's exact recipe -> SLF); pseudo-supervised AT (k-means targets) -> SLF; supervised PGD-AT for
 reference. Clean and AutoAttack accuracy at Linf eps 0.1, training times. Sized for a 2-core CPU (~2 minutes
 on a quiet one, ~10 on a loaded one); every stage trains through the one training loop
-(robustlab.defenses.train) and every number comes from robustlab.eval.Evaluator.
+(robustlab.training.train) and every number comes from robustlab.eval.Evaluator.
 
     python bench/ssl_robust.py                 # writes bench/results/ssl_robust.json
     python bench/ssl_robust.py --budget large  # more data/epochs, ~5 minutes; bench/results/ssl_robust_large.json
@@ -24,17 +24,27 @@ import torch
 from torch.utils.data import Subset
 
 from robustlab.data import load_dataset
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.deacl import DeACL, frozen_teacher, make_student
-from robustlab.defenses.finetune import FineTune, prepare_classifier
 from robustlab.defenses.methods import PGDAT
-from robustlab.defenses.pseudo import PseudoAT, kmeans_labeler, make_pseudo_student
-from robustlab.defenses.report import final_evaluation
-from robustlab.defenses.ssl import Augment, ContrastiveSSL, KNNMonitor, SSLModel, save_classifier
 from robustlab.io import environment, write_json
 from robustlab.models import build_model, seeded_weights
 from robustlab.models.loader import ZOO_DIR
+from robustlab.ssl import (
+    Augment,
+    DeACL,
+    FineTune,
+    KNNMonitor,
+    PseudoAT,
+    SimCLR,
+    SSLModel,
+    frozen_teacher,
+    kmeans_labeler,
+    make_pseudo_student,
+    make_student,
+    prepare_classifier,
+    save_classifier,
+)
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, final_evaluation, train
 
 ROOT = Path(__file__).resolve().parent
 SMALL = {
@@ -194,9 +204,7 @@ def main() -> int:
     start = time.perf_counter()
     ssl_result = train(
         ssl_model,
-        ContrastiveSSL(
-            "simclr", s["ssl_temperature"], augment=Augment("strong", tuple(s["ssl_crop_scale"])), seed=s["seed"]
-        ),
+        SimCLR(s["ssl_temperature"], augment=Augment("strong", tuple(s["ssl_crop_scale"])), seed=s["seed"]),
         ssl_set,
         ssl_config,
         callbacks=[monitor],

@@ -14,7 +14,7 @@ WORKER = textwrap.dedent(
     import sys
     import torch
     from robustlab.data import first_n, load_dataset
-    from robustlab.defenses import TrainConfig, train
+    from robustlab.training import TrainConfig, train
     from robustlab.distributed import init_distributed
     from robustlab.defenses.methods import make_method
     from robustlab.defenses.monitor import COMonitor

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.deacl import (
+from robustlab.errors import RobustlabError
+from robustlab.ssl.augment import Augment
+from robustlab.ssl.deacl import (
     DeACL,
     Shifted,
     deacl_loss,
@@ -20,10 +21,9 @@ from robustlab.defenses.deacl import (
     make_student,
     negative_cosine,
 )
-from robustlab.defenses.pseudo import PseudoAT, PseudoLabeler, kmeans, kmeans_labeler, make_pseudo_student
-from robustlab.defenses.ssl import Augment
-from robustlab.errors import RobustlabError
+from robustlab.ssl.pseudo import PseudoAT, PseudoLabeler, kmeans, kmeans_labeler, make_pseudo_student
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, train
 
 THREAT = ThreatModel("linf", 0.1)
 

@@ -9,12 +9,12 @@ import torch
 
 from robustlab.cli import main
 from robustlab.data import first_n, load_dataset
-from robustlab.defenses import TrainConfig, train
 from robustlab.defenses.methods import make_method
 from robustlab.defenses.monitor import COMonitor
 from robustlab.errors import RobustlabError
 from robustlab.models import build_model
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, train
 
 THREAT = ThreatModel("linf", 0.1)
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.finetune import FineTune, kl_to_clean, prepare_classifier, trades_loss
-from robustlab.defenses.ssl import classifier_head
 from robustlab.errors import RobustlabError
+from robustlab.ssl import FineTune, classifier_head, prepare_classifier
+from robustlab.ssl.trades import kl_to_clean, trades_loss
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, train
 
 THREAT = ThreatModel("linf", 0.1)
 

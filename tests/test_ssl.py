@@ -13,20 +13,21 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.ssl import (
+from robustlab.models import build_model, load_model
+from robustlab.ssl import (
     Augment,
-    ContrastiveSSL,
     Encoder,
     KNNMonitor,
+    SimCLR,
+    SimCo,
     SSLModel,
     info_nce,
     knn_accuracy,
-    resolve_model,
+    make_ssl_method,
     save_classifier,
     simco_loss,
 )
-from robustlab.models import build_model
+from robustlab.training import TrainConfig, train
 
 
 @pytest.fixture
@@ -181,14 +182,12 @@ def test_simclr_trains_through_the_loop_and_saves_a_loadable_classifier(fmnist_t
         (fmnist_test.images[300:400].float() / 255, fmnist_test.labels[300:400]),
     )
     config = TrainConfig(epochs=2, batch_size=64, lr=0.1, lr_schedule="constant", max_steps_per_epoch=3)
-    result = train(
-        model, ContrastiveSSL("simclr", 0.2), Subset(fmnist_test, range(512)), config, tmp_path, callbacks=[monitor]
-    )
+    result = train(model, SimCLR(0.2), Subset(fmnist_test, range(512)), config, tmp_path, callbacks=[monitor])
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert all(0 <= h["knn_accuracy"] <= 1 and math.isfinite(h["loss"]) for h in result.history)
     assert torch.equal(net.model.fc.weight, head_before)  # the head is not part of the encoder
     save_classifier(tmp_path / "model.pt", net, "cnn", "fashion-mnist", method="simclr")
-    loaded = resolve_model(str(tmp_path))
+    loaded = load_model(str(tmp_path))
     x = fmnist_test.images[:4].float() / 255
     with torch.no_grad():
         assert torch.allclose(loaded(x), net.eval()(x), atol=1e-6)
@@ -197,13 +196,13 @@ def test_simclr_trains_through_the_loop_and_saves_a_loadable_classifier(fmnist_t
 def test_simco_method_and_resume_state_round_trip(fmnist_batch):
     x, y = fmnist_batch(32)
     model = SSLModel(build_model("cnn", "fashion-mnist"), hidden_dim=32, out_dim=16)
-    method = ContrastiveSSL("simco", temperature=0.1, tau_beta=1.0, seed=3)
+    method = SimCo(temperature=0.1, tau_beta=1.0, seed=3)
     loss, stats = method.training_loss(model, x, y)
     assert loss.ndim == 0 and loss.requires_grad and "positive_cos" in stats
     state = method.state_dict()
-    again = ContrastiveSSL("simco", temperature=0.1, tau_beta=1.0, seed=3)
+    again = SimCo(temperature=0.1, tau_beta=1.0, seed=3)
     again.load_state_dict(state)
     # the restored generator draws the same next views as the original one
     assert all(torch.equal(a, b) for a, b in zip(method.views(x), again.views(x)))
-    with pytest.raises(ValueError, match="simclr or simco"):
-        ContrastiveSSL("byol")
+    with pytest.raises(ValueError, match="simclr, simco"):
+        make_ssl_method("byol")

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from robustlab.data import first_n, load_dataset
-from robustlab.defenses import TrainConfig, train
-from robustlab.defenses.loop import TrainContext, lr_at
 from robustlab.defenses.methods import METHODS, NoiseAug, make_method
 from robustlab.errors import RobustlabError
 from robustlab.models import build_model
 from robustlab.threat import ThreatModel
+from robustlab.training import TrainConfig, TrainContext, lr_at, train
 
 EPS = 0.1
 THREAT = ThreatModel("linf", EPS)
@@ -47,7 +46,7 @@ def test_training_input_stays_in_bounds_and_in_its_ball(name, zoo_cnn, fmnist_ba
         assert dist.max() <= (method.noise_sigma + 1) * EPS + ATOL
         assert dist.max() > EPS  # the noise takes it outside the eps-ball around x
     elif name == "n-fgsm":  # not projected around x: noise of up to k eps plus one eps step
-        assert dist.max() <= (method.k + 1) * EPS + ATOL
+        assert dist.max() <= (method.noise_multiple + 1) * EPS + ATOL
         assert dist.max() > EPS
 
 
@@ -80,9 +79,9 @@ def test_training_loss_takes_parameter_gradients_only_from_the_loss(fmnist_batch
 def test_noiseaug_gaussian_and_options():
     method = make_method("noiseaug", THREAT, noise="gaussian", noise_sigma=3)
     assert isinstance(method, NoiseAug) and method.noise == "gaussian" and method.noise_sigma == 3
-    assert method.alpha == pytest.approx(1.25 * EPS)
-    assert make_method("pgd", THREAT).alpha == pytest.approx(EPS / 4)
-    assert make_method("n-fgsm", THREAT).alpha == pytest.approx(EPS)
+    assert method.step_size == pytest.approx(1.25 * EPS)
+    assert make_method("pgd", THREAT).step_size == pytest.approx(EPS / 4)
+    assert make_method("n-fgsm", THREAT).step_size == pytest.approx(EPS)
     with pytest.raises(RobustlabError, match="unknown method"):
         make_method("fgsm-foo", THREAT)
     with pytest.raises(RobustlabError, match="does not take noise_sigma"):

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
+import math
 from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from robustlab.errors import RobustlabError
 from robustlab.threat import parse_eps
+from robustlab.training.run import resolve_device  # noqa: F401 (the subcommands import it from here)
+
+if TYPE_CHECKING:
+    from robustlab.threat import ThreatModel
+    from robustlab.training.loop import TrainConfig
+    from robustlab.training.run import TrainingSetup
 
 
 def positive_int(text: str) -> int:
@@ -30,12 +39,40 @@ def eps_value(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(eps_value(text))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
+    """A finite number > 0 (fractions such as 8/255 allowed)."""
+    value = _number(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """A whole number >= 0 (0 usually means off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    """``text`` as a finite float (``8/255`` allowed), or the argparse error naming it."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -109,36 +146,11 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RobustlabError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RobustlabError(f"unknown device {name!r}; use cpu or cuda") from None
 
 
-def train_config(args: argparse.Namespace, best_metric: str | None = None):  # -> TrainConfig
-    """The training loop's configuration from the shared optimisation and run arguments of the training CLIs."""
-    from robustlab.defenses.loop import TrainConfig
+# ---------------------------------------------------------------------------- the training commands' shared parts
 
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        amp=getattr(args, "amp", False),
-        num_workers=getattr(args, "num_workers", 0),
-        progress=not args.no_progress,
-        best_metric=best_metric,
-        max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
-    )
-
-
+TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)"
 # Arguments that change neither the trained weights nor their meaning: a resumed run may differ in them.
 RESUME_NEUTRAL = {
     "run", "command", "command_line", "verbose", "out", "resume", "overwrite", "no_progress", "device", "threads",
@@ -146,40 +158,146 @@ RESUME_NEUTRAL = {
 }  # fmt: skip
 
 
-def training_fingerprint(args: argparse.Namespace, neutral: set[str] = RESUME_NEUTRAL) -> dict:
-    """Every argument of a training command that changes its result (what ``--resume`` must match), with the
-    content digest of the files it starts from."""
-    from robustlab.runs import file_digest
-
-    keys = {k: v for k, v in sorted(vars(args).items()) if k not in neutral}
-    for name in ("model", "checkpoint", "teacher", "encoder"):
-        value = keys.get(name)
-        if isinstance(value, str) and os.path.isfile(value):
-            keys[f"{name}_sha256"] = file_digest(value)
-        elif isinstance(value, str) and os.path.isfile(os.path.join(value, "model.pt")):
-            keys[f"{name}_sha256"] = file_digest(os.path.join(value, "model.pt"))
-    return keys
+def add_training_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
+    p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
+    p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
+    p.add_argument(
+        "--no-download", dest="download", action="store_false", help="never download: fail if the data is not on disk"
+    )
 
 
-def run_distributed(args: argparse.Namespace, body: Callable[[argparse.Namespace, torch.device, int], int]) -> int:
-    """Resolve the device, join torchrun's process group if there is one, lock and check ``--out`` (one run per
-    folder; ``--resume`` only with the same settings), run ``body(args, device, rank)``."""
-    from robustlab.distributed import barrier, finish, init_distributed, shard_device
-    from robustlab.runs import RunFolder
-
-    shard = init_distributed(resolve_device(args.device))
-    try:
-        neutral = RESUME_NEUTRAL | set(getattr(args, "resume_neutral", ()))
-        folder = RunFolder(
-            args.out, args.command, training_fingerprint(args, neutral), resume=args.resume,
-            overwrite=args.overwrite, is_main=shard.is_main, barrier=lambda: barrier(shard),
-        )  # fmt: skip
-        with folder:
-            return body(args, shard_device(resolve_device(args.device), shard), shard.rank)
-    finally:
-        finish(shard)
+def add_training_threat_args(p: argparse.ArgumentParser, required: bool, default_eps: str | None = None) -> None:
+    g = p.add_argument_group("threat model")
+    g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
+    g.add_argument(
+        "--eps", required=required and default_eps is None, default=default_eps, type=eps_value,
+        help="radius of the eps-ball, e.g. 0.1 or 8/255" + (f" (default: {default_eps})" if default_eps else ""),
+    )  # fmt: skip
+    g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
 
 
-def distributed(body: Callable[[argparse.Namespace, torch.device, int], int]) -> Callable[[argparse.Namespace], int]:
-    """A training subcommand's ``run``: ``body(args, device, rank)`` under :func:`run_distributed`."""
-    return lambda args: run_distributed(args, body)
+def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
+    """``--step-size`` (with ``--alpha``, its old name, as a hidden alias)."""
+    group.add_argument("--step-size", dest="step_size", type=positive_float, help=help_text)
+    group.add_argument("--alpha", dest="step_size", type=positive_float, help=argparse.SUPPRESS)
+
+
+def add_optim_args(
+    p: argparse.ArgumentParser, epochs: int, batch_size: int, optimizer: str, lr: float, schedule: str, wd: float
+) -> None:
+    from robustlab.training.loop import LR_SCHEDULES, OPTIMIZERS
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
+    o.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"per rank (default: {batch_size})")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer, help=f"(default: {optimizer})")
+    o.add_argument("--lr", type=positive_float, default=lr, help=f"peak/initial learning rate (default: {lr})")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule, help=f"(default: {schedule})")
+    o.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum / Adam beta1, in [0, 1)")
+    o.add_argument("--weight-decay", type=nonnegative_float, default=wd, help=f"(default: {wd})")
+    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
+    o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
+
+
+def add_training_run_args(p: argparse.ArgumentParser, out_default: str) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--out", default=out_default, metavar="DIR", help=f"run folder (default: {out_default})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: str = "teacher") -> None:
+    p.add_argument(
+        flag, required=True, metavar="SPEC",
+        help=f"the {what}: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME "
+        "(+ --checkpoint) or package.module:factory (+ --checkpoint)",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", metavar="FILE", help=f"weights of a torchvision:/module:factory {what}")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def add_student_args(group: argparse._ArgumentGroup, init_help: str) -> None:
+    """``--augment`` and ``--init`` of a student trained against a frozen teacher (deacl, pseudo-at)."""
+    from robustlab.ssl import AUGMENT_STRENGTHS, STUDENT_INITS
+
+    group.add_argument("--augment", choices=AUGMENT_STRENGTHS, default="weak", help="augmentation (default: weak)")
+    group.add_argument(
+        "--init", choices=STUDENT_INITS, default="teacher",
+        help=f"student initialisation: {init_help} or random (better on short budgets: see the README's SSL section)",
+    )  # fmt: skip
+
+
+def train_config(args: argparse.Namespace, best_metric: str | None = None) -> TrainConfig:
+    """The training loop's configuration from the shared optimisation and run arguments."""
+    from robustlab.training.loop import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+        amp=getattr(args, "amp", False), num_workers=getattr(args, "num_workers", 0), progress=not args.no_progress,
+        best_metric=best_metric, max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
+    )  # fmt: skip
+
+
+def train_set_of(args: argparse.Namespace) -> Any:
+    """The first ``--n`` items of the training split."""
+    from robustlab.data import first_n, load_dataset
+
+    return first_n(load_dataset(args.dataset, "train", args.data_root, args.download), args.n)
+
+
+def test_set_of(args: argparse.Namespace, n: int) -> Any:
+    from robustlab.data import first_n, load_dataset
+
+    return first_n(load_dataset(args.dataset, "test", args.data_root, args.download), n)
+
+
+def threat_of(args: argparse.Namespace) -> ThreatModel | None:
+    """The threat model of ``--norm/--eps/--bounds`` (None without ``--eps``)."""
+    from robustlab.threat import ThreatModel
+
+    return ThreatModel(args.norm, args.eps, args.bounds) if getattr(args, "eps", None) is not None else None
+
+
+def load_teacher(args: argparse.Namespace, spec: str, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+    """The teacher/encoder classifier named by ``spec`` and its architecture (where robustlab knows it)."""
+    from robustlab.models import load_model, model_arch
+
+    net = load_model(spec, args.checkpoint, args.trust_checkpoint, device=device)
+    return net, model_arch(spec)[0]
+
+
+def epoch_printer(epochs: int, keys: tuple[str, ...]) -> Callable[[dict], None]:
+    """A line per epoch: time, loss and ``keys`` (and a CO marker)."""
+
+    def on_epoch(s: dict) -> None:
+        parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s]
+        co = "  CATASTROPHIC OVERFITTING" if s.get("co") else ""
+        print(f"epoch {s['epoch']:>3}/{epochs}  {s['epoch_seconds']:.1f}s  " + "  ".join(parts) + co, flush=True)
+
+    return on_epoch
+
+
+def run_training_command(
+    args: argparse.Namespace, build: Callable[[torch.device], TrainingSetup], keys: tuple[str, ...] = ()
+) -> int:
+    """A training subcommand's one library call (:func:`robustlab.training.run_training`) and its printing."""
+    from robustlab.io import markdown_table
+    from robustlab.training.run import run_training
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    neutral = RESUME_NEUTRAL | set(getattr(args, "resume_neutral", ()))
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in neutral}
+    report = run_training(
+        args.command, settings, build, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        trust_checkpoint=getattr(args, "trust_checkpoint", False), command_line=args.command_line,
+        on_start=lambda setup: print(setup.banner, flush=True),
+        on_epoch=epoch_printer(args.epochs, keys),
+    )  # fmt: skip
+    if report is not None:  # rank 0
+        print(markdown_table(["metric", "value"], report.summary_rows()))
+        print(f"report: {Path(args.out) / 'report.json'}; model: {Path(args.out) / 'model.pt'}", flush=True)
+    return 0

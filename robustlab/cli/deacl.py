@@ -6,22 +6,25 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import distributed, positive_float, positive_int, train_config
-from robustlab.cli.ssl import (
-    add_data_args,
+from robustlab.cli.common import (
     add_optim_args,
-    add_run_args,
     add_student_args,
     add_teacher_args,
-    add_threat_args,
-    finish,
-    fit,
-    last_epoch_rows,
-    load_encoder,
-    start,
+    add_training_data_args,
+    add_training_run_args,
+    add_training_threat_args,
+    load_teacher,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    run_training_command,
+    threat_of,
+    train_config,
+    train_set_of,
 )
 
 EXAMPLE = "robustlab deacl --teacher runs/ssl --dataset fashion-mnist --eps 0.1 --epochs 5 --out runs/deacl"
+KEYS = ("cos_teacher", "cos_adv_clean")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,64 +37,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"checkpoints; DDP under torchrun. Example: {EXAMPLE}",
     )
     add_teacher_args(p)
-    add_data_args(p)
-    add_threat_args(p, required=False, default_eps="8/255")
+    add_training_data_args(p)
+    add_training_threat_args(p, required=False, default_eps="8/255")
     d = p.add_argument_group("DeACL (defaults: the paper's)")
-    d.add_argument("--beta", type=float, default=2.0, help="weight of the adversarial term (default: 2)")
+    d.add_argument("--beta", type=nonnegative_float, default=2.0, help="weight of the adversarial term (default: 2)")
     d.add_argument("--steps", type=positive_int, default=5, help="steps of the inner feature PGD (default: 5)")
     d.add_argument("--step-size", type=positive_float, help="inner PGD step size (default: eps/4)")
     add_student_args(d, "a copy of the teacher (the paper)")
     d.add_argument(
-        "--center",
-        action="store_true",
+        "--center", action="store_true",
         help="cosines between batch-centred features (for encoders whose post-ReLU features share a large "
         "common direction, e.g. the small CNN; the paper's loss is uncentred)",
-    )
+    )  # fmt: skip
     add_optim_args(p, epochs=100, batch_size=256, optimizer="sgd", lr=0.5, schedule="cosine", wd=5e-4)
-    add_run_args(p, "runs/deacl")
-    p.set_defaults(run=distributed(_run))
+    add_training_run_args(p, "runs/deacl")
+    p.set_defaults(run=lambda args: run_training_command(args, lambda device: setup(args, device), KEYS))
 
 
-def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
-    from robustlab.defenses.deacl import DeACL, frozen_teacher, make_student
-    from robustlab.defenses.ssl import Augment, save_classifier
+def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
+    """What ``robustlab deacl`` trains: a student encoder of the teacher with DeACL's loss; model.pt is its
+    classifier."""
+    from robustlab.ssl import Augment, DeACL, frozen_teacher, make_student, save_classifier
+    from robustlab.training import TrainingSetup
 
-    started, out, threat, train_set = start(args)
-    teacher_net, arch = load_encoder(args, args.teacher, device)
+    threat, train_set = threat_of(args), train_set_of(args)
+    teacher_net, arch = load_teacher(args, args.teacher, device)
     student = make_student(teacher_net, args.init, args.seed).to(device)
-    method = DeACL(
-        frozen_teacher(teacher_net),
-        threat,
-        args.beta,
-        args.steps,
-        args.step_size,
-        Augment(args.augment),
-        args.seed,
-        center=args.center,
+    method = DeACL(frozen_teacher(teacher_net), threat, args.beta, args.steps, args.step_size, Augment(args.augment),
+                   args.seed, center=args.center)  # fmt: skip
+    save = lambda path: save_classifier(path, student.net, arch, args.dataset, stage="deacl", teacher=args.teacher)  # noqa: E731
+    banner = (
+        f"DeACL on {args.dataset} ({len(train_set)} images, labels unused), teacher {args.teacher}, {threat.norm} "
+        f"eps={threat.eps:.4g}, beta={args.beta}, PGD-{args.steps}, student init {args.init}"
+        + (", centred cosines" if args.center else "")
     )
-    config = train_config(args)
-    if rank == 0:
-        print(
-            f"DeACL on {args.dataset} ({len(train_set)} images, labels unused), teacher {args.teacher}, "
-            f"{threat.norm} eps={threat.eps:.4g}, beta={args.beta}, PGD-{args.steps}, student init {args.init}"
-            + (", centred cosines" if args.center else ""),
-            flush=True,
-        )
-    keys = ("cos_teacher", "cos_adv_clean")
-    result = fit(args, student, method, train_set, config, out, device, rank, keys)
-    if rank != 0:
-        return 0
-    save_classifier(out / "model.pt", student.net, arch, args.dataset, stage="deacl", teacher=args.teacher)
-    info = {
-        "method": "deacl",
-        "teacher": args.teacher,
-        "beta": args.beta,
-        "steps": args.steps,
-        "step_size": method.attack.resolve_step_size(threat),
-        "augment": args.augment,
-        "init": args.init,
-        "center": args.center,
-        "threat": threat.to_dict(),
-    }
-    finish(args, out, info, result, config, started, rows=last_epoch_rows(result, keys), train_samples=len(train_set))
-    return 0
+    return TrainingSetup(
+        student, method, train_set, train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher_net,),
+        method_info={"teacher": args.teacher, "augment": args.augment, "init": args.init},
+        report={"dataset": args.dataset}, banner=banner,
+    )  # fmt: skip

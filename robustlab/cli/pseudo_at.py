@@ -6,19 +6,21 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import distributed, positive_float, positive_int, train_config
-from robustlab.cli.ssl import (
-    add_data_args,
+from robustlab.cli.common import (
     add_optim_args,
-    add_run_args,
     add_student_args,
     add_teacher_args,
-    add_threat_args,
-    finish,
-    fit,
-    last_epoch_rows,
-    load_encoder,
-    start,
+    add_training_data_args,
+    add_training_run_args,
+    add_training_threat_args,
+    load_teacher,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    run_training_command,
+    threat_of,
+    train_config,
+    train_set_of,
 )
 from robustlab.errors import RobustlabError
 
@@ -26,6 +28,7 @@ EXAMPLE = (
     "robustlab pseudo-at --teacher runs/ssl --targets kmeans --clusters 10 --dataset fashion-mnist --eps 0.1 "
     "--out runs/pseudo"
 )
+KEYS = ("cos_teacher", "cos_teacher_adv", "adv_accuracy", "pseudo_label_agreement")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,79 +40,54 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "decoupled loss), kmeans (hard pseudo-labels: the teacher's k-means cluster of each image; no labels "
         "anywhere) or linear (the argmax of the teacher's own head, self-training). Hard pseudo-labels train "
         "a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the teacher (--init random: "
-        "from scratch). Writes "
-        f"OUT/model.pt, report.json/md, resumable checkpoints; DDP under torchrun. Example: {EXAMPLE}",
+        f"from scratch). Writes OUT/model.pt, report.json/md, resumable checkpoints; DDP under torchrun. Example: "
+        f"{EXAMPLE}",
     )
     add_teacher_args(p)
     p.add_argument("--targets", required=True, choices=["embedding", "kmeans", "linear"], help="pseudo-targets")
     p.add_argument("--clusters", type=positive_int, default=10, help="k of k-means (default: 10)")
     p.add_argument("--kmeans-n", type=positive_int, default=10000, help="images k-means is fitted on (default: 10000)")
-    add_data_args(p)
-    add_threat_args(p, required=True)
+    add_training_data_args(p)
+    add_training_threat_args(p, required=True)
     a = p.add_argument_group("adversarial training")
     a.add_argument("--loss", choices=["ce", "trades"], default="ce", help="ce (PGD-AT / cosine) or trades")
-    a.add_argument("--beta", type=float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
+    a.add_argument("--beta", type=nonnegative_float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
     a.add_argument("--steps", type=positive_int, default=5, help="inner PGD steps (default: 5)")
     a.add_argument("--step-size", type=positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)")
     add_student_args(a, "a copy of the teacher")
     add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
-    add_run_args(p, "runs/pseudo-at")
-    p.set_defaults(run=distributed(_run))
+    add_training_run_args(p, "runs/pseudo-at")
+    p.set_defaults(run=lambda args: run_training_command(args, lambda device: setup(args, device), KEYS))
 
 
-def _run(args: argparse.Namespace, device: torch.device, rank: int) -> int:
-    from robustlab.defenses.pseudo import PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student
-    from robustlab.defenses.ssl import Augment, save_classifier
+def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
+    """What ``robustlab pseudo-at`` trains: a student of the teacher on its pseudo-targets; model.pt is its
+    classifier."""
+    from robustlab.ssl import Augment, PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student, save_classifier
+    from robustlab.training import TrainingSetup
 
-    started, out, threat, train_set = start(args)
-    teacher, arch = load_encoder(args, args.teacher, device)
-    labeler = None
-    if args.targets == "kmeans":
-        n = min(args.kmeans_n, len(train_set))
-        images = torch.stack([train_set[i][0] for i in range(n)]).to(device)
-        labeler = kmeans_labeler(teacher, images, args.clusters, seed=args.seed)  # same on every rank (seeded)
-    elif args.targets == "linear":
-        labeler = PseudoLabeler(teacher)
-    if args.targets == "embedding" and args.clusters != 10:
+    if args.targets != "kmeans" and args.clusters != 10:
         raise RobustlabError("--clusters only applies to --targets kmeans")
+    threat, train_set = threat_of(args), train_set_of(args)
+    teacher, arch = load_teacher(args, args.teacher, device)
+    labeler = PseudoLabeler(teacher) if args.targets == "linear" else None
+    if args.targets == "kmeans":
+        images = torch.stack([train_set[i][0] for i in range(min(args.kmeans_n, len(train_set)))]).to(device)
+        labeler = kmeans_labeler(teacher, images, args.clusters, seed=args.seed)  # same on every rank (seeded)
     num_classes = labeler.num_classes if labeler is not None else None
     student = make_pseudo_student(teacher, args.targets, num_classes, args.init, args.seed).to(device)
     method = PseudoAT(
-        args.targets,
-        threat,
-        teacher_net=teacher if args.targets == "embedding" else None,
-        labeler=labeler,
-        loss=args.loss,
-        beta=args.beta,
-        steps=args.steps,
-        step_size=args.step_size,
-        augment=Augment(args.augment),
+        args.targets, threat, teacher_net=teacher if args.targets == "embedding" else None, labeler=labeler,
+        loss=args.loss, beta=args.beta, steps=args.steps, step_size=args.step_size, augment=Augment(args.augment),
         seed=args.seed,
-    )
-    config = train_config(args)
-    if rank == 0:
-        print(
-            f"pseudo-AT ({args.targets} targets, {args.loss}) on {args.dataset} ({len(train_set)} images), "
-            f"teacher {args.teacher}, student init {args.init}, {threat.norm} eps={threat.eps:.4g}",
-            flush=True,
-        )
-    keys = ("cos_teacher", "cos_teacher_adv", "adv_accuracy", "pseudo_label_agreement")
-    result = fit(args, student, method, train_set, config, out, device, rank, keys)
-    if rank != 0:
-        return 0
+    )  # fmt: skip
     net = student.net if args.targets == "embedding" else student
-    save_classifier(out / "model.pt", net, arch, args.dataset, stage="pseudo-at", targets=args.targets)
-    info = {
-        "method": method.name,
-        "teacher": args.teacher,
-        "targets": args.targets,
-        "clusters": num_classes,
-        "init": args.init,
-        "augment": args.augment,
-        "loss": args.loss,
-        "beta": method.beta,
-        "steps": args.steps,
-        "threat": threat.to_dict(),
-    }
-    finish(args, out, info, result, config, started, rows=last_epoch_rows(result, keys), train_samples=len(train_set))
-    return 0
+    save = lambda path: save_classifier(path, net, arch, args.dataset, stage="pseudo-at", targets=args.targets)  # noqa: E731
+    return TrainingSetup(
+        student, method, train_set, train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher,),
+        method_info={"teacher": args.teacher, "clusters": num_classes, "init": args.init, "augment": args.augment,
+                     "steps": args.steps},
+        report={"dataset": args.dataset},
+        banner=f"pseudo-AT ({args.targets} targets, {args.loss}) on {args.dataset} ({len(train_set)} images), "
+        f"teacher {args.teacher}, student init {args.init}, {threat.norm} eps={threat.eps:.4g}",
+    )  # fmt: skip

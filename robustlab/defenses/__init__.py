@@ -1,21 +1,7 @@
-"""Defenses: one training loop with a pluggable "make the training input + loss" step, and the methods."""
+"""Adversarial training: the supervised methods (fast AT and PGD-AT) and the catastrophic-overfitting monitor,
+plugged into the one training loop of :mod:`robustlab.training`."""
 
-from robustlab.defenses.loop import (
-    Callback,
-    Method,
-    SeededMethod,
-    TrainConfig,
-    TrainContext,
-    TrainResult,
-    train,
-)
+from robustlab.defenses.methods import METHODS, AdversarialMethod, make_method
+from robustlab.defenses.monitor import COMonitor
 
-__all__ = [
-    "Callback",
-    "Method",
-    "SeededMethod",
-    "TrainConfig",
-    "TrainContext",
-    "TrainResult",
-    "train",
-]
+__all__ = ["METHODS", "AdversarialMethod", "COMonitor", "make_method"]

@@ -1,13 +1,15 @@
-"""Adversarial training methods as "make the training input + loss" steps for :func:`robustlab.defenses.train`.
+"""Adversarial training methods: supervised "make the training input + loss" steps for the one training loop.
 
-Every inner attack is a :class:`GradientAttack` at a :class:`ThreatModel` (gradients w.r.t. the input only).
-The noisy single-step methods are composed, not re-implemented: NoiseAug and N-FGSM call FGSM with the
-*noisy* image as its centre, so FGSM's projection is onto the eps-ball around the noisy point (NoiseAug), and
-with step = eps that projection is a no-op, leaving only the clip to the bounds (N-FGSM).
+Every inner attack is a gradient attack at a :class:`ThreatModel` (gradients w.r.t. the input only), asked for
+just ``x_adv`` (:func:`robustlab.training.method.perturb`). The noisy single-step methods are composed, not
+re-implemented: NoiseAug and N-FGSM call FGSM with the *noisy* image as its centre, so FGSM's projection is onto the
+eps-ball around the noisy point (NoiseAug), and with step = eps that projection is a no-op, leaving only the clip to
+the bounds (N-FGSM).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -16,29 +18,39 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack, frozen_parameters
 from robustlab.attacks.presets import FGSM, PGD
-from robustlab.defenses.loop import SeededMethod
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
+from robustlab.training.method import Method, check_number, perturb
 
 NOISE_KINDS = ("uniform", "gaussian")
 
 
-class TrainingMethod(SeededMethod):
-    """Base of the methods: the run-seeded generator of :class:`SeededMethod` and the cross-entropy loss on
-    :meth:`training_input`. Subclasses override :meth:`training_input` (and ``extra_loss`` if needed)."""
+class AdversarialMethod(Method):
+    """Cross-entropy on :meth:`training_input` (plus :meth:`extra_loss`), the base of every supervised method.
+
+    ``step_size`` defaults to ``default_step_size * eps``; a method without a default step (standard training)
+    needs no threat model. Subclasses override :meth:`training_input` (and ``extra_loss`` if needed).
+    """
 
     name = "standard"
+    default_step_size: float | None = None  # in units of eps
 
-    def __init__(self, threat: ThreatModel | None = None, alpha: float | None = None) -> None:
+    def __init__(self, threat: ThreatModel | None = None, step_size: float | None = None) -> None:
+        adversarial = self.default_step_size is not None
+        if adversarial and threat is None:
+            raise RobustlabError(f"method {self.name} needs a threat model (--eps)")
+        check_number("the step size (--step-size)", step_size, strict=True)
         self.threat = threat
-        self.alpha = alpha
+        self.step_size = step_size if step_size is not None or not adversarial else self.default_step_size * threat.eps
 
     def config(self) -> dict[str, Any]:
         """The method's settings, for reports."""
-        return {"method": self.name, "alpha": self.alpha, "threat": self.threat.to_dict() if self.threat else None}
+        threat = self.threat.to_dict() if self.threat else None
+        return {"method": self.name, "step_size": self.step_size, "threat": threat}
 
-    def _uniform(self, x: Tensor, scale: float) -> Tensor:
+    def uniform(self, x: Tensor, scale: float) -> Tensor:
+        """U(-scale, scale) noise of ``x``'s shape from this rank's generator."""
         gen = self.generator(x.device)
         return (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * scale
 
@@ -63,61 +75,49 @@ class TrainingMethod(SeededMethod):
         return loss, {**stats, **extra_stats}
 
 
-class Standard(TrainingMethod):
+class Standard(AdversarialMethod):
     """Standard (clean) training: the baseline for time ratios."""
 
     name = "standard"
 
 
-class _Adversarial(TrainingMethod):
-    """A method with a threat model and a step size alpha (default ``default_alpha * eps``)."""
-
-    default_alpha = 1.25
-
-    def __init__(self, threat: ThreatModel, alpha: float | None = None) -> None:
-        if threat is None:
-            raise RobustlabError(f"method {self.name} needs a threat model (--eps)")
-        if alpha is not None and not alpha > 0:
-            raise RobustlabError(f"alpha must be > 0, got {alpha}")
-        super().__init__(threat, alpha if alpha is not None else self.default_alpha * threat.eps)
-
-
-class FGSMTraining(_Adversarial):
+class FGSMTraining(AdversarialMethod):
     """FGSM AT from a zero initialisation (Goodfellow et al. 2015): prone to catastrophic overfitting."""
 
     name = "fgsm"
-    default_alpha = 1.0
+    default_step_size = 1.0
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha, evaluate=False)(model, x, y, self.threat).x_adv
+        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x, y, self.threat)
 
 
-class FGSMRS(_Adversarial):
-    """FGSM with a uniform random start in the eps-ball, step alpha = 1.25 eps, projected (Wong et al. 2020)."""
+class FGSMRS(AdversarialMethod):
+    """FGSM with a uniform random start in the eps-ball, step 1.25 eps, projected (Wong et al. 2020)."""
 
     name = "fgsm-rs"
+    default_step_size = 1.25
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         attack = GradientAttack(
-            steps=1, step_size=self.alpha, random_start=True, seed=self.attack_seed(x.device), evaluate=False
+            steps=1, step_size=self.step_size, random_start=True, seed=self.attack_seed(x.device), evaluate=False
         )
-        return attack(model, x, y, self.threat).x_adv
+        return perturb(attack, model, x, y, self.threat)
 
 
-class NoiseAug(_Adversarial):
-    """NoiseAug (arXiv 2202.05488): x_n = clip(x + sigma * eps * noise), then FGSM from x_n with step alpha,
+class NoiseAug(AdversarialMethod):
+    """NoiseAug (arXiv 2202.05488): x_n = clip(x + sigma * eps * noise), then FGSM from x_n with the step size,
     projected onto the eps-ball around x_n; noise is U(-1, 1) or N(0, 1)."""
 
     name = "noiseaug"
+    default_step_size = 1.25
 
     def __init__(
-        self, threat: ThreatModel, alpha: float | None = None, noise: str = "uniform", noise_sigma: float = 2.0
+        self, threat: ThreatModel, step_size: float | None = None, noise: str = "uniform", noise_sigma: float = 2.0
     ) -> None:
-        super().__init__(threat, alpha)
+        super().__init__(threat, step_size)
         if noise not in NOISE_KINDS:
             raise RobustlabError(f"unknown noise {noise!r}; choose one of: {', '.join(NOISE_KINDS)}")
-        if noise_sigma < 0:
-            raise RobustlabError(f"noise sigma must be >= 0, got {noise_sigma}")
+        check_number("the noise sigma (--noise-sigma)", noise_sigma)
         self.noise, self.noise_sigma = noise, float(noise_sigma)
 
     def config(self) -> dict[str, Any]:
@@ -127,51 +127,56 @@ class NoiseAug(_Adversarial):
         """The noise-augmented image, clipped to the bounds."""
         scale = self.noise_sigma * self.threat.eps
         if self.noise == "uniform":
-            return self.threat.clip(x + self._uniform(x, scale))
+            return self.threat.clip(x + self.uniform(x, scale))
         gen = self.generator(x.device)
         return self.threat.clip(x + scale * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha, evaluate=False)(model, self.noisy(x), y, self.threat).x_adv
+        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, self.noisy(x), y, self.threat)
 
 
-class NFGSM(_Adversarial):
-    """N-FGSM (de Jorge et al. 2022): eta ~ U(-k eps, k eps), one FGSM step of size eps from clip(x + eta),
-    no projection onto the eps-ball around x, only clipping to the bounds."""
+class NFGSM(AdversarialMethod):
+    """N-FGSM (de Jorge et al. 2022): eta ~ U(-m eps, m eps) with m the noise multiple, one FGSM step of size eps
+    from clip(x + eta), no projection onto the eps-ball around x, only clipping to the bounds."""
 
     name = "n-fgsm"
-    default_alpha = 1.0
+    default_step_size = 1.0
 
-    def __init__(self, threat: ThreatModel, alpha: float | None = None, k: float = 2.0) -> None:
-        super().__init__(threat, alpha)
-        if self.alpha > threat.eps + 1e-12:
-            raise RobustlabError(f"n-fgsm steps at most eps ({threat.eps:g}) from the noisy point; got alpha {alpha}")
-        self.k = float(k)
+    def __init__(self, threat: ThreatModel, step_size: float | None = None, noise_multiple: float = 2.0) -> None:
+        super().__init__(threat, step_size)
+        if self.step_size > threat.eps + 1e-12:
+            raise RobustlabError(
+                f"n-fgsm steps at most eps ({threat.eps:g}) from the noisy point; got step size {step_size}"
+            )
+        check_number("the noise multiple (--noise-multiple)", noise_multiple)
+        self.noise_multiple = float(noise_multiple)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "k": self.k}
+        return {**super().config(), "noise_multiple": self.noise_multiple}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        x_noisy = self.threat.clip(x + self._uniform(x, self.k * self.threat.eps))
+        x_noisy = self.threat.clip(x + self.uniform(x, self.noise_multiple * self.threat.eps))
         # a step of length <= eps from x_noisy never leaves its eps-ball: FGSM's projection only clips to bounds
-        return FGSM(step_size=self.alpha, evaluate=False)(model, x_noisy, y, self.threat).x_adv
+        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x_noisy, y, self.threat)
 
 
-class GradAlign(_Adversarial):
-    """FGSM from zero (alpha = 1.25 eps) + lambda * (1 - cos(grad at x, grad at x + U(-eps, eps)))
+class GradAlign(AdversarialMethod):
+    """FGSM from zero (step 1.25 eps) + lambda * (1 - cos(grad at x, grad at x + U(-eps, eps)))
     (Andriushchenko & Flammarion 2020); the regulariser needs double backpropagation."""
 
     name = "gradalign"
+    default_step_size = 1.25
 
-    def __init__(self, threat: ThreatModel, alpha: float | None = None, lam: float = 0.2) -> None:
-        super().__init__(threat, alpha)
+    def __init__(self, threat: ThreatModel, step_size: float | None = None, lam: float = 0.2) -> None:
+        super().__init__(threat, step_size)
+        check_number("the GradAlign lambda (--gradalign-lambda)", lam)
         self.lam = float(lam)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "lambda": self.lam}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return FGSM(step_size=self.alpha, evaluate=False)(model, x, y, self.threat).x_adv
+        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x, y, self.threat)
 
     def _input_grad(self, model: nn.Module, x: Tensor, y: Tensor, create_graph: bool) -> Tensor:
         x = x.detach().requires_grad_(True)
@@ -190,25 +195,25 @@ class GradAlign(_Adversarial):
         return reg, {"grad_cos": cos.mean().item(), "gradalign_reg": reg.item()}
 
 
-class PGDAT(_Adversarial):
+class PGDAT(AdversarialMethod):
     """PGD-AT (Madry et al. 2018): PGD-``steps`` with a random start and step eps/4."""
 
     name = "pgd"
-    default_alpha = 0.25
+    default_step_size = 0.25
 
-    def __init__(self, threat: ThreatModel, alpha: float | None = None, steps: int = 10) -> None:
-        super().__init__(threat, alpha)
+    def __init__(self, threat: ThreatModel, step_size: float | None = None, steps: int = 10) -> None:
+        super().__init__(threat, step_size)
         self.steps = int(steps)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "steps": self.steps}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = PGD(steps=self.steps, step_size=self.alpha, seed=self.attack_seed(x.device), evaluate=False)
-        return attack(model, x, y, self.threat).x_adv
+        attack = PGD(steps=self.steps, step_size=self.step_size, seed=self.attack_seed(x.device), evaluate=False)
+        return perturb(attack, model, x, y, self.threat)
 
 
-METHODS: dict[str, type[TrainingMethod]] = {
+METHODS: dict[str, type[AdversarialMethod]] = {
     "standard": Standard,
     "fgsm": FGSMTraining,
     "fgsm-rs": FGSMRS,
@@ -217,27 +222,24 @@ METHODS: dict[str, type[TrainingMethod]] = {
     "gradalign": GradAlign,
     "pgd": PGDAT,
 }
+_ALIASES = {"nfgsm": "n-fgsm", "fgsmrs": "fgsm-rs", "pgd-at": "pgd", "pgdat": "pgd", "noise-aug": "noiseaug"}
 
 
 def make_method(
-    name: str, threat: ThreatModel | None = None, alpha: float | None = None, **kwargs: Any
-) -> TrainingMethod:
-    """A training method by name; ``kwargs`` are method options (``noise``, ``noise_sigma``, ``k``, ``lam``,
-    ``steps``); ``None`` values fall back to the defaults."""
+    name: str, threat: ThreatModel | None = None, step_size: float | None = None, **kwargs: Any
+) -> AdversarialMethod:
+    """A training method by name; ``kwargs`` are method options (``noise``, ``noise_sigma``, ``noise_multiple``,
+    ``lam``, ``steps``); ``None`` values fall back to the defaults."""
     key = name.lower().replace("_", "-")
-    key = {"nfgsm": "n-fgsm", "fgsmrs": "fgsm-rs", "pgd-at": "pgd", "pgdat": "pgd", "noise-aug": "noiseaug"}.get(
-        key, key
-    )
+    key = _ALIASES.get(key, key)
     if key not in METHODS:
         raise RobustlabError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     cls = METHODS[key]
-    if cls is Standard:
-        return Standard(threat)
-    import inspect
-
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "threat", "alpha"}
-    unknown = set(kwargs) - accepted
+    unknown = set(kwargs) - (set(inspect.signature(cls.__init__).parameters) - {"self", "threat", "step_size"})
     if unknown:
         raise RobustlabError(f"method {key} does not take {', '.join(sorted(unknown))}")
-    return cls(threat, alpha, **kwargs)
+    return cls(threat, step_size, **kwargs)
+
+
+__all__ = ["METHODS", "NOISE_KINDS", "AdversarialMethod", "make_method"]

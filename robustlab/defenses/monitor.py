@@ -15,16 +15,17 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.presets import FGSM, PGD
-from robustlab.defenses.loop import Decision, TrainContext
 from robustlab.errors import RobustlabError
+from robustlab.models.mode import temporary_mode
 from robustlab.threat import ThreatModel
+from robustlab.training.loop import Decision, TrainContext
 
 log = logging.getLogger(__name__)
 ON_CO = ("stop", "rollback", "continue")
 
 
 class COMonitor:
-    """Epoch-end (and optionally every ``every_steps`` steps) callback for :func:`robustlab.defenses.train`.
+    """Epoch-end (and optionally every ``every_steps`` steps) callback for :func:`robustlab.training.train`.
 
     Adds ``monitor_clean_acc``, ``monitor_fgsm_acc``, ``monitor_pgd_acc`` and ``co`` (0/1) to the epoch stats;
     on CO it returns ``on_co`` ("stop", "rollback" to the best checkpoint, or "continue"). Use
@@ -45,6 +46,8 @@ class COMonitor:
         ratio: float = 0.25,
         seed: int = 0,
     ) -> None:
+        if every_steps < 0:
+            raise RobustlabError(f"--monitor-every must be >= 0 (0: epochs only), got {every_steps}")
         if on_co not in ON_CO:
             raise RobustlabError(f"unknown --on-co {on_co!r}; choose one of: {', '.join(ON_CO)}")
         self.x, self.y, self.threat = x, y, threat
@@ -58,18 +61,14 @@ class COMonitor:
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Clean, FGSM and PGD accuracy on the fixed batch (model in eval mode; its mode is restored)."""
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
         x, y = self.x.to(device), self.y.to(device)
-        try:
+        with temporary_mode(model, training=False):
             with torch.no_grad():
                 correct = model(x).argmax(1) == y
             # robust = correct on the clean input and not broken by the attack (the evaluator's definition)
             fgsm = correct & ~self.fgsm(model, x, y, self.threat).success
             pgd = correct & ~self.pgd(model, x, y, self.threat).success
-        finally:
-            model.train(was_training)
         mean = lambda t: t.float().mean().item()  # noqa: E731
         return {"monitor_clean_acc": mean(correct), "monitor_fgsm_acc": mean(fgsm), "monitor_pgd_acc": mean(pgd)}
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import safe_load
-from robustlab.models.arch import ARCHITECTURES
+from robustlab.models.arch import ARCHITECTURES, seeded_weights
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,24 @@ def load_model(
     trust_checkpoint: bool = False,
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
+    *,
+    dataset: str = "fashion-mnist",
+    seed: int = 0,
 ) -> nn.Module:
-    """Load a classifier from a spec; returned in eval mode on ``device``, taking [0, 1] pixels.
+    """The one model loader: a classifier from a spec, returned in eval mode on ``device``, taking [0, 1] pixels.
 
-    Specs: ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation added; weights from
-    ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), the path of a checkpoint that names its
-    architecture (``{"model_state", "arch", "dataset"}``, as robustlab's trainers save), or a TorchScript file.
+    Specs: an architecture name (``cnn``, ...: a fresh model for ``dataset``, weights drawn from ``seed`` without
+    touching the global RNG), ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation added;
+    weights from ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), the path of a checkpoint that names
+    its architecture (``{"model_state", "arch", "dataset"}``, as robustlab's trainers save) or the run folder that
+    holds it as ``model.pt``, or a TorchScript file.
     """
+    if spec in ARCHITECTURES and not os.path.exists(spec):
+        with seeded_weights(seed):
+            model = build_model(spec, dataset, num_classes=num_classes)
+        return model.to(device).eval()
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "model.pt")):
+        spec = os.path.join(spec, "model.pt")
     if spec.startswith("zoo:"):
         model = _load_zoo(spec[4:])
     elif spec.startswith("torchvision:"):
@@ -111,12 +122,14 @@ def load_model(
             )
             try:
                 model.load_state_dict(saved["model_state"])
-            except RuntimeError as exc:
+            except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
                 raise CheckpointError(
                     f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
                     f"({str(exc).splitlines()[0]}); the file is damaged: save or train it again"
                 ) from None
     elif Path(spec).is_file():
+        if Path(spec).stat().st_size == 0:
+            raise CheckpointError(f"model file {spec!r} is empty (0 bytes); it was not saved completely: save it again")
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
                 warnings.simplefilter("ignore", FutureWarning)
@@ -136,6 +149,22 @@ def load_model(
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
     return model.to(device).eval()
+
+
+def model_arch(spec: str) -> tuple[str | None, str | None]:
+    """The ``(arch, dataset)`` a model spec was built from, where robustlab knows it (zoo or its own model file)."""
+    if spec.startswith("zoo:") and spec[4:] in zoo_index():
+        meta = zoo_index()[spec[4:]]
+        return meta["arch"], meta["dataset"]
+    path = os.path.join(spec, "model.pt") if os.path.isdir(spec) else spec
+    if os.path.isfile(path):
+        try:
+            obj = load_checkpoint(path)
+        except RobustlabError:
+            return None, None
+        if isinstance(obj, dict):
+            return obj.get("arch"), obj.get("dataset")
+    return None, None
 
 
 def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
@@ -189,7 +218,11 @@ def _load_factory(spec: str) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise RobustlabError(f"cannot import {spec!r} ({exc}); give an importable package.module:factory") from None
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: any error is theirs to fix, in one line
+        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise RobustlabError(f"model factory {spec!r} raised {type(exc).__name__}: {cause}; fix the factory") from None
     if not isinstance(model, nn.Module):
         raise RobustlabError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

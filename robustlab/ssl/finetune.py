@@ -1,8 +1,8 @@
-"""Robust fine-tuning protocols of (SSL) encoders, and the TRADES loss.
+"""Robust fine-tuning protocols of (SSL) encoders.
 
 - **SLF** (standard linear fine-tuning): frozen encoder (eval mode), a linear head trained on clean data.
 - **ALF** (adversarial linear fine-tuning): frozen encoder, the head trained on PGD examples of the classifier.
-- **AFF** (adversarial full fine-tuning): every weight trained with TRADES (beta 6, 10 steps).
+- **AFF** (adversarial full fine-tuning): every weight trained with TRADES (beta 6, 10 steps; ``trades.py``).
 
 Each is a training :class:`Method` for the classifier made by :func:`prepare_classifier`, which is a plain
 robustlab classifier (``robustlab attack``/``eval`` take it directly).
@@ -13,61 +13,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import PGD
-from robustlab.criteria import NeverSucceeds
-from robustlab.defenses.loop import SeededMethod
-from robustlab.defenses.ssl import classifier_head, replace_head
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
+from robustlab.models.mode import temporary_mode
+from robustlab.ssl.encoder import classifier_head, replace_head
+from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
+from robustlab.training.method import Method, check_number, perturb
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("slf", "alf", "aff")
-
-
-def kl_to_clean(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
-    """Per-sample ``KL(p_clean || softmax(logits_adv))``: TRADES' inner loss (float targets: probabilities)."""
-    log_p_adv = F.log_softmax(logits_adv, dim=1)
-    return (p_clean * (p_clean.clamp_min(1e-12).log() - log_p_adv)).sum(dim=1)
-
-
-def trades_attack(steps: int = 10, step_size: float | None = None, seed: int = 0) -> GradientAttack:
-    """TRADES' inner maximisation of :func:`kl_to_clean`: the one gradient loop, random start, no early stop.
-
-    (TRADES starts at ``x + 0.001 * N(0, 1)``; here the start is uniform in the eps-ball, as in PGD.)
-    """
-    return GradientAttack(
-        steps=steps, step_size=step_size, loss=kl_to_clean, random_start=True, criterion=NeverSucceeds(), seed=seed
-    )
-
-
-def trades_loss(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, beta: float = 6.0, attack: GradientAttack | None = None
-) -> tuple[Tensor, dict[str, float]]:
-    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x'))``, x' maximising the KL."""
-    attack = attack or trades_attack()
-    with torch.no_grad():
-        p_clean = F.softmax(model(x), dim=1)
-    x_adv = attack(unwrap(model), x, p_clean, threat).x_adv
-    logits_clean, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
-    natural = F.cross_entropy(logits_clean, y)
-    robust = kl_to_clean(logits_adv, F.softmax(logits_clean, dim=1)).mean()
-    loss = natural + beta * robust
-    stats = {
-        "loss": loss.item(),
-        "ce": natural.item(),
-        "kl": robust.item(),
-        "accuracy": (logits_clean.argmax(1) == y).float().mean().item(),
-        "adv_accuracy": (logits_adv.argmax(1) == y).float().mean().item(),
-    }
-    return loss, stats
 
 
 def prepare_classifier(
@@ -94,17 +57,13 @@ def prepare_classifier(
 def frozen_encoder(model: nn.Module) -> Iterator[None]:
     """Everything but the linear head in eval mode (a frozen encoder keeps its batch-norm statistics)."""
     net = unwrap(model)
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    classifier_head(net).train(modes[0][1])
-    try:
+    training = net.training
+    with temporary_mode(net, training=False):
+        classifier_head(net).train(training)
         yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
-class FineTune(SeededMethod):
+class FineTune(Method):
     """SLF / ALF / AFF as a training :class:`Method` for a classifier from :func:`prepare_classifier`.
 
     Args:
@@ -127,6 +86,7 @@ class FineTune(SeededMethod):
             raise RobustlabError(f"unknown fine-tuning protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if protocol != "slf" and threat is None:
             raise RobustlabError(f"{protocol} is adversarial: give a threat model (--eps)")
+        check_number("beta (--beta)", beta)
         self.name = protocol
         self.threat = threat
         self.beta = beta
@@ -137,6 +97,14 @@ class FineTune(SeededMethod):
         elif protocol == "aff":
             self.attack = trades_attack(steps, step_size, seed)
 
+    def config(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"method": self.name, "threat": self.threat.to_dict() if self.threat else None}
+        if self.attack is not None:
+            info.update(steps=self.attack.steps, step_size=self.attack.resolve_step_size(self.threat))
+        if self.name == "aff":
+            info["beta"] = self.beta
+        return info
+
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """SLF: CE on clean inputs; ALF: CE on PGD inputs (encoder frozen); AFF: TRADES on all weights."""
         if self.attack is not None:
@@ -145,18 +113,10 @@ class FineTune(SeededMethod):
             return trades_loss(model, x, y, self.threat, self.beta, self.attack)
         with frozen_encoder(model):
             if self.name == "alf":
-                x = self.attack(unwrap(model), x, y, self.threat).x_adv
+                x = perturb(self.attack, model, x, y, self.threat)
             logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
-__all__ = [
-    "PROTOCOLS",
-    "FineTune",
-    "frozen_encoder",
-    "kl_to_clean",
-    "prepare_classifier",
-    "trades_attack",
-    "trades_loss",
-]
+__all__ = ["PROTOCOLS", "FineTune", "frozen_encoder", "prepare_classifier"]

@@ -16,12 +16,14 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
 from robustlab.criteria import NeverSucceeds
-from robustlab.defenses.loop import SeededMethod, TrainContext
-from robustlab.defenses.ssl import Augment, Encoder
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.models import seeded_weights
+from robustlab.ssl.augment import Augment
+from robustlab.ssl.encoder import Encoder
 from robustlab.threat import ThreatModel
+from robustlab.training.loop import TrainContext
+from robustlab.training.method import Method, check_number, perturb
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class Shifted(nn.Module):
         return self.encoder(x) - self.shift
 
 
-class DeACL(SeededMethod):
+class DeACL(Method):
     """DeACL as a training :class:`Method`: ``model`` is the student :class:`Encoder`; labels are ignored.
 
     Args:
@@ -141,6 +143,7 @@ class DeACL(SeededMethod):
         seed: int = 0,
         center: bool = False,
     ) -> None:
+        check_number("beta (--beta)", beta)
         self.teacher = teacher
         self.center = center
         self.threat = threat
@@ -148,6 +151,10 @@ class DeACL(SeededMethod):
         self.attack = feature_pgd(steps, step_size, seed)
         self.augment = augment or Augment("weak")
         self.seed = seed
+
+    def config(self) -> dict:
+        return {"method": self.name, "beta": self.beta, "steps": self.attack.steps, "center": self.center,
+                "step_size": self.attack.resolve_step_size(self.threat), "threat": self.threat.to_dict()}  # fmt: skip
 
     def setup(self, ctx: TrainContext) -> None:
         """Move the teacher to the training device; seed this rank's generator."""
@@ -157,7 +164,7 @@ class DeACL(SeededMethod):
     def adversarial(self, student: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         """The DeACL PGD target: ``x'`` in the eps-ball maximising ``-cos(f(x'), target)``."""
         self.attack.seed = self.attack_seed(x.device)
-        return self.attack(unwrap(student), x, target, self.threat).x_adv
+        return perturb(self.attack, student, x, target, self.threat)
 
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Weak augmentation, teacher features, feature PGD, then the DeACL loss on one student forward."""

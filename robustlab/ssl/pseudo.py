@@ -18,18 +18,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.presets import PGD
-from robustlab.defenses.deacl import deacl_loss, feature_pgd, frozen_teacher
-from robustlab.defenses.finetune import trades_attack, trades_loss
-from robustlab.defenses.loop import SeededMethod, TrainContext
-from robustlab.defenses.ssl import Augment, classifier_head, embed, replace_head
-from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
+from robustlab.ssl.augment import Augment
+from robustlab.ssl.deacl import deacl_loss, feature_pgd, frozen_teacher, make_student, student_copy
+from robustlab.ssl.encoder import classifier_head, replace_head
+from robustlab.ssl.knn import embed
+from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
+from robustlab.training.loop import TrainContext
+from robustlab.training.method import Method, check_number, perturb
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("embedding", "kmeans", "linear")
-LOSSES = ("ce", "trades")
+PSEUDO_LOSSES = ("ce", "trades")  # the pseudo-AT objectives (not attack losses)
 
 
 def kmeans(features: Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -82,7 +84,7 @@ def kmeans_labeler(teacher_net: nn.Module, images: Tensor, k: int = 10, seed: in
     return PseudoLabeler(teacher_net, centroids)
 
 
-class PseudoAT(SeededMethod):
+class PseudoAT(Method):
     """Pseudo-supervised AT as a training :class:`Method`; labels ``y`` are ignored.
 
     ``model`` is a student :class:`Encoder` for ``targets="embedding"``, else a classifier whose head has
@@ -104,12 +106,13 @@ class PseudoAT(SeededMethod):
     ) -> None:
         if targets not in TARGETS:
             raise RobustlabError(f"unknown pseudo-targets {targets!r}; choose one of: {', '.join(TARGETS)}")
-        if loss not in LOSSES:
+        if loss not in PSEUDO_LOSSES:
             raise RobustlabError(f"unknown pseudo-AT loss {loss!r}; choose ce or trades")
         if targets == "embedding" and teacher_net is None:
             raise RobustlabError("embedding targets need the teacher")
         if targets != "embedding" and labeler is None:
             raise RobustlabError(f"{targets} targets need a PseudoLabeler (kmeans_labeler or PseudoLabeler(teacher))")
+        check_number("beta (--beta)", beta)
         self.name = f"pseudo-at-{targets}-{loss}"
         self.targets, self.loss, self.threat = targets, loss, threat
         self.beta = beta if beta is not None else (2.0 if targets == "embedding" else 6.0)
@@ -123,6 +126,10 @@ class PseudoAT(SeededMethod):
             )
         self.augment = augment or Augment("weak")
         self.seed = seed
+
+    def config(self) -> dict:
+        return {"method": self.name, "targets": self.targets, "loss": self.loss, "beta": self.beta,
+                "threat": self.threat.to_dict()}  # fmt: skip
 
     def setup(self, ctx: TrainContext) -> None:
         """Move the teacher / labeler to the training device; seed this rank's generator."""
@@ -138,7 +145,7 @@ class PseudoAT(SeededMethod):
         if self.teacher is not None:
             with torch.no_grad():
                 t = self.teacher(x)
-            x_adv = self.attack(unwrap(model), x, t, self.threat).x_adv
+            x_adv = perturb(self.attack, model, x, t, self.threat)
             if self.loss == "trades":
                 f_clean, f_adv = model(torch.cat([x, x_adv])).chunk(2)
                 return deacl_loss(f_clean, f_adv, t, self.beta)
@@ -148,7 +155,7 @@ class PseudoAT(SeededMethod):
         if self.loss == "trades":
             loss, stats = trades_loss(model, x, pseudo, self.threat, self.beta, self.attack)
         else:
-            x_adv = self.attack(unwrap(model), x, pseudo, self.threat).x_adv
+            x_adv = perturb(self.attack, model, x, pseudo, self.threat)
             logits = model(x_adv)
             loss = F.cross_entropy(logits, pseudo)
             stats = {"loss": loss.item(), "adv_accuracy": (logits.argmax(1) == pseudo).float().mean().item()}
@@ -163,8 +170,6 @@ def make_pseudo_student(
     """The student: its encoder (embedding targets) or a classifier whose head has ``num_classes`` outputs (hard
     pseudo-labels), a copy of the teacher (``init="teacher"``) or of its architecture re-initialised from
     ``seed`` (``"random"``; as for DeACL, better on short budgets: see :func:`make_student`)."""
-    from robustlab.defenses.deacl import make_student, student_copy
-
     if targets == "embedding":
         return make_student(teacher_net, init, seed)
     net = student_copy(teacher_net, init, seed).train()
@@ -174,4 +179,4 @@ def make_pseudo_student(
     return net
 
 
-__all__ = ["LOSSES", "TARGETS", "PseudoAT", "PseudoLabeler", "kmeans", "kmeans_labeler", "make_pseudo_student"]
+__all__ = ["PSEUDO_LOSSES", "TARGETS", "PseudoAT", "PseudoLabeler", "kmeans", "kmeans_labeler", "make_pseudo_student"]

@@ -1,0 +1,386 @@
+"""The one training loop: a :class:`~robustlab.training.method.Method` (the "make the training input + loss" step)
+inside a loop that owns seeding, the optimizer and LR schedule, atomic per-epoch checkpoints, bit-for-bit resume,
+callbacks that may stop or roll back, and DistributedDataParallel. In the PyTorch reference scripts' shape:
+:meth:`_Loop.train_one_epoch`, :meth:`_Loop.end_epoch` and the checkpoint functions, each a screen.
+
+Callbacks (the catastrophic-overfitting monitor, the kNN monitor, ...):
+
+- ``callback.on_epoch_end(ctx) -> Decision | None``: runs on rank 0 after each epoch; may add numbers to
+  ``ctx.stats``; returns ``"continue"`` (or ``None``), ``"stop"`` (keep the current weights) or ``"rollback"``
+  (restore the best weights, then stop). The decision is broadcast to every rank.
+- optional ``callback.every_steps`` (int > 0) and ``callback.on_step_end(ctx)``: the same, every ``every_steps``
+  optimizer steps, counted over the whole run (a resumed run checks at the same steps).
+- optional ``callback.state_dict()`` / ``callback.load_state_dict(state)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from robustlab.distributed import Shard, broadcast_ints, current_shard
+from robustlab.errors import RobustlabError
+from robustlab.training.batches import Batches
+from robustlab.training.method import Method, check_number
+
+log = logging.getLogger(__name__)
+
+Decision = Literal["continue", "stop", "rollback"]
+DECISIONS = ("continue", "stop", "rollback")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cyclic", "piecewise", "cosine", "constant")
+
+
+class Callback(Protocol):
+    """An epoch-end hook (e.g. the catastrophic-overfitting monitor) that may ask to stop or roll back."""
+
+    def on_epoch_end(self, ctx: TrainContext) -> Decision | None: ...
+
+
+@dataclass
+class TrainConfig:
+    """Everything about the optimisation that is not the method itself."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    lr: float = 0.1  # the peak learning rate (cyclic) or the initial one (piecewise, cosine, constant)
+    lr_schedule: str = "cyclic"  # "cyclic" | "piecewise" | "cosine" | "constant"
+    momentum: float = 0.9  # SGD momentum (Adam: beta1)
+    weight_decay: float = 5e-4
+    seed: int = 0
+    amp: bool = False  # mixed precision (float16 autocast + grad scaling); only on CUDA, ignored on CPU
+    num_workers: int = 0
+    drop_last: bool = False
+    progress: bool = False  # a tqdm bar per epoch (rank 0)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    best_metric: str | None = None  # a key of the epoch stats to keep the best checkpoint by (higher is better)
+    max_steps_per_epoch: int | None = None  # cut epochs short (tests, benchmarks)
+
+    def validate(self) -> None:
+        """One error line for a setting the loop cannot train with."""
+        if self.epochs < 1 or self.batch_size < 1:
+            raise RobustlabError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise RobustlabError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise RobustlabError(f"unknown LR schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+        check_number("the learning rate (--lr)", self.lr, strict=True)
+        check_number("the weight decay (--weight-decay)", self.weight_decay)
+        check_number("the momentum (--momentum)", self.momentum)
+        if self.momentum >= 1:
+            raise RobustlabError(f"the momentum (--momentum) must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class TrainContext:
+    """What methods' ``setup`` and callbacks see."""
+
+    model: nn.Module  # the unwrapped model being trained
+    method: Any
+    config: TrainConfig
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0  # 1-based number of the epoch that is running or just ended
+    step: int = 0  # optimizer steps so far (global, over the whole run)
+    stats: dict[str, float] = field(default_factory=dict)  # this epoch's (or step's) numbers; callbacks add
+    history: list[dict[str, float]] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`: the trained model, per-epoch history and where it stopped."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    epochs_done: int
+    best_epoch: int | None
+    best_value: float | None
+    stop_reason: str | None  # None: all epochs ran; else "stop"/"rollback" and where
+    train_seconds: float
+    out_dir: Path | None
+
+
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` in [0, 1] of training (per step, so schedules are smooth)."""
+    lr = config.lr
+    if config.lr_schedule == "cyclic":  # Wong et al. 2020: 0 -> lr at 2/5 of training -> 0
+        peak = 0.4
+        return lr * (progress / peak if progress < peak else max(0.0, (1 - progress) / (1 - peak)))
+    if config.lr_schedule == "piecewise":
+        return lr * (0.1 if progress >= 0.5 else 1.0) * (0.1 if progress >= 0.75 else 1.0)
+    if config.lr_schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return lr
+
+
+def make_optimizer(params: Sequence[nn.Parameter] | Any, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or Adam (weight decay) at ``config.lr``."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
+
+
+def _state(obj: Any) -> Any:
+    fn = getattr(obj, "state_dict", None)
+    return fn() if callable(fn) else None
+
+
+@dataclass
+class _Loop:
+    """The state of one training run: what :func:`train` builds and the epoch functions share."""
+
+    model: nn.Module
+    trained: nn.Module  # the model, DDP-wrapped under torchrun
+    method: Any
+    callbacks: Sequence[Any]
+    config: TrainConfig
+    ctx: TrainContext
+    shard: Shard
+    batches: Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    use_amp: bool
+    out: Path | None
+    start_epoch: int = 0
+    best_epoch: int | None = None
+    best_value: float | None = None
+    best_state: dict[str, Tensor] | None = None
+    stop_reason: str | None = None
+    train_seconds: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    def decide(self, hook: str, callback: Any) -> str:
+        """Run a callback hook on rank 0 and broadcast its decision."""
+        decision = None
+        if self.ctx.is_main:
+            decision = getattr(callback, hook)(self.ctx)
+            if decision not in (None, *DECISIONS):
+                raise ValueError(f"callback {type(callback).__name__} returned {decision!r}; expected {DECISIONS}")
+        return _broadcast(decision, False, self.shard, self.device)[0]
+
+    def step_callbacks(self) -> str:
+        """The step-level callbacks due at this (global) step; their first non-"continue" decision."""
+        for c in self.callbacks:
+            every = int(getattr(c, "every_steps", 0) or 0)
+            if every > 0 and hasattr(c, "on_step_end") and self.ctx.step % every == 0:
+                self.ctx.stats = {}
+                decision = self.decide("on_step_end", c)
+                if decision != "continue":
+                    return decision
+        return "continue"
+
+    def train_one_epoch(self, epoch: int) -> tuple[dict[str, float], int, str]:
+        """One epoch of optimizer steps: (summed stats, steps taken, the step callbacks' decision)."""
+        ctx, config = self.ctx, self.config
+        self.trained.train()
+        sums: dict[str, float] = {}
+        n_steps, decision = 0, "continue"
+        bar: Any = self.batches.epoch(epoch)
+        if config.progress and ctx.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(bar, total=len(self.batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for x, y in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss, stats = self.method.training_loss(self.trained, x, y)
+            self.check_finite(loss.item(), epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            ctx.step += 1
+            n_steps += 1
+            for k, v in {"loss": loss.item(), **stats}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            decision = self.step_callbacks()
+            if decision != "continue":
+                break
+        return sums, n_steps, decision
+
+    def check_finite(self, loss: float, epoch: int) -> None:
+        """Stop before a non-finite loss reaches the weights (every rank alike); the last checkpoint stays."""
+        ok = torch.tensor([int(math.isfinite(loss))], device=self.device)
+        if self.shard.distributed:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if not ok.item():
+            saved = self.out is not None and (self.out / "last.pt").is_file()
+            kept = f"{self.out / 'last.pt'} keeps the last good epoch" if saved else "no epoch was saved"
+            raise RobustlabError(
+                f"the training loss became non-finite ({loss}) at epoch {epoch}, step {self.ctx.step + 1}; training "
+                f"stopped ({kept}): lower --lr or check the hyper-parameters and the data"
+            )
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], n_steps: int, step_decision: str, seconds: tuple) -> None:
+        """Epoch stats, the epoch callbacks' decision, the best checkpoint, rollback and the log line."""
+        ctx, config = self.ctx, self.config
+        ctx.step = epoch * len(self.batches) if step_decision == "continue" else ctx.step
+        ctx.stats = {
+            "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds[0],
+            "epoch_cpu_seconds": seconds[1], "steps": n_steps, **{k: v / max(n_steps, 1) for k, v in sums.items()},
+        }  # fmt: skip
+        decision = step_decision
+        for c in self.callbacks:
+            if hasattr(c, "on_epoch_end"):
+                d = self.decide("on_epoch_end", c)
+                decision = d if decision == "continue" else decision
+        stats = dict(ctx.stats)
+        ctx.history.append(stats)
+        value = stats.get(config.best_metric) if config.best_metric else None
+        is_best = ctx.is_main and value is not None and (self.best_value is None or value > self.best_value)
+        is_best = _broadcast(None, is_best, self.shard, self.device)[1]
+        if config.best_metric is None or is_best:
+            self.best_epoch, self.best_value = epoch, value
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if self.out is not None and ctx.is_main:
+                from robustlab.io import atomic_torch_save
+
+                atomic_torch_save(self.best_state, self.out / "best.pt")
+        if decision == "rollback" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            log.warning("epoch %d: rolled back to the best checkpoint (epoch %s)", epoch, self.best_epoch)
+        if decision != "continue":
+            where = f" step {ctx.step}" if step_decision != "continue" else ""
+            self.stop_reason = f"{decision} at epoch {epoch}{where}"
+            log.warning("training ends early: %s", self.stop_reason)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in stats.items()})
+
+    def run(self, on_epoch: Callable[[dict[str, float]], None] | None) -> int:
+        """Epochs from the start (or the resumed) epoch until the last one or a stop; returns the last epoch."""
+        from robustlab.training.checkpoint import save_checkpoint
+
+        epoch = self.start_epoch
+        while self.stop_reason is None and epoch < self.config.epochs:
+            epoch += 1
+            self.ctx.epoch = epoch
+            started, cpu_started = time.perf_counter(), time.process_time()
+            sums, n_steps, step_decision = self.train_one_epoch(epoch)
+            seconds = (time.perf_counter() - started, time.process_time() - cpu_started)
+            self.train_seconds += seconds[0]
+            self.end_epoch(epoch, sums, n_steps, step_decision, seconds)
+            if on_epoch is not None and self.ctx.is_main:
+                on_epoch(self.ctx.history[-1])
+            if epoch % self.config.checkpoint_every == 0 or epoch == self.config.epochs or self.stop_reason:
+                save_checkpoint(self, epoch)
+        return epoch
+
+
+def _broadcast(decision: str | None, is_best: bool, shard: Shard, device: torch.device) -> tuple[str, bool]:
+    """Rank 0's decision and best flag, on every rank."""
+    code, best = broadcast_ints([DECISIONS.index(decision or "continue"), int(is_best)], shard, device)
+    return DECISIONS[code], bool(best)
+
+
+def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Loop:
+    """Everything a run needs, before the first step: the method set up, optimizer, schedule, scaler, DDP."""
+    shard = current_shard()
+    rank, world_size = shard.as_tuple()
+    model.to(device)
+    use_amp = bool(config.amp and device.type == "cuda")
+    if config.amp and not use_amp:
+        log.info("mixed precision asked for, but the device is %s: training in float32", device.type)
+    ctx = TrainContext(model, method, config, device, rank, world_size, config.seed, out_dir=out)
+    if hasattr(method, "setup"):
+        method.setup(ctx)
+    params_fn = getattr(method, "trainable_parameters", None)
+    params = list(params_fn(model)) if callable(params_fn) else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    batches = Batches(
+        train_set, config.batch_size, config.seed, rank, world_size, config.drop_last, config.max_steps_per_epoch,
+        config.num_workers,
+    )  # fmt: skip
+    if len(batches) == 0:
+        raise RobustlabError("the training set gives no batch; use a smaller --batch-size or more data")
+    total_steps = config.epochs * len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(config, (step + 1) / total_steps) / config.lr
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    trained = (
+        nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world_size > 1
+        else model
+    )
+    return _Loop(model, trained, method, callbacks, config, ctx, shard, batches, optimizer, scheduler, scaler,
+                 use_amp, out)  # fmt: skip
+
+
+def train(
+    model: nn.Module,
+    method: Method,
+    train_set: Dataset,
+    config: TrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    trust_checkpoint: bool = False,
+) -> TrainResult:
+    """Train ``model`` in place with ``method``'s loss; checkpoints go to ``out_dir`` (``last.pt``, ``best.pt``,
+    ``history.json``) every epoch, and ``resume=True`` continues from ``out_dir/last.pt``.
+
+    Under torchrun the model is wrapped in DistributedDataParallel, each rank sees its shard of every epoch, and
+    only rank 0 writes. ``on_epoch`` receives each epoch's stats (rank 0). Checkpoints hold only tensors, numbers,
+    strings, lists and dicts, so resuming reads them with ``weights_only=True`` (``trust_checkpoint`` lifts that).
+    A non-finite loss stops training with a :class:`RobustlabError` before it reaches the weights.
+    """
+    config.validate()
+    check = getattr(method, "check", None)
+    if callable(check):
+        check(config)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = Path(out_dir) if out_dir is not None else None
+    loop = _build_loop(model, method, train_set, config, out, callbacks, device)
+    if resume:
+        from robustlab.training.checkpoint import resume_from
+
+        resume_from(loop, trust_checkpoint)
+    epoch = loop.run(on_epoch)
+    model.eval()
+    return TrainResult(
+        model, loop.ctx.history, epoch, loop.best_epoch, loop.best_value, loop.stop_reason, loop.train_seconds, out
+    )
+
+
+__all__ = [
+    "DECISIONS",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "Callback",
+    "Decision",
+    "TrainConfig",
+    "TrainContext",
+    "TrainResult",
+    "lr_at",
+    "make_optimizer",
+    "train",
+]

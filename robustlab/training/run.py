@@ -1,0 +1,165 @@
+"""One training run in a run folder, shared by every training command (``train``, ``ssl``, ``deacl``, ``pseudo-at``,
+``finetune``): join torchrun's process group, lock ``OUT`` and check ``--resume`` against the settings that change
+the result, build what is trained on the run's device, check that the model fits the data, train through the one
+loop, write ``model.pt``, evaluate through the evaluator and write the report. :func:`run_training` is the call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from robustlab.errors import RobustlabError
+from robustlab.models.mode import temporary_mode
+from robustlab.training.loop import TrainConfig, train
+from robustlab.training.report import FinalEvaluation, TrainReport, plot_curves
+
+FILE_SETTINGS = ("model", "checkpoint", "teacher", "encoder")  # settings that name files a run starts from
+
+
+@dataclass
+class TrainingSetup:
+    """What a run trains, built on the run's device by the ``build`` function given to :func:`run_training`."""
+
+    model: nn.Module
+    method: Any
+    train_set: Dataset
+    config: TrainConfig
+    callbacks: list[Any] = field(default_factory=list)
+    evaluation: FinalEvaluation | None = None  # the final evaluation (None: none)
+    save_model: Callable[[Path], None] | None = None  # writes OUT/model.pt (default: the model's state dict)
+    export: str | os.PathLike | None = None  # also save the final state dict here
+    curves_title: str | None = None  # plot OUT/curves.png (the CO monitor's accuracies) under this title
+    summary_keys: tuple[str, ...] = ()  # last-epoch stats for the summary table
+    fits: tuple[nn.Module, ...] = ()  # further models (teachers) that must take the training images
+    num_classes: int | None = None  # the model's outputs must match this many classes (supervised training)
+    method_info: dict[str, Any] = field(default_factory=dict)  # report["method"]: method.config() plus these
+    report: dict[str, Any] = field(default_factory=dict)  # extra report fields (dataset, model, ...)
+    banner: str = ""  # one line saying what is trained, for the CLI
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device, or one error line (no CUDA, unknown name)."""
+    name = str(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustlabError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RobustlabError(f"unknown device {name!r}; use cpu or cuda") from None
+
+
+def training_fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a ``--resume`` must match, with the content digest of every file the run starts from."""
+    from robustlab.runs import file_digest
+
+    keys = dict(sorted(settings.items()))
+    for name in FILE_SETTINGS:
+        value = keys.get(name)
+        if isinstance(value, str) and os.path.isfile(value):
+            keys[f"{name}_sha256"] = file_digest(value)
+        elif isinstance(value, str) and os.path.isfile(os.path.join(value, "model.pt")):
+            keys[f"{name}_sha256"] = file_digest(os.path.join(value, "model.pt"))
+    return keys
+
+
+def check_fits(model: nn.Module, train_set: Dataset, device: torch.device, num_classes: int | None = None) -> None:
+    """One forward pass of a training image (eval mode, no gradients, the model's modes restored): a model built
+    for other images (channels, size) or another number of classes is refused before any work is done."""
+    x = train_set[0][0]
+    try:
+        with torch.no_grad(), temporary_mode(model, training=False):
+            out = model(x.unsqueeze(0).to(device))
+    except Exception as exc:  # shape errors surface as RuntimeError, ValueError, ...
+        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RobustlabError(
+            f"the model does not take this dataset's images (shape {tuple(x.shape)}): {cause}; use a model built "
+            "for this dataset"
+        ) from None
+    if num_classes is not None and out.dim() == 2 and out.shape[1] != num_classes:
+        raise RobustlabError(
+            f"the model has {out.shape[1]} outputs but the dataset {num_classes} classes; use a model built for it"
+        )
+
+
+def _finish_run(setup: TrainingSetup, result: Any, out: Path, device: torch.device) -> dict[str, Any] | None:
+    """Rank 0 after training: model.pt (and the export), curves, the final evaluation."""
+    from robustlab.io import atomic_torch_save
+
+    if setup.save_model is not None:
+        setup.save_model(out / "model.pt")
+    else:
+        atomic_torch_save(setup.model.state_dict(), out / "model.pt")
+    if setup.export:
+        atomic_torch_save(setup.model.state_dict(), setup.export)
+    if setup.curves_title is not None and result.history:
+        plot_curves(result.history, out / "curves.png", title=setup.curves_title)
+    return setup.evaluation.run(setup.model, device) if setup.evaluation is not None else None
+
+
+def run_training(
+    kind: str,
+    settings: dict[str, Any],
+    build: Callable[[torch.device], TrainingSetup],
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+    command_line: str | None = None,
+    on_start: Callable[[TrainingSetup], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainReport | None:
+    """Run ``build(device)``'s training in the run folder ``out`` and return its report (``None`` on ranks > 0).
+
+    ``kind`` and ``settings`` (everything that changes the result) are the run's identity: ``resume`` continues
+    only a run of the same kind and settings (one error line names those that differ), and a folder holding a run
+    is never written over without ``overwrite``. ``on_start`` and ``on_epoch`` are called on rank 0 (e.g. to print).
+    """
+    from robustlab.distributed import barrier, init_distributed, shard_device
+    from robustlab.distributed import finish as leave_process_group
+    from robustlab.io import environment
+    from robustlab.runs import RunFolder
+
+    started = time.time()
+    shard = init_distributed(resolve_device(device))
+    try:
+        folder = RunFolder(out, kind, training_fingerprint(settings), resume=resume, overwrite=overwrite,
+                           is_main=shard.is_main, barrier=lambda: barrier(shard))  # fmt: skip
+        with folder:
+            run_device = shard_device(resolve_device(device), shard)
+            setup = build(run_device)
+            for model in (setup.model, *setup.fits):
+                check_fits(model, setup.train_set, run_device, setup.num_classes if model is setup.model else None)
+            if on_start is not None and shard.is_main:
+                on_start(setup)
+            result = train(setup.model, setup.method, setup.train_set, setup.config, folder.path, resume=resume,
+                           callbacks=setup.callbacks, device=run_device, on_epoch=on_epoch,
+                           trust_checkpoint=trust_checkpoint)  # fmt: skip
+            if not shard.is_main:
+                return None
+            evaluation = _finish_run(setup, result, folder.path, run_device)
+            info = {**(setup.method.config() if hasattr(setup.method, "config") else {}), **setup.method_info}
+            report = TrainReport(
+                kind, info, asdict(setup.config), result.history, result.epochs_done, result.best_epoch,
+                result.stop_reason, result.train_seconds, evaluation, setup.summary_keys,
+                {**setup.report, "co_events": [e for c in setup.callbacks for e in getattr(c, "events", [])],
+                 "train_samples": len(setup.train_set), "world_size": shard.world, "settings": settings,
+                 "wall_time_s": round(time.time() - started, 3), "environment": environment(command_line)},
+            )  # fmt: skip
+            report.write(folder.path)
+            return report
+    finally:
+        leave_process_group(shard)
+
+
+__all__ = ["TrainingSetup", "check_fits", "resolve_device", "run_training", "training_fingerprint"]
