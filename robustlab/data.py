@@ -125,6 +125,8 @@ def load_dataset(name: str, split: str = "test", root: str | None = None, downlo
     base, path = _canonical(name)
     if split not in ("train", "test"):
         raise RobustlabError(f"unknown split {split!r}; choose train or test")
+    if root is not None and not Path(root).is_dir():  # never fall back silently to another copy of the data
+        raise RobustlabError(f"--data-root {root!r} is not an existing folder; check the path or leave it out")
     if base in _TORCHVISION_DIR:
         return _load_idx_dataset(base, split, root, download)
     import torchvision
@@ -145,7 +147,13 @@ def load_dataset(name: str, split: str = "test", root: str | None = None, downlo
         raise RobustlabError(f"imagefolder needs an existing folder: imagefolder:PATH, got {path!r}")
     folder = Path(path) / split if (Path(path) / split).is_dir() else Path(path)
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
-    return torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    try:
+        return torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folder, or class folders without images
+        raise RobustlabError(
+            f"imagefolder:{path} holds no images ({str(exc).splitlines()[0][:120]}); it needs one sub-folder per "
+            "class with image files in it"
+        ) from None
 
 
 def first_n(dataset: Dataset, n: int | None) -> Dataset:

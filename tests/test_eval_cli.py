@@ -110,3 +110,41 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert code == 2
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_with_another_eps_or_sanity_n_reuses_no_stale_cache(tmp_path):
+    args = [*BASE, "--n", "16", "--attacks", "fgsm", "--steps", "2", "--no-plots", "--out", str(tmp_path)]
+    assert main([*args, "--eps", "0.05", "--sanity-n", "8"]) == 0
+    # an eps equal to 6 significant digits is another eps: its own batches and its own sanity checks
+    assert main([*args, "--eps", "0.0500001", "--sanity-n", "8", "--resume"]) == 0
+    assert sorted(p.name for p in (tmp_path / "partial").glob("eps-*")) == ["eps-0.05", "eps-0.0500001"]
+    assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 2
+    assert main([*args, "--eps", "0.05", "--sanity-n", "6", "--resume"]) == 0
+    assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 3
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sanity"][0]["name"] == "train_mode" and report["eps"] == [0.05]
+
+
+def nan_for_bright_inputs() -> torch.nn.Module:
+    """A linear Fashion-MNIST model whose logits are NaN for inputs brighter than 0.3 (``test_eval_cli:...``)."""
+
+    class Broken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = self.net(x)
+            return torch.where(x.flatten(1).mean(1, keepdim=True) > 0.3, float("nan"), logits)
+
+    return Broken()
+
+
+def test_nan_logits_are_reported_by_the_report_and_the_cli(tmp_path, capsys):
+    args = ["--model", "test_eval_cli:nan_for_bright_inputs", "--n", "40", "--eps", "0.05", "--attacks", "fgsm"]
+    assert main([*BASE, *args, "--sanity-n", "0", "--no-plots", "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "report.json").read_text())["results"][0]
+    assert entry["nonfinite"] and "NaN/inf logits" in capsys.readouterr().out
+    (result,) = _results(tmp_path)
+    assert not (result.clean_correct & result.nonfinite).any() and not (result.robust & result.nonfinite).any()
+    assert entry["nonfinite"] == result.nonfinite.nonzero().squeeze(1).tolist()

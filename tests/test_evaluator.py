@@ -115,3 +115,59 @@ def test_topk_metrics_equal_a_brute_force_count(zoo_mlp, fmnist_batch):
             kept = sum(1 for c, r in zip(in_topk, ranks) if c and r <= k)
             assert stats["robust_accuracy"][str(k)] == pytest.approx(kept / len(ranks))
     assert report["worst_case"]["robust_accuracy"]["1"] == pytest.approx(result.robust_accuracy)
+
+
+class _NaNForBrightInputs(torch.nn.Module):
+    """Returns NaN logits for the inputs brighter than ``level`` (a broken model on some samples)."""
+
+    def __init__(self, net: torch.nn.Module, level: float = 0.3) -> None:
+        super().__init__()
+        self.net, self.level = net, level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        bad = x.flatten(1).mean(1) > self.level
+        return torch.where(bad[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+def test_nan_logits_are_never_correct_nor_robust(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(60)
+    model = _NaNForBrightInputs(zoo_mlp).eval()
+    bad = x.flatten(1).mean(1) > 0.3
+    assert 0 < bad.sum() < len(y) and (y[bad] == 0).any()  # argmax of NaN is class 0: counted correct before
+    result = Evaluator(_attacks(), THREAT, batch_size=30).run(model, (x, y))
+    assert not (result.clean_correct & bad).any() and not (result.robust & bad).any()
+    nonfinite = result.nonfinite  # NaN at the clean input, or at an adversarial one (brighter than the level)
+    assert not (bad & ~nonfinite).any() and not (result.robust & nonfinite).any()
+    assert result.summary()["nonfinite"] == nonfinite.nonzero().squeeze(1).tolist()
+    # a NaN row never ranks the true class in the top k
+    report = topk_report(result, [1, 2, 3])
+    assert report["worst_case"]["robust_accuracy"]["3"] <= (~bad).float().mean().item()
+
+
+def test_the_headline_is_top1_whatever_the_attack_optimises(zoo_mlp, fmnist_batch):
+    from robustlab.attacks import TopK
+
+    x, y = fmnist_batch(60)
+    result = Evaluator({"topk": TopK(k=3, steps=3)}, ThreatModel("linf", 0.08)).run(zoo_mlp, (x, y))
+    top1 = result.clean_correct & (result.adv_logits["topk"].argmax(1) == y)
+    assert result.robust_accuracy == top1.float().mean().item()
+    # the attack's own criterion (true class out of the top 3) holds on fewer samples than top-1 errors
+    assert result.criterion["topk"].sum() < result.success["topk"].sum()
+    assert result.robust_accuracy == topk_report(result, [1, 3])["worst_case"]["robust_accuracy"]["1"]
+
+
+def test_topk_asr_denominators_hold_only_attacked_samples(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(80)
+    result = Evaluator(_attacks(), THREAT, batch_size=40).run(zoo_mlp, (x, y))  # only the still-robust
+    report = topk_report(result, [1, 2, 3])
+    assert report["scope"] == "cumulative"
+    clean_rank = torch.tensor(
+        [sorted(r, reverse=True).index(r[t]) + 1 for r, t in zip(result.clean_logits.tolist(), y.tolist())]
+    )
+    attacked = result.attacked["fgsm"]  # the first attack ran on every clean-correct sample, the others on fewer
+    assert ((clean_rank <= 3) & ~attacked).any(), "wrong-but-top-3 samples, never attacked"
+    worst = torch.stack([clean_rank, *[result.interest_class_rank(a) for a in result.adv_logits]]).max(0).values
+    for k in (1, 2, 3):
+        tried = (clean_rank <= k) & attacked
+        assert report["worst_case"]["asr"][str(k)] == pytest.approx((tried & (worst > k)).sum().item() / tried.sum())
