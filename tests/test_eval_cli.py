@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from robustlab.cli import main
+from robustlab.errors import RobustlabError
 from robustlab.eval import EvalResult
 from robustlab.eval.metrics import topk_report
 
@@ -148,3 +149,30 @@ def test_nan_logits_are_reported_by_the_report_and_the_cli(tmp_path, capsys):
     (result,) = _results(tmp_path)
     assert not (result.clean_correct & result.nonfinite).any() and not (result.robust & result.nonfinite).any()
     assert entry["nonfinite"] == result.nonfinite.nonzero().squeeze(1).tolist()
+
+
+def test_python_api_does_in_one_call_what_the_cli_does(tmp_path, zoo_mlp, fmnist_batch):
+    from robustlab.eval import EvalConfig, EvalReport, load_results, run_evaluation
+    from robustlab.eval.attack_run import AttackConfig, run_attack
+    from robustlab.eval.transfer_run import TransferConfig, run_transfer
+
+    x, y = fmnist_batch(40)
+    config = EvalConfig(eps=(0.02, 0.08), attacks="fgsm,pgd(steps=2)", topk=(1, 3), sanity_n=0, batch_size=16)
+    report = run_evaluation(zoo_mlp, (x, y), config, tmp_path / "eval")
+    assert [e.eps for e in report.results] == [0.02, 0.08] and report.attack_names == ["fgsm", "pgd(steps=2)"]
+    again = EvalReport.load(tmp_path / "eval")  # typed, read back from report.json
+    assert again.to_dict() == json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert again.results[1].robust_accuracy == load_results(tmp_path / "eval")[1].robust_accuracy
+    assert again.results[0].worst_case_topk.asr[3] == report.results[0].worst_case_topk.asr[3]
+    with pytest.raises(RobustlabError, match="already holds a run"):
+        run_evaluation(zoo_mlp, (x, y), config, tmp_path / "eval")
+    assert run_evaluation(zoo_mlp, (x, y), config, tmp_path / "eval", resume=True).to_dict()["results"] == [
+        e.to_dict() for e in report.results
+    ]
+    in_memory = run_evaluation("zoo:fmnist-mlp", (x, y), config)  # no folder: nothing written
+    assert in_memory.results[1].robust_accuracy == report.results[1].robust_accuracy
+
+    single = run_attack(zoo_mlp, (x, y), AttackConfig("pgd", 0.08, steps=2, topk=(1, 3)), tmp_path / "attack")
+    assert single.robust_accuracy < single.clean_accuracy and (tmp_path / "attack" / "report.md").exists()
+    matrix = run_transfer(["zoo:fmnist-cnn"], ["zoo:fmnist-mlp"], (x, y), TransferConfig(0.08, "fgsm"), tmp_path / "t")
+    assert set(matrix.files) >= {"json", "markdown", "heatmap", "topk_curves"} and matrix.ks == [1, 2, 3, 5]
