@@ -3,15 +3,23 @@ configurations, the top-k, targeted and transfer attacks, and adapters for AutoA
 
 from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack
 from robustlab.attacks.base import GradientAttack
-from robustlab.attacks.presets import ATTACKS, FGSM, IFGSM, MIFGSM, PGD, make_attack
+from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
 from robustlab.attacks.protocol import Attack, AttackResult, check_labels, frozen_parameters, model_logits
-from robustlab.attacks.registry import attack_from_spec, split_specs
+from robustlab.attacks.registry import (
+    attack_entry,
+    attack_from_spec,
+    attack_help,
+    attack_names,
+    make_attack,
+    register,
+    split_specs,
+    unregister,
+)
 from robustlab.attacks.targeted import Targeted, choose_targets
 from robustlab.attacks.topk import TopK
 from robustlab.attacks.transfer import Ensemble, TransferAttack
 
 __all__ = [
-    "ATTACKS",
     "FGSM",
     "IFGSM",
     "MIFGSM",
@@ -25,11 +33,16 @@ __all__ = [
     "TopK",
     "TorchattacksAttack",
     "TransferAttack",
+    "attack_entry",
     "attack_from_spec",
+    "attack_help",
+    "attack_names",
     "check_labels",
     "choose_targets",
     "frozen_parameters",
     "make_attack",
     "model_logits",
+    "register",
     "split_specs",
+    "unregister",
 ]

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+AUTOATTACK_OPTIONS = ("seed", "batch_size", "n_iter", "n_restarts", "n_target_classes", "n_queries")
 _AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -99,6 +100,14 @@ class AutoAttack:
             "n_target_classes": n_target_classes,
             "n_queries": n_queries,
         }
+
+    @classmethod
+    def from_variant(cls, variant: str | None = None, **kwargs: Any) -> AutoAttack:
+        """``autoattack:VARIANT`` specs: a version (``plus``) or a comma-separated list of the package's attacks."""
+        names = [v.strip().lower() for v in (variant or "standard").split(",") if v.strip()]
+        if len(names) == 1 and names[0] not in AUTOATTACK_ATTACKS:
+            return cls(version=names[0], **kwargs)
+        return cls(attacks=names, **kwargs)
 
     def config(self) -> dict:
         """The attack's configuration, for reports."""
@@ -227,4 +236,11 @@ class TorchattacksAttack:
         return _result(model, x, x_adv, y, threat, info)
 
 
-__all__ = ["AUTOATTACK_ATTACKS", "AUTOATTACK_VERSIONS", "AutoAttack", "TorchattacksAttack", "apply_overrides"]
+__all__ = [
+    "AUTOATTACK_ATTACKS",
+    "AUTOATTACK_OPTIONS",
+    "AUTOATTACK_VERSIONS",
+    "AutoAttack",
+    "TorchattacksAttack",
+    "apply_overrides",
+]

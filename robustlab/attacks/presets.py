@@ -15,7 +15,10 @@ class FGSM(GradientAttack):
     rel_step_size = 1.0
 
     def __init__(self, loss: str = "ce", step_size: float | None = None, seed: int = 0, **kwargs: Any) -> None:
-        kwargs.setdefault("steps", 1)
+        if kwargs.setdefault("steps", 1) != 1:
+            raise RobustlabError("fgsm takes exactly one step; for several steps use ifgsm or pgd")
+        if kwargs.get("restarts", 1) != 1:
+            raise RobustlabError("fgsm has no random start, so restarts are meaningless; use pgd --restarts")
         super().__init__(step_size=step_size, loss=loss, seed=seed, **kwargs)
 
 
@@ -57,20 +60,4 @@ class MIFGSM(GradientAttack):
         self.rel_step_size = 1.0 / self.steps
 
 
-ATTACKS: dict[str, type[GradientAttack]] = {"fgsm": FGSM, "ifgsm": IFGSM, "bim": IFGSM, "pgd": PGD, "mifgsm": MIFGSM}
-
-
-def make_attack(name: str, **kwargs: Any) -> GradientAttack:
-    """Build an attack by name; ``None`` values in ``kwargs`` fall back to the attack's defaults."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in ATTACKS:
-        raise RobustlabError(f"unknown attack {name!r}; choose one of: fgsm, ifgsm, pgd, mifgsm")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if key == "fgsm" and kwargs.get("steps", 1) != 1:
-        raise RobustlabError("fgsm takes exactly one step; for several steps use ifgsm or pgd")
-    if key == "fgsm" and kwargs.get("restarts", 1) != 1:
-        raise RobustlabError("fgsm has no random start, so restarts are meaningless; use pgd --restarts")
-    if key == "fgsm":
-        kwargs.pop("steps", None)
-        kwargs.pop("restarts", None)
-    return ATTACKS[key](**kwargs)
+__all__ = ["FGSM", "IFGSM", "MIFGSM", "PGD"]

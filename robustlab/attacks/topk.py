@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks.presets import make_attack
+from robustlab.attacks.presets import IFGSM, MIFGSM, PGD
 from robustlab.attacks.protocol import AttackResult
 from robustlab.criteria import Misclassified, interest_class_rank
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, normalized_ce, register_loss
 from robustlab.threat import ThreatModel
 
-BASES = ("ifgsm", "pgd", "mifgsm")
+BASES = {"ifgsm": IFGSM, "pgd": PGD, "mifgsm": MIFGSM}
 
 
 def _split_pair(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,11 +104,9 @@ class TopK:
             raise RobustlabError(f"TopK builds on {', '.join(BASES)}, not {base!r}")
         self.k = int(k)
         self.base = key
-        self.untargeted = make_attack(key, loss=loss, criterion=Misclassified(self.k), early_stop=early_stop, **kwargs)
+        self.untargeted = BASES[key](loss=loss, criterion=Misclassified(self.k), early_stop=early_stop, **kwargs)
         pair_loss = get_loss(targeted_loss) if targeted_loss == "topk-targeted" else on_target(targeted_loss)
-        self.targeted = make_attack(
-            key, loss=pair_loss, criterion=TargetedTopK(self.k), early_stop=early_stop, **kwargs
-        )
+        self.targeted = BASES[key](loss=pair_loss, criterion=TargetedTopK(self.k), early_stop=early_stop, **kwargs)
         self.targeted.loss_name = targeted_loss if isinstance(targeted_loss, str) else self.targeted.loss_name
         self.name = f"topk-{key}"
 
