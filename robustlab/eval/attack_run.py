@@ -55,8 +55,9 @@ class AttackConfig:
             options = {k: getattr(self, k) for k in ("steps", "step_size", "loss", "restarts")}
             try:
                 attack = attack_from_spec(with_options(attack, options), seed=self.seed)
-            except TypeError as exc:
-                raise RobustlabError(f"attack {attack!r}: {exc}") from None
+            except TypeError as exc:  # e.g. --steps for autoattack
+                given = ", ".join(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
+                raise RobustlabError(f"attack {attack!r} does not take {given or 'these options'} ({exc})") from None
         return Targeted(attack, self.target, seed=self.seed) if self.target else attack
 
 
@@ -101,6 +102,11 @@ class AttackReport:
             ["clean accuracy", f"{100 * self.clean_accuracy:.2f} %"],
             ["robust accuracy (top-1)", f"{100 * self.robust_accuracy:.2f} %"],
             ["attack success rate", f"{100 * self.attack_success_rate:.2f} %"],
+            *(
+                [["the attack's own goal reached (target, top-k)", f"{100 * self.criterion_success_rate:.2f} %"]]
+                if self.criterion_success_rate != self.attack_success_rate
+                else []
+            ),
             *[[f"top-{k} ASR", f"{100 * asr:.2f} %"] for k, asr in self.topk.asr.items()],
             ["interest class rank (mean / median)", f"{self.topk.icr['mean']:.2f} / {self.topk.icr['median']:.0f}"],
             *([["samples with NaN/inf logits", len(self.nonfinite)]] if self.nonfinite else []),
