@@ -121,3 +121,48 @@ def test_train_cli_user_errors(capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main([*base, "--method", "pgd", "--noise-sigma", "2"]) == 2
     assert "does not take noise_sigma" in capsys.readouterr().err
+
+
+class _Kill:
+    """Simulates a kill after epoch ``at`` ended (before its checkpoint is written)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def on_epoch_end(self, ctx):
+        if ctx.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+class CollapseAtThirdCheck(COMonitor):
+    """The real monitor, told that its third check (step 6, epoch 2) finds CO (so a step-level stop acts mid-epoch)."""
+
+    def measure(self, model):
+        collapsed = len(self.checks) >= 2  # checks: step 3, end of epoch 1, step 6
+        return {"monitor_clean_acc": 0.8, "monitor_fgsm_acc": 0.8, "monitor_pgd_acc": 0.0 if collapsed else 0.5}
+
+
+@pytest.mark.parametrize("monitor_cls", [COMonitor, CollapseAtThirdCheck])
+def test_resume_with_monitor_every_3_equals_the_uninterrupted_run(small_train, tmp_path, monitor_cls):
+    """4 steps per epoch, a check every 3 steps (steps 3, 6, 9, ...): a run killed after epoch 1 and resumed checks
+    at the same global steps, so a step-level stop lands on the same step and the weights are bit-identical."""
+    data, x_mon, y_mon = small_train
+
+    def run(out, kill_at=None, resume=False):
+        monitor = monitor_cls(x_mon[:32], y_mon[:32], THREAT, every_steps=3, on_co="stop", pgd_steps=2)
+        config = TrainConfig(epochs=3, batch_size=128, lr=0.05, best_metric="monitor_pgd_acc")
+        result = train(_model(), make_method("fgsm-rs", THREAT), data, config, out, resume=resume,
+                       callbacks=[monitor, _Kill(kill_at)])  # fmt: skip
+        return result, monitor
+
+    full, full_monitor = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", kill_at=2)
+    resumed, resumed_monitor = run(tmp_path / "killed", resume=True)
+    assert [c["step"] for c in resumed_monitor.checks] == [c["step"] for c in full_monitor.checks]
+    assert resumed.stop_reason == full.stop_reason and resumed.history == [
+        {**h, "epoch_seconds": r["epoch_seconds"], "epoch_cpu_seconds": r["epoch_cpu_seconds"]}
+        for h, r in zip(full.history, resumed.history)
+    ]
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -149,3 +149,38 @@ def test_inner_attacks_skip_the_final_forward_pass(zoo_cnn, fmnist_batch):
     assert torch.equal(full.x_adv, lean.x_adv) and lean.success is None and lean.logits is None
     with pytest.raises(RobustlabError, match="restarts=1"):
         PGD(restarts=2, evaluate=False)
+
+
+class _NaNAtEpoch2:
+    """Standard training whose loss turns NaN in epoch 2 (a diverging run)."""
+
+    name = "nan-at-epoch-2"
+
+    def __init__(self) -> None:
+        self.inner, self.steps = make_method("standard"), 0
+
+    def training_loss(self, model, x, y):
+        self.steps += 1
+        loss, stats = self.inner.training_loss(model, x, y)
+        return (loss * float("nan") if self.steps > 3 else loss), stats
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = first_n(load_dataset("fashion-mnist", "train"), 384)
+    config = TrainConfig(epochs=3, batch_size=128, lr=0.05, seed=3)
+    with pytest.raises(RobustlabError, match=r"non-finite \(nan\) at epoch 2, step 4.*last.pt keeps"):
+        train(build_model("cnn"), _NaNAtEpoch2(), data, config, tmp_path)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_non_finite_hyper_parameters_are_refused():
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(RobustlabError, match="noise sigma"):
+            make_method("noiseaug", THREAT, noise_sigma=bad)
+        with pytest.raises(RobustlabError, match="noise multiple"):
+            make_method("n-fgsm", THREAT, noise_multiple=bad)
+        with pytest.raises(RobustlabError, match="learning rate"):
+            TrainConfig(lr=bad).validate()
+    with pytest.raises(RobustlabError, match="momentum"):
+        TrainConfig(momentum=-1).validate()

@@ -17,7 +17,7 @@ from robustlab.training.run import resolve_device  # noqa: F401 (the subcommands
 
 if TYPE_CHECKING:
     from robustlab.threat import ThreatModel
-    from robustlab.training.loop import TrainConfig
+    from robustlab.training.config import TrainConfig
     from robustlab.training.run import TrainingSetup
 
 
@@ -186,7 +186,7 @@ def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
 def add_optim_args(
     p: argparse.ArgumentParser, epochs: int, batch_size: int, optimizer: str, lr: float, schedule: str, wd: float
 ) -> None:
-    from robustlab.training.loop import LR_SCHEDULES, OPTIMIZERS
+    from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
@@ -231,7 +231,7 @@ def add_student_args(group: argparse._ArgumentGroup, init_help: str) -> None:
 
 def train_config(args: argparse.Namespace, best_metric: str | None = None) -> TrainConfig:
     """The training loop's configuration from the shared optimisation and run arguments."""
-    from robustlab.training.loop import TrainConfig
+    from robustlab.training.config import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,

@@ -33,55 +33,19 @@ from torch.utils.data import Dataset
 from robustlab.distributed import Shard, broadcast_ints, current_shard
 from robustlab.errors import RobustlabError
 from robustlab.training.batches import Batches
-from robustlab.training.method import Method, check_number
+from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_at, make_optimizer
+from robustlab.training.method import Method
 
 log = logging.getLogger(__name__)
 
 Decision = Literal["continue", "stop", "rollback"]
 DECISIONS = ("continue", "stop", "rollback")
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cyclic", "piecewise", "cosine", "constant")
 
 
 class Callback(Protocol):
     """An epoch-end hook (e.g. the catastrophic-overfitting monitor) that may ask to stop or roll back."""
 
     def on_epoch_end(self, ctx: TrainContext) -> Decision | None: ...
-
-
-@dataclass
-class TrainConfig:
-    """Everything about the optimisation that is not the method itself."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" | "adam"
-    lr: float = 0.1  # the peak learning rate (cyclic) or the initial one (piecewise, cosine, constant)
-    lr_schedule: str = "cyclic"  # "cyclic" | "piecewise" | "cosine" | "constant"
-    momentum: float = 0.9  # SGD momentum (Adam: beta1)
-    weight_decay: float = 5e-4
-    seed: int = 0
-    amp: bool = False  # mixed precision (float16 autocast + grad scaling); only on CUDA, ignored on CPU
-    num_workers: int = 0
-    drop_last: bool = False
-    progress: bool = False  # a tqdm bar per epoch (rank 0)
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
-    best_metric: str | None = None  # a key of the epoch stats to keep the best checkpoint by (higher is better)
-    max_steps_per_epoch: int | None = None  # cut epochs short (tests, benchmarks)
-
-    def validate(self) -> None:
-        """One error line for a setting the loop cannot train with."""
-        if self.epochs < 1 or self.batch_size < 1:
-            raise RobustlabError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise RobustlabError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise RobustlabError(f"unknown LR schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
-        check_number("the learning rate (--lr)", self.lr, strict=True)
-        check_number("the weight decay (--weight-decay)", self.weight_decay)
-        check_number("the momentum (--momentum)", self.momentum)
-        if self.momentum >= 1:
-            raise RobustlabError(f"the momentum (--momentum) must be in [0, 1), got {self.momentum}")
 
 
 @dataclass
@@ -118,31 +82,6 @@ class TrainResult:
     stop_reason: str | None  # None: all epochs ran; else "stop"/"rollback" and where
     train_seconds: float
     out_dir: Path | None
-
-
-def lr_at(config: TrainConfig, progress: float) -> float:
-    """The learning rate at ``progress`` in [0, 1] of training (per step, so schedules are smooth)."""
-    lr = config.lr
-    if config.lr_schedule == "cyclic":  # Wong et al. 2020: 0 -> lr at 2/5 of training -> 0
-        peak = 0.4
-        return lr * (progress / peak if progress < peak else max(0.0, (1 - progress) / (1 - peak)))
-    if config.lr_schedule == "piecewise":
-        return lr * (0.1 if progress >= 0.5 else 1.0) * (0.1 if progress >= 0.75 else 1.0)
-    if config.lr_schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return lr
-
-
-def make_optimizer(params: Sequence[nn.Parameter] | Any, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) or Adam (weight decay) at ``config.lr``."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
-
-
-def _state(obj: Any) -> Any:
-    fn = getattr(obj, "state_dict", None)
-    return fn() if callable(fn) else None
 
 
 @dataclass
