@@ -17,7 +17,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Evaluator
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.eval.report import TopKStats
-from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model
+from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model, settings
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_report
 from robustlab.runs import check_writable_file, check_writable_folder
 from robustlab.threat import ThreatModel
@@ -155,7 +155,7 @@ def run_attack(
         summary["attack_success_rate"], int(result.criterion[runner.name].sum()) / correct,
         TopKStats.from_dict(topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)),
         runner.config(), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
-        config={**{k: v for k, v in asdict(config).items() if k not in ("attack", "extra")}, **config.extra},
+        config={**settings(config, exclude=("attack", "extra")), **config.extra},
         wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
     )  # fmt: skip
     if out is not None:

@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,16 @@ from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import EvalResult, Evaluator, gather_batches, merge_batches
 from robustlab.eval.report import EpsEntry, EvalReport
 from robustlab.eval.sanity import Flag, eps_curve_flag, run_sanity_checks
-from robustlab.eval.sources import Data, DataSource, ModelSource, first_batch, probe, resolve_data, resolve_model
+from robustlab.eval.sources import (
+    Data,
+    DataSource,
+    ModelSource,
+    first_batch,
+    probe,
+    resolve_data,
+    resolve_model,
+    settings,
+)
 from robustlab.io import atomic_torch_save, environment, write_json
 from robustlab.runs import RunFolder, check_writable_folder, text_digest
 from robustlab.threat import ThreatModel
@@ -84,7 +93,7 @@ class EvalConfig:
 
     def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
         """What the cached per-eps batches depend on (eps has a folder per value; sanity_n its own cache key)."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("eps", "sanity_n", "topk", "plots", "extra")}
+        keys = settings(self, exclude=("eps", "sanity_n", "topk", "plots", "extra", "attacks"))
         configs = {name: getattr(a, "config", dict)() for name, a in attacks.items()}
         keys["attacks"] = configs if isinstance(self.attacks, Mapping) else list(attacks)  # specs + the defaults
         return keys
@@ -180,7 +189,7 @@ def _evaluate(
         eps=list(config.eps), only_robust=config.only_robust,
         attacks=configs, seeds={"seed": config.seed, "attacks": {n: c.get("seed") for n, c in configs.items()}},
         results=entries, sanity=sanity,
-        config={**{k: v for k, v in asdict(config).items() if k not in ("attacks", "extra")}, **config.extra},
+        config={**settings(config, exclude=("attacks", "extra")), **config.extra},
     )  # fmt: skip
 
 

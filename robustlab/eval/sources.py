@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,11 @@ class DataSource:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"dataset": self.name, "split": self.split, "n": self.n}
+
+
+def settings(config: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """A config dataclass's fields as a dict, shallow (attack objects are not deep-copied as ``asdict`` would)."""
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in exclude}
 
 
 def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | str) -> tuple[nn.Module, str, dict]:
@@ -122,4 +127,4 @@ def probe(model: nn.Module, data: Data, device: torch.device | str, ks: Sequence
     return num_classes
 
 
-__all__ = ["DataSource", "ModelSource", "first_batch", "probe", "resolve_data", "resolve_model"]
+__all__ = ["DataSource", "ModelSource", "first_batch", "probe", "resolve_data", "resolve_model", "settings"]

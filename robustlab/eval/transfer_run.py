@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from robustlab.attacks import Ensemble, attack_from_spec, split_specs
 from robustlab.errors import RobustlabError
-from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data
+from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, settings
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
 from robustlab.io import atomic_torch_save, environment, write_report
 from robustlab.runs import check_writable_file, check_writable_folder
@@ -121,7 +121,7 @@ def run_transfer(
         out = Path(out)
         report = {
             **result.to_dict(),
-            "config": {**{k: v for k, v in asdict(config).items() if k not in ("attacks", "extra")}, **config.extra},
+            "config": {**settings(config, exclude=("attacks", "extra")), **config.extra},
             "wall_time_s": round(time.time() - started, 3),
             "environment": environment(command_line),
         }
