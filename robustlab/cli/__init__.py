@@ -36,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attack image classifiers and make them robust: one threat model, one evaluator.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
-    parser.add_argument(
-        "--version", action="version", version=f"robustlab {__version__} (torch {torch_version()})"
-    )
+    parser.add_argument("--version", action="version", version=f"robustlab {__version__} (torch {torch_version()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         import_module(f"robustlab.cli.{name.replace('-', '_')}").add_parser(subparsers)

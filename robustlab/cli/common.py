@@ -146,8 +146,6 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-
-
 # ---------------------------------------------------------------------------- the training commands' shared parts
 
 TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)"
@@ -158,36 +156,31 @@ RESUME_NEUTRAL = {
 }  # fmt: skip
 
 
-def add_training_data_args(p: argparse.ArgumentParser) -> None:
+# epochs, batch size, optimizer, learning rate, schedule, weight decay: each training command's defaults
+OPTIM_DEFAULTS = {
+    "train": (10, 128, "sgd", 0.1, "cyclic", 5e-4), "ssl": (20, 256, "adam", 1e-3, "cosine", 1e-5),
+    "deacl": (100, 256, "sgd", 0.5, "cosine", 5e-4), "pseudo-at": (10, 256, "sgd", 0.1, "cosine", 5e-4),
+    "finetune": (10, 256, "sgd", 0.1, "cosine", 5e-4),
+}  # fmt: skip
+
+
+def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str | None) -> None:
+    """Data, threat model (``eps``: True required, a string its default, None optional, False none), optimisation
+    and run-folder arguments of a training command."""
+    from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS
+
     p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
     p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
-    p.add_argument(
-        "--no-download", dest="download", action="store_false", help="never download: fail if the data is not on disk"
-    )
-
-
-def add_training_threat_args(p: argparse.ArgumentParser, required: bool, default_eps: str | None = None) -> None:
-    g = p.add_argument_group("threat model")
-    g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
-    g.add_argument(
-        "--eps", required=required and default_eps is None, default=default_eps, type=eps_value,
-        help="radius of the eps-ball, e.g. 0.1 or 8/255" + (f" (default: {default_eps})" if default_eps else ""),
-    )  # fmt: skip
-    g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
-
-
-def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
-    """``--step-size`` (with ``--alpha``, its old name, as a hidden alias)."""
-    group.add_argument("--step-size", dest="step_size", type=positive_float, help=help_text)
-    group.add_argument("--alpha", dest="step_size", type=positive_float, help=argparse.SUPPRESS)
-
-
-def add_optim_args(
-    p: argparse.ArgumentParser, epochs: int, batch_size: int, optimizer: str, lr: float, schedule: str, wd: float
-) -> None:
-    from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS
-
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
+    if eps is not False:
+        g = p.add_argument_group("threat model")
+        g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
+        default = eps if isinstance(eps, str) else None
+        g.add_argument("--eps", required=eps is True, default=default, type=eps_value,
+                       help=f"radius of the eps-ball, e.g. 0.1 or 8/255 (default: {default})")  # fmt: skip
+        g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
+    epochs, batch_size, optimizer, lr, schedule, wd = OPTIM_DEFAULTS[command]
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
     o.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"per rank (default: {batch_size})")
@@ -198,14 +191,17 @@ def add_optim_args(
     o.add_argument("--weight-decay", type=nonnegative_float, default=wd, help=f"(default: {wd})")
     o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
-
-
-def add_training_run_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--out", default=out_default, metavar="DIR", help=f"run folder (default: {out_default})")
+    p.add_argument("--out", default=f"runs/{command}", metavar="DIR", help=f"run folder (default: runs/{command})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
+    """``--step-size`` (with ``--alpha``, its old name, as a hidden alias)."""
+    group.add_argument("--step-size", dest="step_size", type=positive_float, help=help_text)
+    group.add_argument("--alpha", dest="step_size", type=positive_float, help=argparse.SUPPRESS)
 
 
 def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: str = "teacher") -> None:
@@ -241,17 +237,11 @@ def train_config(args: argparse.Namespace, best_metric: str | None = None) -> Tr
     )  # fmt: skip
 
 
-def train_set_of(args: argparse.Namespace) -> Any:
-    """The first ``--n`` items of the training split."""
+def split_of(args: argparse.Namespace, split: str, n: int | None) -> Any:
+    """The first ``n`` items (None: all) of the dataset's ``split``."""
     from robustlab.data import first_n, load_dataset
 
-    return first_n(load_dataset(args.dataset, "train", args.data_root, args.download), args.n)
-
-
-def test_set_of(args: argparse.Namespace, n: int) -> Any:
-    from robustlab.data import first_n, load_dataset
-
-    return first_n(load_dataset(args.dataset, "test", args.data_root, args.download), n)
+    return first_n(load_dataset(args.dataset, split, args.data_root, args.download), n)
 
 
 def threat_of(args: argparse.Namespace) -> ThreatModel | None:
@@ -269,17 +259,6 @@ def load_teacher(args: argparse.Namespace, spec: str, device: torch.device) -> t
     return net, model_arch(spec)[0]
 
 
-def epoch_printer(epochs: int, keys: tuple[str, ...]) -> Callable[[dict], None]:
-    """A line per epoch: time, loss and ``keys`` (and a CO marker)."""
-
-    def on_epoch(s: dict) -> None:
-        parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s]
-        co = "  CATASTROPHIC OVERFITTING" if s.get("co") else ""
-        print(f"epoch {s['epoch']:>3}/{epochs}  {s['epoch_seconds']:.1f}s  " + "  ".join(parts) + co, flush=True)
-
-    return on_epoch
-
-
 def run_training_command(
     args: argparse.Namespace, build: Callable[[torch.device], TrainingSetup], keys: tuple[str, ...] = ()
 ) -> int:
@@ -294,10 +273,16 @@ def run_training_command(
     report = run_training(
         args.command, settings, build, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
         trust_checkpoint=getattr(args, "trust_checkpoint", False), command_line=args.command_line,
-        on_start=lambda setup: print(setup.banner, flush=True),
-        on_epoch=epoch_printer(args.epochs, keys),
+        on_start=lambda setup: print(setup.banner, flush=True), on_epoch=lambda stats: _print_epoch(stats, args, keys),
     )  # fmt: skip
     if report is not None:  # rank 0
         print(markdown_table(["metric", "value"], report.summary_rows()))
         print(f"report: {Path(args.out) / 'report.json'}; model: {Path(args.out) / 'model.pt'}", flush=True)
     return 0
+
+
+def _print_epoch(s: dict, args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s] + (
+        ["CATASTROPHIC OVERFITTING"] if s.get("co") else []
+    )
+    print(f"epoch {s['epoch']:>3}/{args.epochs}  {s['epoch_seconds']:.1f}s  " + "  ".join(parts), flush=True)

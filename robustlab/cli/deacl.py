@@ -6,22 +6,7 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import (
-    add_optim_args,
-    add_student_args,
-    add_teacher_args,
-    add_training_data_args,
-    add_training_run_args,
-    add_training_threat_args,
-    load_teacher,
-    nonnegative_float,
-    positive_float,
-    positive_int,
-    run_training_command,
-    threat_of,
-    train_config,
-    train_set_of,
-)
+from robustlab.cli import common as c
 
 EXAMPLE = "robustlab deacl --teacher runs/ssl --dataset fashion-mnist --eps 0.1 --epochs 5 --out runs/deacl"
 KEYS = ("cos_teacher", "cos_adv_clean")
@@ -36,22 +21,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(the student encoder's classifier: fine-tune it with robustlab finetune), report.json/md, resumable "
         f"checkpoints; DDP under torchrun. Example: {EXAMPLE}",
     )
-    add_teacher_args(p)
-    add_training_data_args(p)
-    add_training_threat_args(p, required=False, default_eps="8/255")
+    c.add_teacher_args(p)
+    c.add_training_args(p, "deacl", eps="8/255")
     d = p.add_argument_group("DeACL (defaults: the paper's)")
-    d.add_argument("--beta", type=nonnegative_float, default=2.0, help="weight of the adversarial term (default: 2)")
-    d.add_argument("--steps", type=positive_int, default=5, help="steps of the inner feature PGD (default: 5)")
-    d.add_argument("--step-size", type=positive_float, help="inner PGD step size (default: eps/4)")
-    add_student_args(d, "a copy of the teacher (the paper)")
+    d.add_argument("--beta", type=c.nonnegative_float, default=2.0, help="weight of the adversarial term (default: 2)")
+    d.add_argument("--steps", type=c.positive_int, default=5, help="steps of the inner feature PGD (default: 5)")
+    d.add_argument("--step-size", type=c.positive_float, help="inner PGD step size (default: eps/4)")
+    c.add_student_args(d, "a copy of the teacher (the paper)")
     d.add_argument(
         "--center", action="store_true",
         help="cosines between batch-centred features (for encoders whose post-ReLU features share a large "
         "common direction, e.g. the small CNN; the paper's loss is uncentred)",
     )  # fmt: skip
-    add_optim_args(p, epochs=100, batch_size=256, optimizer="sgd", lr=0.5, schedule="cosine", wd=5e-4)
-    add_training_run_args(p, "runs/deacl")
-    p.set_defaults(run=lambda args: run_training_command(args, lambda device: setup(args, device), KEYS))
+    p.set_defaults(run=lambda args: c.run_training_command(args, lambda device: setup(args, device), KEYS))
 
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
@@ -60,8 +42,8 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     from robustlab.ssl import Augment, DeACL, frozen_teacher, make_student, save_classifier
     from robustlab.training import TrainingSetup
 
-    threat, train_set = threat_of(args), train_set_of(args)
-    teacher_net, arch = load_teacher(args, args.teacher, device)
+    threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
+    teacher_net, arch = c.load_teacher(args, args.teacher, device)
     student = make_student(teacher_net, args.init, args.seed).to(device)
     method = DeACL(frozen_teacher(teacher_net), threat, args.beta, args.steps, args.step_size, Augment(args.augment),
                    args.seed, center=args.center)  # fmt: skip
@@ -72,7 +54,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         + (", centred cosines" if args.center else "")
     )
     return TrainingSetup(
-        student, method, train_set, train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher_net,),
+        student, method, train_set, c.train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher_net,),
         method_info={"teacher": args.teacher, "augment": args.augment, "init": args.init},
         report={"dataset": args.dataset}, banner=banner,
     )  # fmt: skip

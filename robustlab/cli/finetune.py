@@ -6,23 +6,7 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import (
-    add_optim_args,
-    add_teacher_args,
-    add_training_data_args,
-    add_training_run_args,
-    add_training_threat_args,
-    load_teacher,
-    nonnegative_float,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-    run_training_command,
-    test_set_of,
-    threat_of,
-    train_config,
-    train_set_of,
-)
+from robustlab.cli import common as c
 from robustlab.errors import RobustlabError
 
 EXAMPLE = (
@@ -40,22 +24,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "AutoAttack) accuracy at --eps. Writes OUT/model.pt, a classifier robustlab attack / eval load directly, "
         f"and report.json/md. Example: {EXAMPLE}",
     )
-    add_teacher_args(p, flag="--encoder", what="encoder")
+    c.add_teacher_args(p, flag="--encoder", what="encoder")
     p.add_argument("--protocol", required=True, choices=["slf", "alf", "aff"], help="fine-tuning protocol")
     p.add_argument("--keep-head", action="store_true", help="start from the encoder's own head (e.g. an slf run's)")
-    add_training_data_args(p)
-    add_training_threat_args(p, required=False)
+    c.add_training_args(p, "finetune", eps=None)
     f = p.add_argument_group("adversarial fine-tuning (alf, aff)")
-    f.add_argument("--steps", type=positive_int, default=10, help="inner attack steps (default: 10)")
-    f.add_argument("--step-size", type=positive_float, help="inner step size (default: alf 2.5*eps/steps, aff eps/4)")
-    f.add_argument("--beta", type=nonnegative_float, default=6.0, help="TRADES weight for aff (default: 6)")
+    f.add_argument("--steps", type=c.positive_int, default=10, help="inner attack steps (default: 10)")
+    f.add_argument("--step-size", type=c.positive_float, help="inner step size (default: alf 2.5*eps/steps, aff eps/4)")
+    f.add_argument("--beta", type=c.nonnegative_float, default=6.0, help="TRADES weight for aff (default: 6)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-n", type=nonnegative_int, default=1000, help="test items to evaluate on (0: skip)")
-    e.add_argument("--pgd-steps", type=positive_int, default=20, help="PGD steps of the evaluation (default: 20)")
-    e.add_argument("--pgd-restarts", type=positive_int, default=1, help="PGD restarts (default: 1)")
+    e.add_argument("--eval-n", type=c.nonnegative_int, default=1000, help="test items to evaluate on (0: skip)")
+    e.add_argument("--pgd-steps", type=c.positive_int, default=20, help="PGD steps of the evaluation (default: 20)")
+    e.add_argument("--pgd-restarts", type=c.positive_int, default=1, help="PGD restarts (default: 1)")
     e.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
-    add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
-    add_training_run_args(p, "runs/finetune")
     p.set_defaults(run=run, resume_neutral=("pgd_steps", "pgd_restarts"))  # evaluation only
 
 
@@ -66,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             + ("trains adversarially" if args.protocol != "slf" else "is evaluated")
             + " at it (or pass --eval-n 0 to skip the evaluation of slf)"
         )
-    return run_training_command(args, lambda device: setup(args, device), ("accuracy", "adv_accuracy", "kl"))
+    return c.run_training_command(args, lambda device: setup(args, device), ("accuracy", "adv_accuracy", "kl"))
 
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
@@ -75,21 +56,21 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     from robustlab.ssl import FineTune, prepare_classifier, save_classifier
     from robustlab.training import FinalEvaluation, TrainingSetup
 
-    threat, train_set = threat_of(args), train_set_of(args)
+    threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
     num_classes = dataset_info(args.dataset)["num_classes"]
     if num_classes is None:  # imagefolder: its class folders
         num_classes = len(getattr(getattr(train_set, "dataset", train_set), "classes", []) or [0])
-    net, arch = load_teacher(args, args.encoder, device)
+    net, arch = c.load_teacher(args, args.encoder, device)
     net = prepare_classifier(net, args.protocol, num_classes, args.keep_head, args.seed).to(device)
     method = FineTune(args.protocol, threat, args.steps, args.step_size, args.beta, args.seed)
     evaluation = None
     if args.eval_n > 0:
-        evaluation = FinalEvaluation(test_set_of(args, args.eval_n), threat, args.autoattack, args.pgd_steps,
+        evaluation = FinalEvaluation(c.split_of(args, "test", args.eval_n), threat, args.autoattack, args.pgd_steps,
                                      args.pgd_restarts, seed=args.seed, progress=not args.no_progress)  # fmt: skip
     stage = f"finetune-{args.protocol}"
     save = lambda path: save_classifier(path, net, arch, args.dataset, stage=stage, encoder=args.encoder)  # noqa: E731
     return TrainingSetup(
-        net, method, train_set, train_config(args), evaluation=evaluation, save_model=save, num_classes=num_classes,
+        net, method, train_set, c.train_config(args), evaluation=evaluation, save_model=save, num_classes=num_classes,
         method_info={"encoder": args.encoder}, report={"dataset": args.dataset},
         banner=f"{args.protocol.upper()} of {args.encoder} on {args.dataset} ({len(train_set)} images)",
     )  # fmt: skip

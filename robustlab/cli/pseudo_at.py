@@ -6,22 +6,7 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import (
-    add_optim_args,
-    add_student_args,
-    add_teacher_args,
-    add_training_data_args,
-    add_training_run_args,
-    add_training_threat_args,
-    load_teacher,
-    nonnegative_float,
-    positive_float,
-    positive_int,
-    run_training_command,
-    threat_of,
-    train_config,
-    train_set_of,
-)
+from robustlab.cli import common as c
 from robustlab.errors import RobustlabError
 
 EXAMPLE = (
@@ -43,21 +28,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"from scratch). Writes OUT/model.pt, report.json/md, resumable checkpoints; DDP under torchrun. Example: "
         f"{EXAMPLE}",
     )
-    add_teacher_args(p)
+    c.add_teacher_args(p)
     p.add_argument("--targets", required=True, choices=["embedding", "kmeans", "linear"], help="pseudo-targets")
-    p.add_argument("--clusters", type=positive_int, default=10, help="k of k-means (default: 10)")
-    p.add_argument("--kmeans-n", type=positive_int, default=10000, help="images k-means is fitted on (default: 10000)")
-    add_training_data_args(p)
-    add_training_threat_args(p, required=True)
+    p.add_argument("--clusters", type=c.positive_int, default=10, help="k of k-means (default: 10)")
+    p.add_argument(
+        "--kmeans-n", type=c.positive_int, default=10000, help="images k-means is fitted on (default: 10000)"
+    )
+    c.add_training_args(p, "pseudo-at", eps=True)
     a = p.add_argument_group("adversarial training")
     a.add_argument("--loss", choices=["ce", "trades"], default="ce", help="ce (PGD-AT / cosine) or trades")
-    a.add_argument("--beta", type=nonnegative_float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
-    a.add_argument("--steps", type=positive_int, default=5, help="inner PGD steps (default: 5)")
-    a.add_argument("--step-size", type=positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)")
-    add_student_args(a, "a copy of the teacher")
-    add_optim_args(p, epochs=10, batch_size=256, optimizer="sgd", lr=0.1, schedule="cosine", wd=5e-4)
-    add_training_run_args(p, "runs/pseudo-at")
-    p.set_defaults(run=lambda args: run_training_command(args, lambda device: setup(args, device), KEYS))
+    a.add_argument("--beta", type=c.nonnegative_float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
+    a.add_argument("--steps", type=c.positive_int, default=5, help="inner PGD steps (default: 5)")
+    a.add_argument(
+        "--step-size", type=c.positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)"
+    )
+    c.add_student_args(a, "a copy of the teacher")
+    p.set_defaults(run=lambda args: c.run_training_command(args, lambda device: setup(args, device), KEYS))
 
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
@@ -68,8 +54,8 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
 
     if args.targets != "kmeans" and args.clusters != 10:
         raise RobustlabError("--clusters only applies to --targets kmeans")
-    threat, train_set = threat_of(args), train_set_of(args)
-    teacher, arch = load_teacher(args, args.teacher, device)
+    threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
+    teacher, arch = c.load_teacher(args, args.teacher, device)
     labeler = PseudoLabeler(teacher) if args.targets == "linear" else None
     if args.targets == "kmeans":
         images = torch.stack([train_set[i][0] for i in range(min(args.kmeans_n, len(train_set)))]).to(device)
@@ -84,7 +70,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     net = student.net if args.targets == "embedding" else student
     save = lambda path: save_classifier(path, net, arch, args.dataset, stage="pseudo-at", targets=args.targets)  # noqa: E731
     return TrainingSetup(
-        student, method, train_set, train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher,),
+        student, method, train_set, c.train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher,),
         method_info={"teacher": args.teacher, "clusters": num_classes, "init": args.init, "augment": args.augment,
                      "steps": args.steps},
         report={"dataset": args.dataset},

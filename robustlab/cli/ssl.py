@@ -6,18 +6,7 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import (
-    TRUST_HELP,
-    add_optim_args,
-    add_training_data_args,
-    add_training_run_args,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-    run_training_command,
-    train_config,
-    train_set_of,
-)
+from robustlab.cli import common as c
 from robustlab.models import ARCHITECTURES
 
 EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n 10000 --epochs 5 --out runs/ssl"
@@ -39,17 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision:NAME, package.module:factory + --checkpoint, or a robustlab run folder)",
     )  # fmt: skip
     p.add_argument("--checkpoint", metavar="FILE", help="weights of a torchvision:/module:factory model")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    add_training_data_args(p)
+    p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
+    c.add_training_args(p, "ssl", eps=False)
     s = p.add_argument_group("self-supervised method")
-    s.add_argument("--temperature", type=positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha (default: 0.2)")
-    s.add_argument("--tau-beta", type=positive_float, default=1.0, help="SimCo's second temperature (default: 1.0)")
-    s.add_argument("--proj-hidden", type=positive_int, default=512, help="projector hidden width (default: 512)")
-    s.add_argument("--proj-dim", type=positive_int, default=128, help="projection dimension (default: 128)")
-    s.add_argument("--knn-n", type=nonnegative_int, default=2000, help="labelled items of the kNN monitor (0: off)")
-    add_optim_args(p, epochs=20, batch_size=256, optimizer="adam", lr=1e-3, schedule="cosine", wd=1e-5)
-    add_training_run_args(p, "runs/ssl")
-    p.set_defaults(run=lambda args: run_training_command(args, lambda device: setup(args, device), KEYS))
+    s.add_argument("--temperature", type=c.positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha (default: 0.2)")
+    s.add_argument("--tau-beta", type=c.positive_float, default=1.0, help="SimCo's second temperature (default: 1.0)")
+    s.add_argument("--proj-hidden", type=c.positive_int, default=512, help="projector hidden width (default: 512)")
+    s.add_argument("--proj-dim", type=c.positive_int, default=128, help="projection dimension (default: 128)")
+    s.add_argument("--knn-n", type=c.nonnegative_int, default=2000, help="labelled items of the kNN monitor (0: off)")
+    p.set_defaults(run=lambda args: c.run_training_command(args, lambda device: setup(args, device), KEYS))
 
 
 KEYS = ("positive_cos", "knn_accuracy")
@@ -63,7 +50,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     from robustlab.ssl import KNNMonitor, SSLModel, make_ssl_method, save_classifier
     from robustlab.training import TrainingSetup
 
-    train_set = train_set_of(args)
+    train_set = c.split_of(args, "train", args.n)
     net = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, dataset=args.dataset, seed=args.seed)
     arch = args.model if args.model in ARCHITECTURES else model_arch(args.model)[0]
     with seeded_weights(args.seed):
@@ -78,7 +65,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         callbacks.append(KNNMonitor(take(full_train, args.knn_n), take(test, max(args.knn_n // 4, 100))))
     save = lambda path: save_classifier(path, net, arch, args.dataset, stage="ssl", method=args.method)  # noqa: E731
     return TrainingSetup(
-        model, method, train_set, train_config(args), callbacks, save_model=save, summary_keys=("knn_accuracy",),
+        model, method, train_set, c.train_config(args), callbacks, save_model=save, summary_keys=("knn_accuracy",),
         method_info={"projector": [args.proj_hidden, args.proj_dim], "model": args.model, "arch": arch},
         report={"dataset": args.dataset},
         banner=f"{args.method} on {args.dataset} ({len(train_set)} images, labels unused), model {args.model}",

@@ -7,22 +7,7 @@ import argparse
 
 import torch
 
-from robustlab.cli.common import (
-    TRUST_HELP,
-    add_optim_args,
-    add_step_size_arg,
-    add_training_data_args,
-    add_training_run_args,
-    add_training_threat_args,
-    nonnegative_float,
-    nonnegative_int,
-    positive_int,
-    run_training_command,
-    test_set_of,
-    threat_of,
-    train_config,
-    train_set_of,
-)
+from robustlab.cli import common as c
 from robustlab.defenses.methods import METHODS, NOISE_KINDS
 from robustlab.defenses.monitor import ON_CO
 from robustlab.models import ARCHITECTURES
@@ -41,38 +26,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--model", required=True, help=f"architecture ({', '.join(ARCHITECTURES)}) or a model spec")
     p.add_argument("--checkpoint", metavar="FILE", help="start weights for a module:factory model spec")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    add_training_data_args(p)
-    p.add_argument("--eval-n", type=nonnegative_int, default=1000, help="test items of the final evaluation (0: none)")
-    add_training_threat_args(p, required=True)
+    p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
+    c.add_training_args(p, "train", eps=True)
+    p.add_argument(
+        "--eval-n", type=c.nonnegative_int, default=1000, help="test items of the final evaluation (0: none)"
+    )
     g = p.add_argument_group("method")
-    add_step_size_arg(g, "step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps fgsm/n-fgsm, eps/4 pgd)")
+    c.add_step_size_arg(g, "step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps fgsm/n-fgsm, eps/4 pgd)")
     g.add_argument("--noise", choices=NOISE_KINDS, help="noiseaug: noise distribution (default: uniform)")
-    g.add_argument("--noise-sigma", type=nonnegative_float, help="noiseaug: noise scale in units of eps (default: 2)")
-    g.add_argument("--noise-multiple", type=nonnegative_float, help="n-fgsm: noise U(-m eps, m eps) (default: 2)")
-    g.add_argument("--k", dest="noise_multiple", type=nonnegative_float, help=argparse.SUPPRESS)  # the old name
-    g.add_argument("--gradalign-lambda", type=nonnegative_float, help="gradalign: regulariser weight (default: 0.2)")
-    g.add_argument("--pgd-steps", type=positive_int, help="pgd: steps of the inner PGD (default: 10)")
-    add_optim_args(p, epochs=10, batch_size=128, optimizer="sgd", lr=0.1, schedule="cyclic", wd=5e-4)
+    g.add_argument("--noise-sigma", type=c.nonnegative_float, help="noiseaug: noise scale in units of eps (default: 2)")
+    g.add_argument("--noise-multiple", type=c.nonnegative_float, help="n-fgsm: noise U(-m eps, m eps) (default: 2)")
+    g.add_argument("--k", dest="noise_multiple", type=c.nonnegative_float, help=argparse.SUPPRESS)  # the old name
+    g.add_argument("--gradalign-lambda", type=c.nonnegative_float, help="gradalign: regulariser weight (default: 0.2)")
+    g.add_argument("--pgd-steps", type=c.positive_int, help="pgd: steps of the inner PGD (default: 10)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--num-workers", type=nonnegative_int, default=0, help="data loader workers (default: 0)")
+    p.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers (default: 0)")
     m = p.add_argument_group("catastrophic-overfitting monitor and evaluation")
     m.add_argument(
-        "--monitor-n", type=nonnegative_int, default=512, help="training samples the monitor attacks (0: off)"
+        "--monitor-n", type=c.nonnegative_int, default=512, help="training samples the monitor attacks (0: off)"
     )
-    m.add_argument("--monitor-every", type=nonnegative_int, default=0, help="also check every N steps (0: epochs only)")
+    m.add_argument(
+        "--monitor-every", type=c.nonnegative_int, default=0, help="also check every N steps (0: epochs only)"
+    )
     m.add_argument("--on-co", choices=ON_CO, default="rollback", help="on CO: stop, rollback (default), continue")
     m.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
     m.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    add_training_run_args(p, "runs/train")
     p.add_argument("--export", metavar="FILE", help="also save the final model's state dict here")
-    p.add_argument("--threads", type=positive_int, help="CPU threads per process (default: torch's choice)")
+    p.add_argument("--threads", type=c.positive_int, help="CPU threads per process (default: torch's choice)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     keys = ("monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc")
-    return run_training_command(args, lambda device: setup(args, device), keys)
+    return c.run_training_command(args, lambda device: setup(args, device), keys)
 
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
@@ -82,12 +68,12 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     from robustlab.models import load_model
     from robustlab.training import FinalEvaluation, TrainingSetup
 
-    threat = threat_of(args)
+    threat = c.threat_of(args)
     method = make_method(
         args.method, threat, args.step_size, noise=args.noise, noise_sigma=args.noise_sigma,
         noise_multiple=args.noise_multiple, lam=args.gradalign_lambda, steps=args.pgd_steps,
     )  # fmt: skip
-    train_set = train_set_of(args)
+    train_set = c.split_of(args, "train", args.n)
     model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, dataset=args.dataset, seed=args.seed)
     callbacks = []
     if args.monitor_n > 0:
@@ -97,9 +83,9 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         callbacks.append(monitor)
     evaluation = None
     if not args.no_eval and args.eval_n > 0:
-        evaluation = FinalEvaluation(test_set_of(args, args.eval_n), threat, autoattack=args.autoattack,
+        evaluation = FinalEvaluation(c.split_of(args, "test", args.eval_n), threat, autoattack=args.autoattack,
                                      seed=args.seed, progress=not args.no_progress)  # fmt: skip
-    config = train_config(args, best_metric="monitor_pgd_acc" if args.monitor_n > 0 else None)
+    config = c.train_config(args, best_metric="monitor_pgd_acc" if args.monitor_n > 0 else None)
     return TrainingSetup(
         model, method, train_set, config, callbacks, evaluation, export=args.export, num_classes=dataset_info(
             args.dataset)["num_classes"], curves_title=f"{method.name}, eps={threat.eps:.4g}",
