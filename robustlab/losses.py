@@ -1,6 +1,8 @@
 """Per-sample attack losses ``(logits, labels) -> (N,)``, registered by name.
 
 Attacks maximise the loss of the true label (untargeted) or minimise it for the target label (targeted).
+A *targeted loss* (:func:`targeted_loss`) takes both, ``(logits, target, y) -> (N,)``, and serves targeted
+calls only: the targeted top-k loss drives the target up and the true class down.
 """
 
 from __future__ import annotations
@@ -65,6 +67,28 @@ def normalized_ce(logits: Tensor, labels: Tensor) -> Tensor:
     return logits.mean(dim=1) - logits.gather(1, labels[:, None]).squeeze(1)
 
 
+def targeted_loss(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Mark ``fn(logits, target, y)`` as a targeted loss: attacks pass it the targets and the true labels."""
+    fn.targeted = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_targeted_loss(fn: object) -> bool:
+    """Whether ``fn`` takes ``(logits, target, y)`` (see :func:`targeted_loss`)."""
+    return bool(getattr(fn, "targeted", False))
+
+
+@register_loss("topk-targeted")
+@targeted_loss
+def topk_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
+    """Targeted top-k loss, to be minimised: ``CE(z, t) + (z_y - mean_k z_k)``.
+
+    The CE term drives the target ``t`` to rank 1 and saturates once it is there; the second term is minus the
+    normalized CE of the true class ``y``, whose constant logit-gradient keeps pushing ``y`` down the ranking.
+    """
+    return F.cross_entropy(logits, target, reduction="none") - normalized_ce(logits, y)
+
+
 def get_loss(name: str | LossFn) -> LossFn:
     """Look up a loss by name (or pass a callable through)."""
     if callable(name):
@@ -80,4 +104,15 @@ def loss_names() -> list[str]:
     return ["ce", "cw", "dlr", "normalized-ce"]
 
 
-__all__ = ["LOSSES", "cross_entropy", "cw_margin", "dlr", "get_loss", "normalized_ce", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "cross_entropy",
+    "cw_margin",
+    "dlr",
+    "get_loss",
+    "is_targeted_loss",
+    "normalized_ce",
+    "register_loss",
+    "targeted_loss",
+    "topk_targeted",
+]

@@ -7,12 +7,12 @@ import torch
 
 from robustlab import ThreatModel
 from robustlab.attacks import IFGSM
-from robustlab.attacks.topk import TargetedTopK, TopK, topk_targeted
+from robustlab.attacks.topk import TopK
 from robustlab.cli import main
-from robustlab.criteria import Misclassified, interest_class_rank
+from robustlab.criteria import Misclassified, TargetedMisclassified, interest_class_rank
 from robustlab.errors import RobustlabError
 from robustlab.eval.metrics import topk_metrics
-from robustlab.losses import get_loss
+from robustlab.losses import get_loss, topk_targeted
 
 
 def test_normalized_ce_is_mean_logit_minus_true_logit_with_constant_gradient():
@@ -41,21 +41,25 @@ def test_topk_criteria_on_hand_made_logits():
     assert Misclassified(1)(logits, labels).tolist() == [False, True, True]
     assert Misclassified(2)(logits, labels).tolist() == [False, True, False]
     assert Misclassified(3)(logits, labels).tolist() == [False, True, False]
-    # targeted top-k: target top-1 and the true class out of the top k
-    pairs = torch.tensor([[0, 1], [1, 0], [3, 2]])
-    assert TargetedTopK(1)(logits, pairs).tolist() == [True, True, True]
-    assert TargetedTopK(2)(logits, pairs).tolist() == [False, True, False]
-    assert TargetedTopK(3)(logits, pairs).tolist() == [False, True, False]
+    # targeted top-k: target top-1 and the true class out of the top k, a combination of two criteria
+    target, true = torch.tensor([0, 1, 3]), torch.tensor([1, 0, 2])
+    assert (TargetedMisclassified() & Misclassified(1))(logits, true, target).tolist() == [True, True, True]
+    assert (TargetedMisclassified() & Misclassified(2))(logits, true, target).tolist() == [False, True, False]
+    assert (TargetedMisclassified() & Misclassified(3))(logits, true, target).tolist() == [False, True, False]
+    either = TargetedMisclassified() | ~Misclassified(1)
+    assert either(logits, labels, torch.tensor([0, 2, 3])).tolist() == [True, False, True] and "|" in either.name
 
 
 def test_topk_targeted_loss_and_its_misuse():
     logits = torch.randn(4, 10, requires_grad=True)
-    pairs = torch.tensor([[1, 0], [2, 5], [0, 9], [7, 3]])
-    loss = topk_targeted(logits, pairs)
-    ce = torch.nn.functional.cross_entropy(logits, pairs[:, 0], reduction="none")
-    assert torch.allclose(loss, ce + logits[torch.arange(4), pairs[:, 1]] - logits.mean(1))
-    with pytest.raises(RobustlabError, match=r"\(N, 2\)"):
-        topk_targeted(logits, pairs[:, 0])
+    target, true = torch.tensor([1, 2, 0, 7]), torch.tensor([0, 5, 9, 3])
+    loss = topk_targeted(logits, target, true)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose(loss, ce + logits[torch.arange(4), true] - logits.mean(1))
+    # a targeted loss serves targeted calls only
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    with pytest.raises(RobustlabError, match="targeted loss"):
+        IFGSM(loss="topk-targeted")(model, torch.rand(4, 4), true, ThreatModel("linf", 0.1))
 
 
 @pytest.fixture(scope="module")

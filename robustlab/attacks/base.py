@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits
-from robustlab.criteria import Misclassified, TargetedMisclassified
+from robustlab.attacks import options
+from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
-from robustlab.losses import LossFn, get_loss
+from robustlab.losses import LossFn, get_loss, is_targeted_loss
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-
-Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 def diverse_inputs(x: Tensor, prob: float, generator: torch.Generator, scale: float = 1.1) -> Tensor:
@@ -42,7 +40,8 @@ class GradientAttack:
     Args:
         steps: gradient steps per restart.
         step_size: absolute step size; ``None`` uses ``rel_step_size * eps``.
-        loss: a loss name from :mod:`robustlab.losses` or a callable ``(logits, labels) -> (N,)``.
+        loss: a loss name from :mod:`robustlab.losses` or a callable ``(logits, labels) -> (N,)`` (a targeted
+            loss, :func:`robustlab.losses.targeted_loss`, takes ``(logits, target, y)`` and serves targeted calls).
         restarts: independent runs; per sample, the first successful run wins, else the highest loss.
         random_start: start from a random point of the eps-ball instead of ``x``.
         l2_start_radius: L2 random starts: ``"ball"`` (uniform in the ball) or ``"uniform"`` (radius eps * U);
@@ -50,11 +49,14 @@ class GradientAttack:
         momentum: MI-FGSM decay ``mu`` (0 disables momentum).
         diversity_prob: probability of the input-diversity transform per step (0 disables it).
         early_stop: stop updating a sample once the criterion holds (keeps the first success).
-        criterion: success criterion; default misclassified (untargeted) or top-1 = target (targeted).
+        criterion: success criterion ``(logits, y, target) -> bool (N,)``; default misclassified (untargeted) or
+            top-1 = target (targeted).
         seed: seed of the attack's own ``torch.Generator``; the global RNG is never touched.
-        evaluate: run the model once more at ``x_adv`` for the result's ``success``, ``loss`` and ``logits``.
-            ``False`` (one restart only) skips that forward pass and leaves them ``None``: adversarial
-            training's inner maximisation needs only ``x_adv``, and for single-step methods the pass costs ~10 %.
+        evaluate: ``False`` makes a call return only ``x_adv`` (the other fields ``None``); prefer :meth:`perturb`.
+
+    A call leaves the model as it found it (:func:`~robustlab.attacks.protocol.untouched`): a train-mode model is
+    attacked in train mode, and its buffers (BatchNorm statistics) and the caller's RNG state are restored.
+    :meth:`perturb`, training's inner maximisation, runs the model as a training step would.
     """
 
     name = "gradient"
@@ -75,26 +77,18 @@ class GradientAttack:
         seed: int = 0,
         evaluate: bool = True,
     ) -> None:
-        if int(steps) != steps or steps < 1:
-            raise RobustlabError(f"steps must be a whole number >= 1, got {steps!r}")
-        if int(restarts) != restarts or restarts < 1:
-            raise RobustlabError(f"restarts must be a whole number >= 1, got {restarts!r}")
-        if step_size is not None and not step_size > 0:
-            raise RobustlabError(f"step size must be > 0, got {step_size!r}")
-        if not 0 <= diversity_prob <= 1:
-            raise RobustlabError(f"diversity_prob must lie in [0, 1], got {diversity_prob!r}")
-        self.steps = int(steps)
-        self.step_size = step_size
+        self.steps = options.whole("steps", steps)
+        self.step_size = None if step_size is None else options.number("step size", step_size, positive=True)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.loss_fn = get_loss(loss)
-        self.restarts = int(restarts)
-        self.random_start = random_start
-        self.l2_start_radius = l2_start_radius
-        self.momentum = float(momentum)
-        self.diversity_prob = float(diversity_prob)
-        self.early_stop = early_stop
+        self.restarts = options.whole("restarts", restarts)
+        self.random_start = options.flag("random_start", random_start)
+        self.l2_start_radius = options.choice("l2_start_radius", l2_start_radius, ("ball", "uniform"))
+        self.momentum = options.number("momentum", momentum, low=0)
+        self.diversity_prob = options.number("diversity_prob", diversity_prob, low=0, high=1)
+        self.early_stop = options.flag("early_stop", early_stop)
         self.criterion = criterion
-        self.seed = seed
+        self.seed = options.seed(seed)
         if not evaluate and self.restarts != 1:
             raise RobustlabError("evaluate=False needs restarts=1: restarts pick per sample by the loss at x_adv")
         self.evaluate = evaluate
@@ -117,21 +111,26 @@ class GradientAttack:
         }
 
     def resolve_step_size(self, threat: ThreatModel) -> float:
+        """The absolute step size at this threat model's eps."""
         return float(self.step_size) if self.step_size is not None else self.rel_step_size * threat.eps
 
-    def _check(self, x: Tensor, y: Tensor, threat: ThreatModel) -> None:
-        """Refuse a batch whose shapes do not match or whose inputs leave the threat model's bounds."""
-        if x.dim() < 2 or x.shape[0] != y.shape[0]:
-            raise RobustlabError(
-                f"inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not match; "
-                "give a batch x of shape (N, ...) and labels of shape (N,)"
+    def _setup(self, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None) -> Criterion:
+        """Refuse a batch that does not fit; the criterion of this call."""
+        if x.dim() < 2 or x.shape[0] != y.shape[0] or (target is not None and target.shape[0] != y.shape[0]):
+            shapes = f"{tuple(x.shape)}, labels {tuple(y.shape)}" + (
+                f", targets {tuple(target.shape)}" if target is not None else ""
             )
+            raise RobustlabError(f"inputs {shapes} do not match; give x of shape (N, ...) and labels of shape (N,)")
         threat.check_inputs(x)
+        if target is None and is_targeted_loss(self.loss_fn):
+            raise RobustlabError(f"the {self.loss_name} loss is a targeted loss; call the attack with target=...")
+        return self.criterion or (TargetedMisclassified() if target is not None else Misclassified())
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed)
-        return generator
+    def _loss(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """The per-sample attack loss: of ``y`` (untargeted), of the target, or of both (a targeted loss)."""
+        if target is None:
+            return self.loss_fn(logits, y)
+        return self.loss_fn(logits, target, y) if is_targeted_loss(self.loss_fn) else self.loss_fn(logits, target)
 
     def perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
@@ -139,20 +138,17 @@ class GradientAttack:
         """Just ``x_adv``, for adversarial training's inner maximisation: one restart, no forward pass at ``x_adv``.
 
         The model runs as it is, like a training step: a train-mode model's BatchNorm statistics see the
-        iterates and its dropout draws from the global RNG (the PGD-AT recipe); ``__call__`` leaves it untouched.
+        iterates and its dropout draws from the global RNG (the PGD-AT recipe); a call leaves it untouched.
         """
         if self.restarts != 1:
             raise RobustlabError(
                 f"perturb runs one restart, not {self.restarts}: restarts pick per sample by the loss at x_adv; "
                 "call the attack for its AttackResult instead"
             )
-        self._check(x, y, threat)
-        targeted = target is not None
-        criterion = self.criterion or (TargetedMisclassified() if targeted else Misclassified())
-        labels, sign = (target, -1.0) if targeted else (y, 1.0)
+        criterion = self._setup(x, y, threat, target)
         step_size = self.resolve_step_size(threat)
         with frozen_parameters(model):
-            return self._run(model, x.detach(), labels, threat, step_size, sign, criterion, self._generator(x.device))
+            return self._run(model, x.detach(), y, target, threat, step_size, criterion, self._generator(x.device))
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
@@ -162,26 +158,18 @@ class GradientAttack:
         if not self.evaluate:
             x_adv = self.perturb(model, x, y, threat, target)
             return AttackResult(x_adv, None, None, None, {"time_s": time.perf_counter() - start})  # type: ignore[arg-type]
-        self._check(x, y, threat)
-        targeted = target is not None
-        labels = target if targeted else y
-        criterion = self.criterion or (TargetedMisclassified() if targeted else Misclassified())
-        sign = -1.0 if targeted else 1.0
+        criterion = self._setup(x, y, threat, target)
+        sign = -1.0 if target is not None else 1.0
         step_size = self.resolve_step_size(threat)
         generator = self._generator(x.device)
         x = x.detach()
-
-        with frozen_parameters(model):
-            best: AttackResult | None = None
+        best: AttackResult | None = None
+        with frozen_parameters(model), untouched(model, x.device):
             for _ in range(self.restarts):
-                x_adv = self._run(model, x, labels, threat, step_size, sign, criterion, generator)
+                x_adv = self._run(model, x, y, target, threat, step_size, criterion, generator)
                 with torch.no_grad():
                     logits = model_logits(model, x_adv)
-                    loss = self.loss_fn(logits, labels)
-                    success = criterion(logits, labels)
-                if best is None and not y.is_floating_point():
-                    check_labels(y, logits.shape[1])
-                run = AttackResult(x_adv, success, loss, logits)
+                    run = AttackResult(x_adv, criterion(logits, y, target), self._loss(logits, y, target), logits)
                 best = run if best is None else _pick(best, run, sign)
                 if bool(best.success.all()):
                     break
@@ -189,38 +177,44 @@ class GradientAttack:
         best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size}
         return best
 
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed)
+        return generator
+
     def _run(
         self,
         model: nn.Module,
         x: Tensor,
-        labels: Tensor,
+        y: Tensor,
+        target: Tensor | None,
         threat: ThreatModel,
         step_size: float,
-        sign: float,
         criterion: Criterion,
         generator: torch.Generator,
     ) -> Tensor:
         """One restart; returns the final iterate (or, with early stopping, the first successful one)."""
         x_adv = threat.random_start(x, generator, self.l2_start_radius) if self.random_start else x.clone()
         velocity = torch.zeros_like(x) if self.momentum else None
+        sign = -1.0 if target is not None else 1.0
         active = torch.arange(x.shape[0], device=x.device)
         # With early stopping only the samples that have not yet succeeded are computed.
 
-        def subset(t: Tensor) -> Tensor:
-            return t[active] if self.early_stop else t
+        def subset(t: Tensor | None) -> Tensor | None:
+            return t[active] if self.early_stop and t is not None else t
 
         for step in range(self.steps):
             xa = subset(x_adv).detach().requires_grad_(True)
-            la = subset(labels)
+            ya, ta = subset(y), subset(target)
             with torch.enable_grad():
                 logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
-                if step == 0 and not la.is_floating_point():  # float targets: feature-space attacks
-                    check_labels(la, logits.shape[1], what="targets" if sign < 0 else "labels")
-                objective = self.loss_fn(logits, la).sum()
+                if step == 0:
+                    _check_first_logits(logits, ya, ta, criterion)
+                objective = self._loss(logits, ya, ta).sum()
                 (grad,) = torch.autograd.grad(objective if sign > 0 else -objective, xa)
             xa = xa.detach()
             if self.early_stop:
-                keep = ~criterion(logits.detach(), la)
+                keep = ~criterion(logits.detach(), ya, ta)
                 active, xa, grad = active[keep], xa[keep], grad[keep]
                 if active.numel() == 0:
                     break
@@ -237,6 +231,17 @@ class GradientAttack:
             else:
                 x_adv = xa
         return x_adv.detach()
+
+
+def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:
+    """At the first logits an attack sees: labels and targets in range, a criterion that can hold."""
+    num_classes = logits.shape[1]
+    if not y.is_floating_point():  # float labels: feature-space attacks with their own loss and criterion
+        check_labels(y, num_classes)
+    if target is not None and not target.is_floating_point():
+        check_labels(target, num_classes, what="targets")
+    if hasattr(criterion, "check"):
+        criterion.check(num_classes)
 
 
 def _pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:

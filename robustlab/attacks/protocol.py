@@ -60,6 +60,27 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module, device: torch.device | str) -> Iterator[None]:
+    """Give ``model`` back exactly as found: each submodule's train/eval flag, every buffer (BatchNorm running
+    statistics) and the caller's global RNG state (dropout masks, packages that reseed) on the CPU and ``device``.
+
+    A train-mode model is thus attacked in its own mode (batch statistics, dropout) without a lasting trace.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            for module, was_training in modes:
+                module.training = was_training
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+
+
 def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     """Run the model and check that it returns one row of logits per sample."""
     logits = model(x)
@@ -87,4 +108,4 @@ def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None
         )
 
 
-__all__ = ["Attack", "AttackResult", "check_labels", "frozen_parameters", "model_logits"]
+__all__ = ["Attack", "AttackResult", "check_labels", "frozen_parameters", "model_logits", "untouched"]

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Criterion
 from robustlab.attacks.protocol import Attack, AttackResult, model_logits
-from robustlab.criteria import Misclassified, TargetedMisclassified
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -77,7 +76,7 @@ class TransferAttack:
         with torch.no_grad():
             logits = model_logits(model, crafted.x_adv)
         criterion = self.criterion or (Misclassified() if target is None else TargetedMisclassified())
-        success = criterion(logits, y if target is None else target)
+        success = criterion(logits, y, target)
         info = {**crafted.info, "surrogate_success": crafted.success}
         return AttackResult(crafted.x_adv, success, crafted.loss, logits, info)
 
