@@ -15,8 +15,7 @@ from robustlab.cli.common import (
     resolve_device,
     topk_list,
 )
-from robustlab.eval import DataSource, ModelSource
-from robustlab.eval.attack_run import AttackConfig, run_attack
+from robustlab.eval import AttackConfig, DataSource, ModelSource, run_attack
 from robustlab.losses import loss_names
 
 EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attack pgd --eps 0.1"

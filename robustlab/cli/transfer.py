@@ -14,8 +14,8 @@ from robustlab.cli.common import (
     resolve_device,
     topk_list,
 )
-from robustlab.eval import DataSource
-from robustlab.eval.transfer_run import DEFAULT_ATTACKS, TransferConfig, run_transfer
+from robustlab.eval import DataSource, TransferConfig, run_transfer
+from robustlab.eval.transfer_run import DEFAULT_ATTACKS
 
 EXAMPLE = (
     "robustlab transfer --source zoo:fmnist-cnn --targets zoo:fmnist-cnn-s1,zoo:fmnist-mlp "

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.protocol import Attack, model_logits
 from robustlab.errors import RobustlabError
-from robustlab.eval.evaluator import Evaluator
+from robustlab.eval.evaluator import Evaluator, top1_correct
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import markdown_table
 from robustlab.plots import save_png, subplots
@@ -203,7 +203,7 @@ def transfer_matrix(
             row[t] = topk_metrics(adv_logits, result.labels, target_clean[t], all_ks)
         log.info("%s on %s: white-box top-1 ASR %.3f", a, s, result.white_box[a][s]["asr"]["1"])
     for t, logits in target_clean.items():
-        result.clean_accuracy[t] = (logits.argmax(1) == result.labels).float().mean().item()
+        result.clean_accuracy[t] = top1_correct(logits, result.labels).float().mean().item()
     return result
 
 
