@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from robustlab.attacks import attack_help
 from robustlab.cli.common import (
     add_data_args,
     add_model_args,
@@ -30,12 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument(
-        "--attack",
-        required=True,
-        help="an attack spec: fgsm, ifgsm, pgd, mifgsm, topk, NAME+LOSS (pgd+cw), autoattack[:VERSION], "
-        "torchattacks:NAME; options in parentheses, e.g. pgd(steps=50)",
-    )
+    p.add_argument("--attack", required=True, help=f"an attack spec: {attack_help()}")
     p.add_argument("--loss", help=f"attack loss: {', '.join(loss_names())} (default: the attack's, ce)")
     add_threat_args(p)
     p.add_argument("--steps", type=positive_int, help="gradient steps (default: 10; fgsm: 1)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from robustlab.attacks import attack_help
 from robustlab.cli.common import (
     add_data_args,
     add_model_args,
@@ -49,11 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", required=True, type=eps_list, help="one or more radii, e.g. 8/255 or 0.02,0.05,0.1")
     p.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
     p.add_argument(
-        "--attacks",
-        default="pgd,autoattack",
-        help="comma-separated, run in order: fgsm, ifgsm, pgd, mifgsm, topk, NAME+LOSS (pgd+cw), autoattack[:plus|"
-        "rand|apgd-ce,apgd-t], torchattacks:NAME; options in parentheses, e.g. pgd(steps=50) (default: "
-        "pgd,autoattack)",
+        "--attacks", default="pgd,autoattack", help=f"run in order: {attack_help()} (default: pgd,autoattack)"
     )
     p.add_argument("--steps", type=positive_int, help="steps of the gradient attacks (default: 10)")
     p.add_argument("--step-size", type=positive_float, help="step size of the gradient attacks (default: per attack)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from robustlab.attacks import attack_help
 from robustlab.cli.common import (
     add_data_args,
     add_run_args,
@@ -45,9 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attacks",
         default=DEFAULT_ATTACKS,
-        help="comma-separated attack specs: fgsm, ifgsm, pgd, mifgsm, NAME+LOSS (ifgsm+normalized-ce, pgd+cw), "
-        "topk, autoattack, torchattacks:NAME; options in parentheses, e.g. mifgsm(diversity_prob=0.5) for "
-        f"DI-MI-FGSM (default: {DEFAULT_ATTACKS})",
+        help=f"comma-separated: {attack_help()}; e.g. mifgsm(diversity_prob=0.5) for DI-MI-FGSM (default: "
+        f"{DEFAULT_ATTACKS})",
     )
     add_threat_args(p)
     p.add_argument("--steps", type=positive_int, help="gradient steps of the iterative attacks (default: 10)")
