@@ -140,15 +140,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_inner_attacks_skip_the_final_forward_pass(zoo_cnn, fmnist_batch):
-    """``evaluate=False`` (what the training methods use) gives the same x_adv without success/loss/logits."""
+    """``attack.perturb`` (what the training methods use) gives the full call's x_adv without its final forward."""
     from robustlab.attacks import PGD
 
     x, y = fmnist_batch(16)
     full = PGD(steps=3, seed=5)(zoo_cnn, x, y, THREAT)
-    lean = PGD(steps=3, seed=5, evaluate=False)(zoo_cnn, x, y, THREAT)
-    assert torch.equal(full.x_adv, lean.x_adv) and lean.success is None and lean.logits is None
-    with pytest.raises(RobustlabError, match="restarts=1"):
-        PGD(restarts=2, evaluate=False)
+    lean = PGD(steps=3, seed=5).perturb(zoo_cnn, x, y, THREAT)
+    assert torch.equal(full.x_adv, lean)
+    with pytest.raises(RobustlabError, match="one restart"):
+        PGD(restarts=2).perturb(zoo_cnn, x, y, THREAT)
 
 
 class _NaNAtEpoch2:

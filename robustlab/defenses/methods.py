@@ -1,7 +1,7 @@
 """Adversarial training methods: supervised "make the training input + loss" steps for the one training loop.
 
 Every inner attack is a gradient attack at a :class:`ThreatModel` (gradients w.r.t. the input only), asked for
-just ``x_adv`` (:func:`robustlab.training.method.perturb`). The noisy single-step methods are composed, not
+just ``x_adv`` (``attack.perturb``: no forward pass at ``x_adv``). The noisy single-step methods are composed, not
 re-implemented: NoiseAug and N-FGSM call FGSM with the *noisy* image as its centre, so FGSM's projection is onto the
 eps-ball around the noisy point (NoiseAug), and with step = eps that projection is a no-op, leaving only the clip to
 the bounds (N-FGSM).
@@ -21,7 +21,7 @@ from robustlab.attacks.presets import FGSM, PGD
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
-from robustlab.training.method import Method, check_number, perturb
+from robustlab.training.method import Method, check_number
 
 NOISE_KINDS = ("uniform", "gaussian")
 
@@ -88,7 +88,7 @@ class FGSMTraining(AdversarialMethod):
     default_step_size = 1.0
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x, y, self.threat)
+        return FGSM(step_size=self.step_size).perturb(model, x, y, self.threat)
 
 
 class FGSMRS(AdversarialMethod):
@@ -98,10 +98,8 @@ class FGSMRS(AdversarialMethod):
     default_step_size = 1.25
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = GradientAttack(
-            steps=1, step_size=self.step_size, random_start=True, seed=self.attack_seed(x.device), evaluate=False
-        )
-        return perturb(attack, model, x, y, self.threat)
+        attack = GradientAttack(steps=1, step_size=self.step_size, random_start=True, seed=self.attack_seed(x.device))
+        return attack.perturb(model, x, y, self.threat)
 
 
 class NoiseAug(AdversarialMethod):
@@ -132,7 +130,7 @@ class NoiseAug(AdversarialMethod):
         return self.threat.clip(x + scale * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, self.noisy(x), y, self.threat)
+        return FGSM(step_size=self.step_size).perturb(model, self.noisy(x), y, self.threat)
 
 
 class NFGSM(AdversarialMethod):
@@ -157,7 +155,7 @@ class NFGSM(AdversarialMethod):
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x_noisy = self.threat.clip(x + self.uniform(x, self.noise_multiple * self.threat.eps))
         # a step of length <= eps from x_noisy never leaves its eps-ball: FGSM's projection only clips to bounds
-        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x_noisy, y, self.threat)
+        return FGSM(step_size=self.step_size).perturb(model, x_noisy, y, self.threat)
 
 
 class GradAlign(AdversarialMethod):
@@ -176,7 +174,7 @@ class GradAlign(AdversarialMethod):
         return {**super().config(), "lambda": self.lam}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return perturb(FGSM(step_size=self.step_size, evaluate=False), model, x, y, self.threat)
+        return FGSM(step_size=self.step_size).perturb(model, x, y, self.threat)
 
     def _input_grad(self, model: nn.Module, x: Tensor, y: Tensor, create_graph: bool) -> Tensor:
         x = x.detach().requires_grad_(True)
@@ -209,8 +207,8 @@ class PGDAT(AdversarialMethod):
         return {**super().config(), "steps": self.steps}
 
     def training_input(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = PGD(steps=self.steps, step_size=self.step_size, seed=self.attack_seed(x.device), evaluate=False)
-        return perturb(attack, model, x, y, self.threat)
+        attack = PGD(steps=self.steps, step_size=self.step_size, seed=self.attack_seed(x.device))
+        return attack.perturb(model, x, y, self.threat)
 
 
 METHODS: dict[str, type[AdversarialMethod]] = {

@@ -23,7 +23,7 @@ from robustlab.ssl.augment import Augment
 from robustlab.ssl.encoder import Encoder
 from robustlab.threat import ThreatModel
 from robustlab.training.loop import TrainContext
-from robustlab.training.method import Method, check_number, perturb
+from robustlab.training.method import Method, check_number
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class DeACL(Method):
     def adversarial(self, student: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         """The DeACL PGD target: ``x'`` in the eps-ball maximising ``-cos(f(x'), target)``."""
         self.attack.seed = self.attack_seed(x.device)
-        return perturb(self.attack, student, x, target, self.threat)
+        return self.attack.perturb(unwrap(student), x, target, self.threat)
 
     def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Weak augmentation, teacher features, feature PGD, then the DeACL loss on one student forward."""

@@ -26,7 +26,7 @@ from robustlab.models.mode import temporary_mode
 from robustlab.ssl.encoder import classifier_head, replace_head
 from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
-from robustlab.training.method import Method, check_number, perturb
+from robustlab.training.method import Method, check_number
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class FineTune(Method):
             return trades_loss(model, x, y, self.threat, self.beta, self.attack)
         with frozen_encoder(model):
             if self.name == "alf":
-                x = perturb(self.attack, model, x, y, self.threat)
+                x = self.attack.perturb(unwrap(model), x, y, self.threat)
             logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}

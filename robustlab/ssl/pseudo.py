@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attacks.presets import PGD
+from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.ssl.augment import Augment
 from robustlab.ssl.deacl import deacl_loss, feature_pgd, frozen_teacher, make_student, student_copy
@@ -26,7 +27,7 @@ from robustlab.ssl.knn import embed
 from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
 from robustlab.training.loop import TrainContext
-from robustlab.training.method import Method, check_number, perturb
+from robustlab.training.method import Method, check_number
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class PseudoAT(Method):
         if self.teacher is not None:
             with torch.no_grad():
                 t = self.teacher(x)
-            x_adv = perturb(self.attack, model, x, t, self.threat)
+            x_adv = self.attack.perturb(unwrap(model), x, t, self.threat)
             if self.loss == "trades":
                 f_clean, f_adv = model(torch.cat([x, x_adv])).chunk(2)
                 return deacl_loss(f_clean, f_adv, t, self.beta)
@@ -155,7 +156,7 @@ class PseudoAT(Method):
         if self.loss == "trades":
             loss, stats = trades_loss(model, x, pseudo, self.threat, self.beta, self.attack)
         else:
-            x_adv = perturb(self.attack, model, x, pseudo, self.threat)
+            x_adv = self.attack.perturb(unwrap(model), x, pseudo, self.threat)
             logits = model(x_adv)
             loss = F.cross_entropy(logits, pseudo)
             stats = {"loss": loss.item(), "adv_accuracy": (logits.argmax(1) == pseudo).float().mean().item()}

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import GradientAttack
 from robustlab.criteria import NeverSucceeds
+from robustlab.distributed import unwrap
 from robustlab.threat import ThreatModel
-from robustlab.training.method import perturb
 
 
 def kl_to_clean(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
@@ -36,7 +36,7 @@ def trades_loss(
     attack = attack or trades_attack()
     with torch.no_grad():
         p_clean = F.softmax(model(x), dim=1)
-    x_adv = perturb(attack, model, x, p_clean, threat)
+    x_adv = attack.perturb(unwrap(model), x, p_clean, threat)
     logits_clean, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
     natural = F.cross_entropy(logits_clean, y)
     robust = kl_to_clean(logits_adv, F.softmax(logits_clean, dim=1)).mean()

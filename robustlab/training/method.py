@@ -5,7 +5,8 @@ Contract (the loop in :mod:`robustlab.training.loop` calls these):
 - ``training_loss(model, x, y) -> (loss, stats)``: build the training input (attack, noise, views, ...) and return
   a scalar loss and ``{name: float}`` stats for the log. ``model`` is the module to train the loss through
   (DDP-wrapped under torchrun); inner attacks run on :func:`robustlab.distributed.unwrap` ``(model)`` so that they
-  cause no extra all-reduce, and take gradients w.r.t. their input only (the attacks' ``perturb`` does that).
+  cause no extra all-reduce, and take gradients w.r.t. their input only: ``attack.perturb(model, x, y, threat)``
+  gives just ``x_adv``.
 - ``setup(ctx)``: called once before training (seeds this rank's generator; subclasses move frozen teachers).
 - ``check(config)``: refuses a training configuration the method cannot train with, before any work is done.
 - ``state_dict()`` / ``load_state_dict(state)``: the random generator (and any extra state), saved in every
@@ -86,15 +87,4 @@ def check_number(name: str, value: float | None, low: float = 0.0, strict: bool 
         raise RobustlabError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
 
 
-def perturb(attack: Any, model: nn.Module, x: Tensor, target: Tensor, threat: Any) -> Tensor:
-    """Training's inner maximisation: only the attack's ``x_adv`` (its ``perturb`` where it has one: no final
-    forward pass), computed on the unwrapped model."""
-    from robustlab.distributed import unwrap
-
-    fn = getattr(attack, "perturb", None)
-    if callable(fn):
-        return fn(unwrap(model), x, target, threat)
-    return attack(unwrap(model), x, target, threat).x_adv
-
-
-__all__ = ["Method", "check_number", "perturb"]
+__all__ = ["Method", "check_number"]
