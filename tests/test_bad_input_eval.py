@@ -114,3 +114,20 @@ def test_outputs_are_checked_before_the_attack_runs(tmp_path, cli_error, monkeyp
     cli_error([*TRANSFER, "--out", tmp_path / "out", "--save-adv", tmp_path], "is a folder")
     cli_error([*EVAL, "--topk", "10", "--out", tmp_path / "out"], "top-k")
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_output_that_is_not_writable(command, cli_error, tmp_path, monkeypatch):
+    import os
+    import types
+
+    import robustlab.runs as runs
+
+    # as root every folder is writable, so the permission answer is simulated
+    monkeypatch.setattr(runs, "os", types.SimpleNamespace(**{**vars(os), "access": lambda *a, **k: False}))
+    cli_error([*COMMANDS[command], "--out", tmp_path / "out"], "not writable")
+    if command != "eval":
+        run_module = __import__(f"robustlab.eval.{command}_run", fromlist=["check_writable_folder"])
+        monkeypatch.setattr(run_module, "check_writable_folder", lambda path, flag="--out": path)
+        argv = [*COMMANDS[command], "--out", tmp_path / "out", "--save-adv", tmp_path / "adv.pt"]
+        cli_error(argv, "--save-adv", "not writable")
