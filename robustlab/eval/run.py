@@ -34,7 +34,7 @@ from robustlab.eval.sources import (
     settings,
 )
 from robustlab.io import atomic_torch_save, environment, write_json
-from robustlab.runs import RunFolder, check_writable_folder, text_digest
+from robustlab.runs import RunFolder, text_digest
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,6 @@ def run_evaluation(
     started = time.time()
     device = torch.device(device) if device is not None else torch.device("cpu")
     attacks = config.build_attacks()
-    if out is not None:
-        check_writable_folder(out)
     joined = not current_shard().distributed  # a caller's own process group is left alone
     shard = init_distributed(device)
     try:
