@@ -13,6 +13,7 @@ from robustlab.errors import RobustlabError
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # a plain cast back can round a point just outside the ball
 
 
 def parse_eps(value: float | int | str) -> float:
@@ -53,9 +54,14 @@ class ThreatModel:
         object.__setattr__(self, "norm", norm)
         object.__setattr__(self, "eps", parse_eps(self.eps))
         lo, hi = (float(b) for b in self.bounds)
-        if not lo < hi:
-            raise RobustlabError(f"bounds must satisfy lo < hi, got {self.bounds!r}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise RobustlabError(f"bounds must be finite numbers with lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
+        if norm == "linf" and self.eps > hi - lo:
+            raise RobustlabError(
+                f"Linf eps {self.eps:g} exceeds the width of the bounds [{lo:g}, {hi:g}], so every input is "
+                f"reachable; give eps <= {hi - lo:g} (pixels in [0, 1]: e.g. 8/255, not 8)"
+            )
 
     def with_eps(self, eps: float | str) -> ThreatModel:
         """The same threat model at another eps."""
@@ -69,10 +75,16 @@ class ThreatModel:
         """One ascent step: ``sign(g)`` for Linf, ``g / ||g||_2`` for L2 (no projection)."""
         if self.norm == "linf":
             return x_adv + step_size * grad.sign()
-        return x_adv + step_size * grad / _per_sample_norm(grad, 2).clamp_min(_TINY)
+        grad = grad.float() if grad.dtype in LOW_PRECISION else grad  # a float16 norm underflows to 0
+        return x_adv + (step_size * grad / _per_sample_norm(grad, 2).clamp_min(_TINY)).to(x_adv.dtype)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Project ``x_adv`` onto the eps-ball around ``x``, then clip to the bounds."""
+        """Project ``x_adv`` onto the eps-ball around ``x``, then clip to the bounds.
+
+        In float16/bfloat16 the result lies in the ball and the bounds exactly, in the input's dtype.
+        """
+        if x.dtype in LOW_PRECISION:
+            return self._project_low_precision(x_adv, x)
         delta = x_adv - x
         if self.norm == "linf":
             delta = delta.clamp(-self.eps, self.eps)
@@ -80,6 +92,22 @@ class ThreatModel:
             norms = _per_sample_norm(delta, 2)
             delta = delta * (self.eps / norms.clamp_min(_TINY)).clamp(max=1.0)
         return self.clip(x + delta)
+
+    def _project_low_precision(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Project in float32, round back to ``x``'s dtype, and pull back what rounding pushed outside."""
+        out = self.project(x_adv.float(), x.float()).to(x.dtype)
+        if self.norm == "linf":
+            lo = _round_inward(torch.clamp(x.double() - self.eps, min=self.bounds[0]), x.dtype, up=True)
+            hi = _round_inward(torch.clamp(x.double() + self.eps, max=self.bounds[1]), x.dtype, up=False)
+            return torch.minimum(torch.maximum(out, lo), hi)
+        for _ in range(16):  # shrink the few samples whose rounded delta is a hair too long
+            over = self.distance(out.double(), x.double()) > self.eps
+            if not bool(over.any()):
+                break
+            shrink = 1 - 4 * torch.finfo(x.dtype).eps
+            delta = (out[over].float() - x[over].float()) * shrink
+            out[over] = self.clip(x[over].float() + delta).to(x.dtype)
+        return out
 
     def random_start(self, x: Tensor, generator: torch.Generator | None = None, l2_radius: str = "ball") -> Tensor:
         """A random point of the eps-ball around ``x``, clipped to the bounds.
@@ -100,6 +128,8 @@ class ThreatModel:
                 raise RobustlabError(f"unknown l2_radius {l2_radius!r}; choose ball or uniform")
             radius = self.eps * (u.pow(1.0 / d) if l2_radius == "ball" else u)
             delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        if x.dtype in LOW_PRECISION:
+            return self.project(x + delta, x)
         return self.clip(x + delta)
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
@@ -108,8 +138,16 @@ class ThreatModel:
         return (x_adv - x).flatten(1).norm(p=p, dim=1)
 
     def check_inputs(self, x: Tensor, atol: float = 1e-6) -> None:
-        """Raise if ``x`` lies outside the bounds (e.g. normalised images instead of [0, 1] pixels)."""
+        """Raise if ``x`` holds NaN or inf, or lies outside the bounds (e.g. normalised images, not [0, 1] pixels)."""
         lo, hi = self.bounds
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist() if x.dim() > 1 else []
+            raise RobustlabError(
+                f"inputs hold NaN or inf ({(~finite).sum().item()} values"
+                + (f", samples {bad[:5]}{' ...' if len(bad) > 5 else ''}" if bad else "")
+                + "); clean or drop them before attacking"
+            )
         if x.numel() and (x.min().item() < lo - atol or x.max().item() > hi + atol):
             raise RobustlabError(
                 f"inputs lie in [{x.min().item():.3g}, {x.max().item():.3g}], outside the bounds "
@@ -118,4 +156,13 @@ class ThreatModel:
             )
 
     def to_dict(self) -> dict:
+        """The threat model as JSON-ready values, for reports."""
         return {"norm": self.norm, "eps": self.eps, "bounds": list(self.bounds)}
+
+
+def _round_inward(t: Tensor, dtype: torch.dtype, up: bool) -> Tensor:
+    """``t`` (float64) rounded to ``dtype``, towards +inf (``up``) or -inf, so that it stays on its side."""
+    rounded = t.to(dtype)
+    wrong = rounded.double() < t if up else rounded.double() > t
+    direction = torch.full_like(rounded, math.inf if up else -math.inf)
+    return torch.where(wrong, torch.nextafter(rounded, direction), rounded)

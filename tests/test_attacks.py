@@ -151,3 +151,135 @@ def test_perturb_gives_the_x_adv_of_a_call_without_its_extra_forward_pass(zoo_cn
     )
     with pytest.raises(RobustlabError, match="one restart"):
         PGD(restarts=2).perturb(zoo_cnn, x, y, threat)
+
+
+class _TrainModeNet(torch.nn.Module):
+    """A small classifier with BatchNorm (buffers) and dropout (global RNG), for the train-mode contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten()
+        )
+        self.dropout = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(4 * 28 * 28, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.body(x)))
+
+
+def _every_attack():
+    from robustlab.attacks import AutoAttack, TopK, TorchattacksAttack, TransferAttack
+
+    return [
+        PGD(steps=2, restarts=2),
+        FGSM(),
+        MIFGSM(steps=2, diversity_prob=0.5),
+        TopK(k=2, steps=2),
+        Targeted(PGD(steps=2), rule="random"),
+        TransferAttack(IFGSM(steps=2), _TrainModeNet().train()),
+        AutoAttack(attacks=["apgd-ce"], n_iter=2, n_restarts=1),
+        TorchattacksAttack("PGD", steps=2),
+    ]
+
+
+@pytest.mark.parametrize("attack", _every_attack(), ids=lambda a: type(a).__name__ + "-" + a.name)
+def test_an_attack_leaves_a_train_mode_model_exactly_as_it_found_it(fmnist_batch, attack):
+    """Mode (per submodule), parameters, buffers (BatchNorm statistics) and the caller's RNG state come back
+    unchanged: a train-mode model is attacked in its own mode, its buffers restored and its RNG forked."""
+    x, y = fmnist_batch(16)
+    model = _TrainModeNet().train()
+    model.head[1].eval()  # mixed modes come back mixed
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    modes = {k: m.training for k, m in model.named_modules()}
+    torch.manual_seed(123)
+    rng = torch.random.get_rng_state()
+    attack(model, x, y, ThreatModel("linf", 0.1))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert {k: m.training for k, m in model.named_modules()} == modes
+    assert all(torch.equal(v, params[k]) and v.requires_grad and v.grad is None for k, v in model.named_parameters())
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+
+
+def test_perturb_runs_the_model_as_a_training_step_would(fmnist_batch):
+    """Training's inner maximisation sees (and updates) train-mode BatchNorm like the training step does."""
+    x, y = fmnist_batch(16)
+    model = _TrainModeNet().train()
+    before = model.body[1].running_mean.clone()
+    PGD(steps=2).perturb(model, x, y, ThreatModel("linf", 0.1))
+    assert not torch.equal(model.body[1].running_mean, before) and model.training
+
+
+class _Float32Inside(torch.nn.Module):
+    """Runs a float32 model on low-precision inputs (CPU kernels for float16 convolutions are patchy)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_low_precision_inputs_stay_in_the_ball_exactly(zoo_cnn, fmnist_batch, dtype, norm, eps):
+    x, y = fmnist_batch(64)
+    x = x.to(dtype)
+    threat = ThreatModel(norm, eps)
+    for attack in (PGD(steps=5), FGSM(), MIFGSM(steps=3)):
+        x_adv = attack(_Float32Inside(zoo_cnn), x, y, threat).x_adv
+        assert x_adv.dtype == dtype
+        assert (threat.distance(x_adv.double(), x.double()) <= eps).all()  # exactly, not within a tolerance
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_are_refused_by_every_attack(zoo_mlp, fmnist_batch, bad):
+    from robustlab.attacks import AutoAttack, TopK, TorchattacksAttack
+
+    x, y = fmnist_batch(8)
+    x[3, 0, 5, 5] = bad
+    for attack in (PGD(steps=1), TopK(steps=1), AutoAttack(attacks=["apgd-ce"]), TorchattacksAttack("FGSM")):
+        with pytest.raises(RobustlabError, match="NaN or inf"):
+            attack(zoo_mlp, x, y, ThreatModel("linf", 0.1))
+    with pytest.raises(RobustlabError, match="NaN or inf"):
+        PGD(steps=1).perturb(zoo_mlp, x, y, ThreatModel("linf", 0.1))
+
+
+def test_topk_with_k_at_least_the_classes_is_refused_at_the_first_logits(zoo_mlp, fmnist_batch):
+    from robustlab.attacks import TopK
+
+    x, y = fmnist_batch(8)
+    for attack in (TopK(k=10, steps=1), IFGSM(steps=1, criterion=Misclassified(12))):
+        with pytest.raises(RobustlabError, match="k=1[02].*10-class"):
+            attack(zoo_mlp, x, y, ThreatModel("linf", 0.1))
+    with pytest.raises(RobustlabError, match="k=10"):
+        TopK(k=10, steps=1)(zoo_mlp, x, y, ThreatModel("linf", 0.1), target=(y + 1) % 10)
+    assert TopK(k=9, steps=1)(zoo_mlp, x, y, ThreatModel("linf", 0.1)).success.dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    "make,word",
+    [
+        (lambda: PGD(steps="abc"), "steps"),
+        (lambda: PGD(steps=2.5), "steps"),
+        (lambda: PGD(restarts="x"), "restarts"),
+        (lambda: PGD(seed="abc"), "seed"),
+        (lambda: PGD(seed=-1), "seed"),
+        (lambda: MIFGSM(momentum="abc"), "momentum"),
+        (lambda: MIFGSM(momentum=float("nan")), "momentum"),
+        (lambda: PGD(step_size=float("nan")), "step size"),
+        (lambda: PGD(step_size=float("inf")), "step size"),
+        (lambda: PGD(diversity_prob=float("nan")), "diversity_prob"),
+        (lambda: PGD(early_stop="yes"), "early_stop"),
+        (lambda: PGD(l2_start_radius="sphere"), "l2_start_radius"),
+    ],
+)
+def test_bad_option_values_are_one_line(make, word):
+    with pytest.raises(RobustlabError, match=word):
+        make()

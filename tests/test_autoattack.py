@@ -96,3 +96,45 @@ def test_attack_specs():
 def test_bad_specs_name_the_problem(spec, words):
     with pytest.raises(RobustlabError, match=words):
         attack_from_spec(spec)
+
+
+def test_torchattacks_adapter_is_seeded_like_every_attack(zoo_mlp, fmnist_batch):
+    """Its random start comes from its own seed, not the caller's RNG, which it leaves untouched."""
+    x, y = fmnist_batch(16)
+    threat = ThreatModel("linf", 0.05)
+    torch.manual_seed(1)
+    rng = torch.random.get_rng_state()
+    a = TorchattacksAttack("PGD", steps=2, seed=4)(zoo_mlp, x, y, threat).x_adv
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    torch.manual_seed(2)  # another caller state: the same attack
+    assert torch.equal(a, TorchattacksAttack("PGD", steps=2, seed=4)(zoo_mlp, x, y, threat).x_adv)
+    assert not torch.equal(a, TorchattacksAttack("PGD", steps=2, seed=5)(zoo_mlp, x, y, threat).x_adv)
+    spec = attack_from_spec("torchattacks:PGD(steps=2)", seed=4)
+    assert spec.seed == 4 and spec.config()["seed"] == 4 and torch.equal(a, spec(zoo_mlp, x, y, threat).x_adv)
+
+
+@pytest.mark.parametrize("attack", [TorchattacksAttack("FGSM"), AutoAttack(attacks=["apgd-ce"], n_iter=2)])
+def test_adapters_validate_labels_like_every_attack(zoo_mlp, fmnist_batch, attack):
+    x, y = fmnist_batch(8)
+    for labels in (y + 10, y - 20, y.float()):
+        with pytest.raises(RobustlabError, match="labels"):
+            attack(zoo_mlp, x, labels, ThreatModel("linf", 0.05))
+
+
+@pytest.mark.parametrize(
+    "make, word",
+    [
+        (lambda: AutoAttack(attacks=["apgd-ce"], n_iter=0), "n_iter"),
+        (lambda: AutoAttack(n_restarts=-1), "n_restarts"),
+        (lambda: AutoAttack(n_queries="many"), "n_queries"),
+        (lambda: AutoAttack(seed="abc"), "seed"),
+        (lambda: AutoAttack(batch_size=0), "batch_size"),
+        (lambda: TorchattacksAttack("FGSM", eps="abc"), "eps"),
+        (lambda: TorchattacksAttack("PGD", steps="many"), "steps"),
+        (lambda: TorchattacksAttack("PGD", random_start="yes"), "random_start"),
+        (lambda: TorchattacksAttack("PGD", seed="abc"), "seed"),
+    ],
+)
+def test_adapter_options_are_checked_before_any_work(make, word):
+    with pytest.raises(RobustlabError, match=word):
+        make()

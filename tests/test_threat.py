@@ -68,3 +68,39 @@ def test_step_directions():
 def test_check_inputs_names_the_fix():
     with pytest.raises(RobustlabError, match="outside the bounds"):
         ThreatModel("linf", 0.1).check_inputs(torch.tensor([[-0.5, 0.2]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_inputs_refuses_non_finite_values(bad):
+    x = torch.rand(4, 1, 3, 3)
+    x[2, 0, 1, 1] = bad
+    with pytest.raises(RobustlabError, match=r"NaN or inf \(1 values, samples \[2\]\)"):
+        ThreatModel("linf", 0.1).check_inputs(x)
+
+
+def test_linf_eps_above_the_bounds_width_and_non_finite_bounds_are_refused():
+    with pytest.raises(RobustlabError, match="exceeds the width"):
+        ThreatModel("linf", 8)  # 8 instead of 8/255
+    assert ThreatModel("linf", 1.0).eps == 1.0 and ThreatModel("l2", 8).eps == 8  # the whole box; L2 can exceed it
+    assert ThreatModel("linf", 8, bounds=(0, 255)).eps == 8
+    with pytest.raises(RobustlabError, match="bounds"):
+        ThreatModel("linf", 0.1, bounds=(0, float("inf")))
+    for bad in ("nan", "inf", float("inf")):
+        with pytest.raises(RobustlabError, match="eps"):
+            ThreatModel("linf", bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 8 / 255), ("l2", 1.0)])
+def test_projection_and_random_start_keep_the_ball_in_the_input_dtype(dtype, norm, eps):
+    """A plain float16 projection rounds to |delta| = 0.10009765625 at eps 0.1; ours stays inside, exactly."""
+    g = torch.Generator().manual_seed(0)
+    threat = ThreatModel(norm, eps)
+    x = torch.rand(256, 1, 28, 28, generator=g).to(dtype)
+    far = (x.float() + torch.randn(x.shape, generator=g)).to(dtype)
+    for out in (threat.project(far, x), threat.random_start(x, g, "ball"), threat.random_start(x, g, "uniform")):
+        assert out.dtype == dtype
+        assert (threat.distance(out.double(), x.double()) <= eps).all()
+        assert out.min() >= 0 and out.max() <= 1
+    if norm == "linf":  # the projection still reaches the sphere (to within one rounding)
+        assert threat.distance(threat.project(far, x).double(), x.double()).min() > eps - 2 * torch.finfo(dtype).eps

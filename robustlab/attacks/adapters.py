@@ -1,24 +1,26 @@
 """Adapters that make AutoAttack (the ``pyautoattack`` package) and torchattacks speak our attack protocol.
 
 Both are called like our own attacks, ``attack(model, x, y, threat) -> AttackResult``, so the evaluator runs
-them only on the samples still robust and reports them like any other attack. Both packages reseed the global
-RNG inside their attacks; the adapters run them under :func:`torch.random.fork_rng`, so the caller's global
-random state is unchanged.
+them only on the samples still robust and reports them like any other attack. Both packages draw from (and
+AutoAttack reseeds) the global RNG and switch model modes; the adapters seed them from their own ``seed`` and
+run them under :func:`~robustlab.attacks.protocol.untouched`, so the model's modes and buffers and the caller's
+random state come back unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
+import numbers
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits
+from robustlab.attacks import options
+from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
 from robustlab.criteria import Misclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import cross_entropy
@@ -32,12 +34,20 @@ AUTOATTACK_OPTIONS = ("seed", "batch_size", "n_iter", "n_restarts", "n_target_cl
 _AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
-@contextlib.contextmanager
-def _isolated_rng(device: torch.device) -> Iterator[None]:
-    """Run code that calls ``torch.manual_seed`` without changing the caller's global random state."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
+def _check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> None:
+    """What every attack refuses: inputs outside the bounds or not finite, labels out of the model's range."""
+    if x.dim() < 2 or x.shape[0] != y.shape[0]:
+        raise RobustlabError(
+            f"inputs {tuple(x.shape)} and labels {tuple(y.shape)} do not match; give x (N, ...), y (N,)"
+        )
+    threat.check_inputs(x)
+    if threat.bounds != (0.0, 1.0):
+        raise RobustlabError(
+            f"AutoAttack and torchattacks assume inputs in [0, 1], but the threat model's bounds are {threat.bounds}; "
+            "rescale the inputs inside the model (robustlab.models.Normalize)"
+        )
+    with torch.no_grad():
+        check_labels(y, model_logits(model, x[:1]).shape[1])
 
 
 def _result(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, threat: ThreatModel, info: dict) -> AttackResult:
@@ -92,13 +102,16 @@ class AutoAttack:
             )
         self.version = version
         self.attacks = list(attacks) if attacks is not None else None
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        self.seed = options.seed(seed)
+        self.batch_size = options.whole("batch_size", batch_size)
         self.overrides = {
-            "n_iter": n_iter,
-            "n_restarts": n_restarts,
-            "n_target_classes": n_target_classes,
-            "n_queries": n_queries,
+            name: None if value is None else options.whole(name, value)
+            for name, value in [
+                ("n_iter", n_iter),
+                ("n_restarts", n_restarts),
+                ("n_target_classes", n_target_classes),
+                ("n_queries", n_queries),
+            ]
         }
 
     @classmethod
@@ -127,11 +140,6 @@ class AutoAttack:
         """The configured ``pyautoattack.AutoAttack`` object (what a direct run would construct)."""
         from pyautoattack import AutoAttack as PackageAutoAttack
 
-        if threat.bounds != (0.0, 1.0):
-            raise RobustlabError(
-                f"AutoAttack assumes inputs in [0, 1], but the threat model's bounds are {threat.bounds}; "
-                "rescale the inputs inside the model (robustlab.models.Normalize)"
-            )
         kwargs: dict[str, Any] = {"norm": _AA_NORMS[threat.norm], "eps": threat.eps, "seed": self.seed}
         if self.attacks is not None:
             kwargs["attacks"] = self.attacks
@@ -145,15 +153,13 @@ class AutoAttack:
         """Run ``run_standard_evaluation`` on ``(x, y)``; success = misclassified at the returned input."""
         if target is not None:
             raise RobustlabError("the AutoAttack adapter is untargeted; use its apgd-t/fab-t attacks instead")
-        threat.check_inputs(x)
         start = time.perf_counter()
-        with torch.no_grad():
-            check_labels(y, model_logits(model, x[:1]).shape[1])
-        aa = self.build(model, threat, x.device)
-        with frozen_parameters(model), _isolated_rng(x.device):
+        with frozen_parameters(model), untouched(model, x.device):
+            _check_batch(model, x, y, threat)
+            aa = self.build(model, threat, x.device)
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
-        info = {**self.config(), "attacks_run": list(aa.attacks_to_run), "time_s": time.perf_counter() - start}
-        return _result(model, x, x_adv, y, threat, info)
+            info = {**self.config(), "attacks_run": list(aa.attacks_to_run), "time_s": time.perf_counter() - start}
+            return _result(model, x, x_adv, y, threat, info)
 
 
 def apply_overrides(
@@ -178,11 +184,13 @@ class TorchattacksAttack:
     """Any ``torchattacks`` attack by class name (``CW``, ``Square``, ``DeepFool``, ``APGD``, ...).
 
     The attack is built per call with the model and, where its constructor takes them, the threat model's
-    ``eps`` and ``norm``; ``kwargs`` go to the constructor. The output is projected onto the threat model
-    (minimum-norm attacks such as CW or DeepFool are thus judged inside the eps-ball) and re-evaluated.
+    ``eps`` and ``norm``; ``kwargs`` go to the constructor (checked against the type of its defaults). The output
+    is projected onto the threat model (minimum-norm attacks such as CW or DeepFool are thus judged inside the
+    eps-ball) and re-evaluated. The global RNG it draws from is seeded from ``seed`` inside a fork, so two calls
+    with one seed agree and the caller's random state is untouched.
     """
 
-    def __init__(self, attack_name: str, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, attack_name: str, seed: int = 0, **kwargs: Any) -> None:
         import torchattacks
 
         classes = {n.lower(): n for n in dir(torchattacks) if inspect.isclass(getattr(torchattacks, n))}
@@ -192,15 +200,19 @@ class TorchattacksAttack:
             raise RobustlabError(f"torchattacks has no attack {attack_name!r}; choose one of: {', '.join(choices)}")
         self.attack_name = classes[key]
         self.cls = getattr(torchattacks, self.attack_name)
-        self.params = set(inspect.signature(self.cls.__init__).parameters)
-        if seed is not None and "seed" in self.params:
-            kwargs.setdefault("seed", seed)
+        signature = inspect.signature(self.cls.__init__).parameters
+        self.params = set(signature)
+        self.seed = options.seed(seed)
+        if "seed" in self.params:
+            kwargs.setdefault("seed", self.seed)
         unknown = set(kwargs) - self.params
         if unknown:
             raise RobustlabError(
                 f"torchattacks.{self.attack_name} takes no argument(s) {sorted(unknown)}; "
                 f"it takes {sorted(self.params - {'self', 'model'})}"
             )
+        for key, value in kwargs.items():
+            _check_like_default(f"torchattacks.{self.attack_name} option {key}", value, signature[key].default)
         self.kwargs = kwargs
         self.name = f"torchattacks:{self.attack_name}"
 
@@ -208,7 +220,12 @@ class TorchattacksAttack:
         """The attack's configuration, for reports."""
         import torchattacks
 
-        return {"attack": self.name, **self.kwargs, "package": f"torchattacks {torchattacks.__version__}"}
+        return {
+            "attack": self.name,
+            "seed": self.seed,
+            **self.kwargs,
+            "package": f"torchattacks {torchattacks.__version__}",
+        }
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
@@ -216,9 +233,6 @@ class TorchattacksAttack:
         """Run the torchattacks attack on ``(x, y)`` and judge its output inside the threat model."""
         if target is not None:
             raise RobustlabError("the torchattacks adapter is untargeted here; use robustlab's Targeted attacks")
-        if threat.bounds != (0.0, 1.0):
-            raise RobustlabError(f"torchattacks assumes inputs in [0, 1], got bounds {threat.bounds}")
-        threat.check_inputs(x)
         start = time.perf_counter()
         kwargs = dict(self.kwargs)
         if "eps" in self.params:
@@ -227,13 +241,33 @@ class TorchattacksAttack:
             kwargs.setdefault("norm", _AA_NORMS[threat.norm])
         elif "eps" in self.params and threat.norm != "linf" and not self.attack_name.endswith("L2"):
             log.warning("torchattacks.%s is an Linf attack; its output is projected onto the L2 ball", self.cls)
-        attack = self.cls(model, **kwargs)
-        if model.training:  # torchattacks switches models to eval mode otherwise; keep the caller's mode
-            attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
-        with frozen_parameters(model), _isolated_rng(x.device):
+        with frozen_parameters(model), untouched(model, x.device):
+            _check_batch(model, x, y, threat)
+            attack = self.cls(model, **kwargs)
+            if model.training:  # torchattacks switches models to eval mode otherwise; attack in the caller's mode
+                attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
+            _seed_global_rng(self.seed, x.device)
             x_adv = attack(x, y)
-        info = {**self.config(), **kwargs, "time_s": time.perf_counter() - start}
-        return _result(model, x, x_adv, y, threat, info)
+            info = {**self.config(), **kwargs, "time_s": time.perf_counter() - start}
+            return _result(model, x, x_adv, y, threat, info)
+
+
+def _check_like_default(what: str, value: Any, default: Any) -> None:
+    """A torchattacks option must have the type of its default (a number for a number, a bool for a bool)."""
+    if isinstance(default, bool):
+        options.flag(what, value)
+    elif isinstance(default, numbers.Real) and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        raise RobustlabError(f"{what} must be a number like its default {default!r}, got {value!r}")
+    elif isinstance(default, numbers.Real):
+        options.number(what, value)
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed the global RNG a package draws from (call it inside :func:`untouched`, which restores it)."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parame
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, is_targeted_loss
-from robustlab.threat import ThreatModel
+from robustlab.threat import LOW_PRECISION, ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class GradientAttack:
                     _check_first_logits(logits, ya, ta, criterion)
                 objective = self._loss(logits, ya, ta).sum()
                 (grad,) = torch.autograd.grad(objective if sign > 0 else -objective, xa)
-            xa = xa.detach()
+            xa, grad = xa.detach(), grad.float() if grad.dtype in LOW_PRECISION else grad  # no underflow in norms
             if self.early_stop:
                 keep = ~criterion(logits.detach(), ya, ta)
                 active, xa, grad = active[keep], xa[keep], grad[keep]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import Attack, AttackResult, model_logits
+from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -51,7 +51,7 @@ class Targeted:
             return result
         generator = torch.Generator(device=x.device)
         generator.manual_seed(self.seed)
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model, x.device):
             logits = model_logits(model, x)
         target = choose_targets(self.rule, logits, y, generator)
         result = self.attack(model, x, y, threat, target=target)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import Attack, AttackResult, model_logits
+from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
@@ -73,7 +73,7 @@ class TransferAttack:
             crafted = self.attack(self.surrogate, x, y, threat)
         else:
             crafted = self.attack(self.surrogate, x, y, threat, target=target)
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model, x.device):
             logits = model_logits(model, crafted.x_adv)
         criterion = self.criterion or (Misclassified() if target is None else TargetedMisclassified())
         success = criterion(logits, y, target)
