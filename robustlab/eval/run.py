@@ -4,6 +4,7 @@ folder (locked), ``resume`` of finished batches, sharding under torchrun, and ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -128,23 +129,24 @@ def run_evaluation(
         module, model_name, model_key = resolve_model(model, device)
         data, data_name, split, data_key = resolve_data(dataset)
         probe(module, data, device, config.topk)
-        if out is None:
-            report = _evaluate(module, data, config, attacks, None, shard, device, progress)
-            report.model, report.dataset, report.split, report.rank = model_name, data_name, split, shard.rank
-            return report
         fingerprint = {**model_key, **data_key, **config.fingerprint(attacks)}
-        folder = RunFolder(
-            out, "eval", fingerprint, resume=resume, overwrite=overwrite, is_main=shard.is_main,
-            barrier=lambda: barrier(shard),
+        folder = (
+            RunFolder(
+                out, "eval", fingerprint, resume=resume, overwrite=overwrite, is_main=shard.is_main,
+                barrier=lambda: barrier(shard),
+            )
+            if out is not None
+            else contextlib.nullcontext()
         )  # fmt: skip
         with folder:
-            report = _evaluate(module, data, config, attacks, Path(out), shard, device, progress, fingerprint)
+            path = Path(out) if out is not None else None
+            report = _evaluate(module, data, config, attacks, path, shard, device, progress, fingerprint)
             report.model, report.dataset, report.split = model_name, data_name, split
             report.world_size, report.rank, report.environment = shard.world, shard.rank, environment(command_line)
             report.wall_time_s = round(time.time() - started, 3)
-            if shard.is_main:
-                report.files = {"results": str(Path(out) / "results.pt")}
-                report.write(out, plots=config.plots)
+            if path is not None and shard.is_main:
+                report.files = {"results": str(path / "results.pt")}
+                report.write(path, plots=config.plots)
             barrier(shard)
             return report
     finally:
@@ -165,7 +167,7 @@ def _evaluate(
             attacks, threat.with_eps(eps), batch_size=config.batch_size, only_robust=config.only_robust,
             progress=progress and shard.is_main, device=device,
         )  # fmt: skip
-        cache = out / "partial" / f"eps-{eps!r}" if out is not None else None
+        cache = out / "partial" / f"eps-{float(eps)!r}" if out is not None else None
         gathered = gather_batches(evaluator.run_batches(model, data, cache, shard.as_tuple()), shard)
         if gathered is not None:
             result = merge_batches(gathered, list(attacks))
