@@ -114,31 +114,9 @@ def load_model(
         if checkpoint is None:
             log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
     elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
-        if isinstance(saved, nn.Module):
-            model = saved
-        else:
-            model = build_model(
-                saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes")
-            )
-            try:
-                model.load_state_dict(saved["model_state"])
-            except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
-                raise CheckpointError(
-                    f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
-                    f"({str(exc).splitlines()[0]}); the file is damaged: save or train it again"
-                ) from None
+        model = saved if isinstance(saved, nn.Module) else _from_saved(spec, saved)
     elif Path(spec).is_file():
-        if Path(spec).stat().st_size == 0:
-            raise CheckpointError(f"model file {spec!r} is empty (0 bytes); it was not saved completely: save it again")
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
-                warnings.simplefilter("ignore", FutureWarning)
-                model = torch.jit.load(spec, map_location="cpu")
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0]}); for a state dict give the "
-                "architecture as package.module:factory and the file as --checkpoint"
-            ) from None
+        model = _load_torchscript(spec)
     elif ":" in spec:
         model = _load_factory(spec)
     else:
@@ -149,6 +127,33 @@ def load_model(
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
     return model.to(device).eval()
+
+
+def _from_saved(spec: str, saved: dict[str, Any]) -> nn.Module:
+    """The classifier a robustlab model file describes (architecture, dataset, classes, state)."""
+    model = build_model(saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes"))
+    try:
+        model.load_state_dict(saved["model_state"])
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+        raise CheckpointError(
+            f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
+            f"({str(exc).splitlines()[0]}); the file is damaged: save or train it again"
+        ) from None
+    return model
+
+
+def _load_torchscript(spec: str) -> nn.Module:
+    if Path(spec).stat().st_size == 0:
+        raise CheckpointError(f"model file {spec!r} is empty (0 bytes); it was not saved completely: save it again")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what users ship
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(spec, map_location="cpu")
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0]}); for a state dict give the "
+            "architecture as package.module:factory and the file as --checkpoint"
+        ) from None
 
 
 def model_arch(spec: str) -> tuple[str | None, str | None]:
