@@ -62,6 +62,7 @@ def _cases(root) -> list[tuple[str, list[str], str]]:
             (command, ["--save-adv", str(root / "a_file" / "adv.pt")], "is a file"),
         ]
     cases += [
+        ("eval", ["--model", "zoo:fmnist-cnn", "--dataset", f"imagefolder:{root / 'rgb'}", "--n", "2"], "does not fit"),
         ("eval", ["--sanity-n", "-1"], "--sanity-n"),
         ("eval", ["--attacks", "fgsm,fgsm"], "listed twice"),
         ("transfer", ["--attacks", "fgsm,fgsm"], "listed twice"),
