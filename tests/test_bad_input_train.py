@@ -167,7 +167,6 @@ def test_damaged_last_pt_is_one_line(tmp_path, cli_error, capsys, damage):
 
 
 def test_non_finite_loss_stops_with_one_line(tmp_path, cli_error):
-    argv = ["train", "--method", "standard", "--model", "cnn", "--eps", "0.1", "--monitor-n", "0", "--no-eval",
-            "--dataset", "fashion-mnist", "--n", "256", "--batch-size", "32", "--lr", "1e30", "--no-progress"]  # fmt: skip
-    cli_error([*argv, "--out", str(tmp_path / "run")], "non-finite", "--lr")
+    argv = [*COMMANDS["train"], "--dataset", "fashion-mnist", "--n", "256", "--batch-size", "32", "--lr", "1e30"]
+    cli_error([*argv, "--method", "standard", "--no-progress", "--out", str(tmp_path / "run")], "non-finite", "--lr")
     assert not (tmp_path / "run" / "model.pt").exists()
