@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import numbers
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -252,10 +253,16 @@ class TorchattacksAttack:
             return _result(model, x, x_adv, y, threat, info)
 
 
+_COUNT = re.compile(r"^n_|step|iter|quer|restart|seed")  # int options that count (CW's c=1 is a float in truth)
+
+
 def _check_like_default(what: str, value: Any, default: Any) -> None:
-    """A torchattacks option must have the type of its default (a number for a number, a bool for a bool)."""
+    """A torchattacks option must have the type of its default (a whole number for an int, a number for a float,
+    a bool for a bool), so ``eps=abc`` fails here and not after the attack has started."""
     if isinstance(default, bool):
         options.flag(what, value)
+    elif isinstance(default, numbers.Integral) and _COUNT.search(what.rsplit(" ", 1)[-1]):
+        options.whole(what, value, minimum=0)
     elif isinstance(default, numbers.Real) and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
         raise RobustlabError(f"{what} must be a number like its default {default!r}, got {value!r}")
     elif isinstance(default, numbers.Real):

@@ -27,8 +27,16 @@ def number(name: str, value: Any, low: float | None = None, high: float | None =
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        where = "> 0" if positive else f"in [{low}, {high}]" if high is not None else f">= {low}" if low else ""
-        raise RobustlabError(f"{name} must be a finite number {where}, got {value!r}".replace("  ", " "))
+        where = (
+            " > 0"
+            if positive
+            else f" in [{low}, {high}]"
+            if high is not None
+            else f" >= {low}"
+            if low is not None
+            else ""
+        )
+        raise RobustlabError(f"{name} must be a finite number{where}, got {value!r}")
     return float(value)
 
 

@@ -16,6 +16,7 @@ Any spec may end with options in parentheses, passed to the attack's constructor
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,12 +150,18 @@ def _split_options(spec: str) -> tuple[str, dict[str, Any]]:
     return head.strip(), options
 
 
-def _build(entry: AttackEntry, variant: str | None, kwargs: dict[str, Any], spec: str) -> Attack:
-    """Call the entry's factory; a wrong option name becomes one line naming the spec."""
+def _build(entry: AttackEntry, variant: str | None, kwargs: dict[str, Any], spec: str | None) -> Attack:
+    """Call the entry's factory; a wrong option becomes one line naming the spec (if the attack came from one)."""
     args = () if entry.variant == "none" else (variant,) if variant is not None else ()
     try:
         return entry.factory(*args, **kwargs)
     except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        problem = f"{entry.name} has no option {unknown.group(1)!r}" if unknown else str(exc)
+        raise RobustlabError(f"attack spec {spec!r}: {problem}" if spec else problem) from None
+    except RobustlabError as exc:
+        if spec is None or str(exc).startswith("attack spec"):
+            raise
         raise RobustlabError(f"attack spec {spec!r}: {exc}") from None
 
 
@@ -162,7 +169,7 @@ def make_attack(name: str, **kwargs: Any) -> Attack:
     """Build a registered attack by name with explicit options (``None`` keeps the attack's default)."""
     head, _, variant = name.partition(":")
     entry = attack_entry(head)
-    return _build(entry, variant or None, {k: v for k, v in kwargs.items() if v is not None}, name)
+    return _build(entry, variant or None, {k: v for k, v in kwargs.items() if v is not None}, None)
 
 
 def attack_from_spec(spec: str, **defaults: Any) -> Attack:
