@@ -114,3 +114,18 @@ def test_split_specs_keeps_options_and_autoattack_lists_whole():
         "autoattack:apgd-ce,apgd-t",
         "fgsm",
     ]
+
+
+def test_every_attack_speaks_the_one_protocol():
+    """name, config() and __call__(model, x, y, threat, target=None): the evaluator and the CLI need nothing else."""
+    import inspect
+
+    from robustlab.attacks import Targeted, TransferAttack
+
+    built = [
+        attack_from_spec(spec) for spec in ("fgsm", "ifgsm", "pgd", "mifgsm", "topk", "autoattack", "torchattacks:CW")
+    ]
+    for attack in [*built, Targeted(PGD()), TransferAttack(PGD(), nn.Identity())]:
+        assert isinstance(attack, Attack) and isinstance(attack.name, str) and isinstance(attack.config(), dict)
+        parameters = inspect.signature(attack.__call__).parameters
+        assert list(parameters) == ["model", "x", "y", "threat", "target"] and parameters["target"].default is None

@@ -4,7 +4,7 @@ configurations, the top-k, targeted and transfer attacks, and adapters for AutoA
 from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
-from robustlab.attacks.protocol import Attack, AttackResult, check_labels, frozen_parameters, model_logits
+from robustlab.attacks.protocol import Attack, AttackResult, check_labels, frozen_parameters, model_logits, untouched
 from robustlab.attacks.registry import (
     attack_entry,
     attack_from_spec,
@@ -45,4 +45,5 @@ __all__ = [
     "register",
     "split_specs",
     "unregister",
+    "untouched",
 ]
