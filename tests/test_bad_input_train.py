@@ -38,6 +38,7 @@ def bad_files(tmp_path_factory):
     """Model files a careless user may pass: empty, a bad state, another dataset's (CIFAR-10) architecture."""
     root = tmp_path_factory.mktemp("files")
     (root / "empty.pt").write_bytes(b"")
+    torch.save({"fc.weight": torch.zeros(10, 128)}, root / "state_dict.pt")  # weights without an architecture
     torch.save({"model_state": {"conv.weight": torch.zeros(1)}, "arch": "cnn", "dataset": "fashion-mnist"},
                root / "bad_state.pt")  # fmt: skip
     save_classifier(root / "cifar.pt", build_model("cnn", "cifar10"), "cnn", "cifar10")
@@ -49,6 +50,7 @@ def _cases(f) -> list[tuple[str, list[str], tuple[str, ...]]]:
     model_files = [
         (["--model", str(f / "empty.pt")], ("empty",)),
         (["--model", str(f / "bad_state.pt")], ("does not fit",)),
+        (["--model", str(f / "state_dict.pt")], ("no architecture", "--checkpoint")),
         (["--model", str(f / "cifar.pt")], ("does not take", "images")),
         (["--model", "test_bad_input_train:raising"], ("raised KeyError", "num_layers")),
     ]

@@ -151,7 +151,7 @@ def _load_torchscript(spec: str) -> nn.Module:
             return torch.jit.load(spec, map_location="cpu")
     except RuntimeError as exc:
         raise CheckpointError(
-            f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0]}); for a state dict give the "
+            f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0][:100]}); for a state dict give the "
             "architecture as package.module:factory and the file as --checkpoint"
         ) from None
 
@@ -175,7 +175,8 @@ def model_arch(spec: str) -> tuple[str | None, str | None]:
 def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
     """What a model file holds: a classifier saved with its architecture (``{"model_state", "arch", "dataset",
     "num_classes"}``, as robustlab's trainers write), a whole ``nn.Module`` (``torch.save(model)``, only with
-    ``trust``), or None for a TorchScript archive or any other file. A file holding Python objects is refused
+    ``trust``), or None for a TorchScript archive or a file that is no PyTorch pickle (a pickle without an
+    architecture is refused: it needs a factory). A file holding Python objects is refused
     (one line, naming ``--trust-checkpoint``) unless trusted: it is never unpickled."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -193,7 +194,10 @@ def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
         return obj
     if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("model_state"), dict):
         return obj
-    return None
+    raise CheckpointError(
+        f"model file {path!r} holds weights but no architecture; give the architecture as package.module:factory "
+        "(or zoo:/torchvision:) and this file as --checkpoint"
+    )
 
 
 def _load_zoo(name: str) -> nn.Module:
