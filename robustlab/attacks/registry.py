@@ -236,19 +236,11 @@ def split_specs(text: str) -> list[str]:
 
 # The built-in attacks: one line each.
 register("fgsm", FGSM, "one signed step of size eps (Goodfellow et al. 2015)", ("step_size", "loss", "seed"))
-register(
-    "ifgsm", IFGSM, "I-FGSM / BIM: steps of eps/steps from x (Kurakin et al. 2017)", GRADIENT_OPTIONS, aliases=("bim",)
-)
-register("pgd", PGD, "PGD: random start, steps of 2.5 eps/steps, restarts (Madry et al. 2018)", GRADIENT_OPTIONS)
-register("mifgsm", MIFGSM, "momentum I-FGSM (Dong et al. 2018)", GRADIENT_OPTIONS)
-register("topk", TopK, "top-k: push the true class out of the top k (Zhang et al. 2022)", GRADIENT_OPTIONS)
-register(
-    "autoattack",
-    AutoAttack.from_variant,
-    "AutoAttack (pyautoattack): standard, plus, rand or a list of its attacks",
-    AUTOATTACK_OPTIONS,
-    "optional",
-)
+register("ifgsm", IFGSM, "I-FGSM / BIM: steps of eps/steps (Kurakin et al. 2017)", GRADIENT_OPTIONS, aliases=("bim",))
+register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et al. 2018)", GRADIENT_OPTIONS)
+register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)", GRADIENT_OPTIONS)
+register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", GRADIENT_OPTIONS)
+register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", AUTOATTACK_OPTIONS, "optional")
 register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", ("seed",), "required")
 
 __all__ = [
