@@ -283,3 +283,10 @@ def test_topk_with_k_at_least_the_classes_is_refused_at_the_first_logits(zoo_mlp
 def test_bad_option_values_are_one_line(make, word):
     with pytest.raises(RobustlabError, match=word):
         make()
+
+
+def test_targeted_wrapper_checks_its_rule_and_seed_before_any_work():
+    for rule, seed, word in (("nearest", 0, "target rule"), ("-1", 0, "target rule"), ("random", "abc", "seed")):
+        with pytest.raises(RobustlabError, match=word):
+            Targeted(PGD(), rule=rule, seed=seed)
+    assert Targeted(PGD(), rule="3").config()["target"] == "3"

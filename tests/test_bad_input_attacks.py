@@ -115,3 +115,8 @@ def test_duplicates_and_impossible_settings_are_library_errors(zoo_mlp, fmnist_b
             ThreatModel("linf", 0.1).check_inputs(noisy)
     with pytest.raises(RobustlabError, match="labels"):
         PGD(steps=1)(zoo_mlp, x, torch.full_like(y, 10), ThreatModel("linf", 0.1))
+
+
+@pytest.mark.parametrize("target, word", [("nearest", "target rule"), ("12", "out of range"), ("-1", "target rule")])
+def test_bad_targets_are_one_line(cli_error, tmp_path, target, word):
+    cli_error(attack_cmd("pgd(steps=1)", tmp_path / "out", "--target", target), word)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks import options
 from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
+
+RULES = ("random", "least-likely")
 
 
 def choose_targets(rule: str | int, logits: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -32,9 +35,11 @@ class Targeted:
     are chosen per sample by ``rule`` (a class index, ``random`` drawn from ``seed``, or ``least-likely``)."""
 
     def __init__(self, attack: Attack, rule: str | int = "random", seed: int = 0) -> None:
+        if not (rule in RULES or str(rule).isdigit()):
+            raise RobustlabError(f"unknown target rule {rule!r}; give a class index, {' or '.join(RULES)}")
         self.attack = attack
         self.rule = rule
-        self.seed = seed
+        self.seed = options.seed(seed)
         self.name = f"{attack.name}-targeted"
 
     def config(self) -> dict:
