@@ -147,7 +147,8 @@ class TrainReport:
         if self.kind == "train":
             rows.append(["stopped early", self.stop_reason or "no"])
             rows.append(["CO detected", f"{len(self.extra.get('co_events', []))} time(s)"])
-        rows += [[k, f"{last[k]:.4f}"] for k in self.summary_keys if k in last]
+        show = lambda k, v: f"{100 * v:.2f} %" if "accuracy" in k else f"{v:.4f}"  # noqa: E731
+        rows += [[k.replace("_", " "), show(k, last[k])] for k in self.summary_keys if k in last]
         return rows + evaluation_rows(self.evaluation)
 
     def markdown(self) -> str:
