@@ -133,8 +133,8 @@ def bounds_value(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (e.g. 0,1)") from None
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"bounds need LO < HI, got {text!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"bounds need finite LO < HI, got {text!r}")
     return lo, hi
 
 
