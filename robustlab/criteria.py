@@ -7,6 +7,7 @@ targeted top-k success is ``TargetedMisclassified() & Misclassified(k)``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class Criterion:
     name: str = "criterion"
 
     def __call__(self, logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+        """Per sample, whether the attack succeeded at these logits (true labels ``y``, targets ``target``)."""
         raise NotImplementedError
 
     def check(self, num_classes: int) -> None:
@@ -142,6 +144,20 @@ class Not(Criterion):
         return f"not ({self.part.name})"
 
 
+def check_criterion(criterion: object) -> None:
+    """Raise unless ``criterion`` can be called as ``criterion(logits, y, target)`` (the old two-argument form
+    ``(logits, labels)`` cannot tell the true class from the target)."""
+    if isinstance(criterion, Criterion):
+        return
+    try:
+        inspect.signature(criterion).bind(None, None, None)  # type: ignore[arg-type]
+    except TypeError:
+        raise RobustlabError(
+            f"criterion {criterion!r} must be callable as criterion(logits, y, target=None); subclass "
+            "robustlab.criteria.Criterion or add the target argument"
+        ) from None
+
+
 __all__ = [
     "All",
     "AnyOf",
@@ -150,5 +166,6 @@ __all__ = [
     "NeverSucceeds",
     "Not",
     "TargetedMisclassified",
+    "check_criterion",
     "interest_class_rank",
 ]

@@ -141,3 +141,13 @@ def test_topk_attack_spec():
     assert isinstance(attack, TopK) and attack.config()["criterion"] == "top3-misclassified"
     assert attack.config()["steps"] == 5 and attack.config()["loss"] == "normalized-ce"
     assert attack_from_spec("topk+ce").config()["loss"] == "ce"
+
+
+def test_criteria_take_the_true_labels_and_the_target():
+    """The old two-argument form cannot tell the true class from the target: refused when the attack is built."""
+    with pytest.raises(RobustlabError, match=r"criterion\(logits, y, target=None\)"):
+        IFGSM(criterion=lambda logits, labels: logits.argmax(1) != labels)
+    assert IFGSM(criterion=lambda logits, y, target=None: logits.argmax(1) != y).criterion is not None
+    assert (TargetedMisclassified() & Misclassified(3)).name == "targeted & top3-misclassified"
+    with pytest.raises(RobustlabError, match="needs targets"):
+        TargetedMisclassified()(torch.zeros(2, 3), torch.tensor([0, 1]))

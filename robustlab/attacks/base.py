@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
-from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, is_targeted_loss
 from robustlab.threat import LOW_PRECISION, ThreatModel
@@ -87,6 +87,8 @@ class GradientAttack:
         self.momentum = options.number("momentum", momentum, low=0)
         self.diversity_prob = options.number("diversity_prob", diversity_prob, low=0, high=1)
         self.early_stop = options.flag("early_stop", early_stop)
+        if criterion is not None:
+            check_criterion(criterion)
         self.criterion = criterion
         self.seed = options.seed(seed)
         if not evaluate and self.restarts != 1:

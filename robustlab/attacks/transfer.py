@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
-from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -56,6 +56,8 @@ class TransferAttack:
     def __init__(
         self, attack: Attack, surrogate: nn.Module, criterion: Criterion | None = None, name: str | None = None
     ) -> None:
+        if criterion is not None:
+            check_criterion(criterion)
         self.attack = attack
         self.surrogate = surrogate
         self.criterion = criterion
