@@ -100,13 +100,15 @@ class ThreatModel:
             lo = _round_inward(torch.clamp(x.double() - self.eps, min=self.bounds[0]), x.dtype, up=True)
             hi = _round_inward(torch.clamp(x.double() + self.eps, max=self.bounds[1]), x.dtype, up=False)
             return torch.minimum(torch.maximum(out, lo), hi)
+        shrink = 1 - 4 * torch.finfo(x.dtype).eps
         for _ in range(16):  # shrink the few samples whose rounded delta is a hair too long
             over = self.distance(out.double(), x.double()) > self.eps
             if not bool(over.any()):
-                break
-            shrink = 1 - 4 * torch.finfo(x.dtype).eps
+                return out
             delta = (out[over].float() - x[over].float()) * shrink
             out[over] = self.clip(x[over].float() + delta).to(x.dtype)
+        over = self.distance(out.double(), x.double()) > self.eps
+        out[over] = x[over]  # rounding would not let them in (eps near the dtype's resolution): no perturbation
         return out
 
     def random_start(self, x: Tensor, generator: torch.Generator | None = None, l2_radius: str = "ball") -> Tensor:
