@@ -92,6 +92,15 @@ def broadcast_ints(values: list[int], shard: Shard, device: torch.device) -> lis
     return [int(v) for v in t.tolist()]
 
 
+def broadcast_object(obj: Any, shard: Shard) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank (a no-op for one process)."""
+    if not shard.distributed:
+        return obj
+    box = [obj if shard.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(shard: Shard) -> None:
     """Wait for every rank (no-op for one process)."""
     if shard.distributed:
@@ -113,6 +122,7 @@ __all__ = [
     "Shard",
     "barrier",
     "broadcast_ints",
+    "broadcast_object",
     "current_shard",
     "finish",
     "gather_to_main",

@@ -19,6 +19,7 @@ from robustlab.cli.common import (
     topk_list,
 )
 from robustlab.eval import DataSource, EvalConfig, EvalReport, ModelSource, run_evaluation
+from robustlab.eval.intervals import format_interval
 from robustlab.io import markdown_table
 from robustlab.losses import loss_names
 
@@ -66,6 +67,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sanity-n", type=int, default=100, help="samples for the gradient-masking checks (0 skips; default 100)"
     )
+    p.add_argument("--eps-protocol", default="nested", choices=("nested", "separate"),
+                   help="nested (default): ascending eps, a sample broken at a smaller eps stays broken and only the "
+                   "others are attacked; separate: each eps from scratch")  # fmt: skip
+    p.add_argument("--adaptive", default="on", choices=("on", "off"),
+                   help="on (default): add the attacks that answer the gradient-masking flags that fire (BPDA-PGD, "
+                   "Square, EOT-PGD, more steps); off: the plain protocol, the headline marked unreliable")  # fmt: skip
+    p.add_argument("--bpda", default="", metavar="NAME[,NAME]", help="modules run as they are forward and as the "
+                   "identity backward, for every attack (BPDA), e.g. --bpda preprocess")  # fmt: skip
+    p.add_argument("--predictions", type=positive_int, default=1, help="forward passes per prediction of a "
+                   "randomised model (default 1; raised by the adaptive step for a random forward pass)")  # fmt: skip
+    p.add_argument("--vote", default="mean", choices=("mean", "majority"), help="how repeated passes decide")
+    p.add_argument("--surrogate", help="model spec the adaptive step crafts transfer attacks on (zero gradients)")
     p.add_argument("--resume", action="store_true", help="reuse the finished batches saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -78,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         eps=tuple(args.eps), attacks=args.attacks, norm=args.norm, bounds=args.bounds,
         topk=tuple(args.topk) if args.topk else None, only_robust=not args.all_samples, batch_size=args.batch_size,
         seed=args.seed, sanity_n=args.sanity_n, steps=args.steps, step_size=args.step_size, loss=args.loss,
-        restarts=args.restarts, plots=not args.no_plots,
+        restarts=args.restarts, plots=not args.no_plots, eps_protocol=args.eps_protocol, adaptive=args.adaptive,
+        bpda=args.bpda, predictions=args.predictions, vote=args.vote, surrogate=args.surrogate,
         extra={k: v for k, v in vars(args).items() if k != "run"},
     )  # fmt: skip
     report = run_evaluation(
@@ -99,12 +113,19 @@ def print_report(report: EvalReport) -> None:
         f"{report.model} on {report.dataset}/{report.split} (n={report.n}), {report.norm}, attacks: {', '.join(names)}"
     )
     rows = [
-        [f"{e.eps:.4g}", f"{100 * e.clean_accuracy:.2f}"]
-        + [f"{100 * e.attacks[a].robust_accuracy_after:.2f}" for a in names]
-        + [f"{100 * e.robust_accuracy:.2f}", f"{e.worst_case_topk.icr['mean']:.2f}"]
+        [f"{e.eps:.4g}", format_interval(e.clean_accuracy, e.intervals.get("clean_accuracy"))]
+        + [format_interval(e.attacks[a].robust_accuracy_after, e.attacks[a].robust_accuracy_after_ci) for a in names]
+        + [
+            format_interval(e.robust_accuracy, e.intervals.get("robust_accuracy")),
+            f"{e.worst_case_topk.icr['mean']:.2f}",
+        ]
         for e in report.results
     ]
     print(markdown_table(["eps", "clean %", *[f"after {a} %" for a in names], "robust %", "ICR mean"], rows))
+    print(f"95 % Clopper-Pearson intervals, n = {report.n}; {report.protocol_text()}")
+    print(f"headline: {report.headline_text()}")
+    for added, why in report.adaptive.get("added", {}).items():
+        print(f"added {added}: {why}")
     for e in report.results:
         if e.nonfinite:
             shown = ", ".join(map(str, e.nonfinite[:10])) + (", ..." if len(e.nonfinite) > 10 else "")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,95 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 from robustlab.attacks.protocol import Attack, check_labels, model_logits
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
-from robustlab.eval.metrics import interest_class_rank
+from robustlab.eval.result import EvalResult
 from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class EvalResult:
-    """Per-sample outcome of an evaluation; every figure in a report is derived from these tensors."""
-
-    labels: Tensor  # (N,)
-    clean_logits: Tensor  # (N, C)
-    clean_correct: Tensor  # bool (N,)
-    attacked: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack ran on the sample
-    success: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): top-1 wrong at the attack's x_adv
-    criterion: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack's own criterion held
-    adv_logits: dict[str, Tensor] = field(default_factory=dict)  # (N, C): logits at the attack's x_adv
-    robust_after: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): still robust after it
-    seconds: dict[str, float] = field(default_factory=dict)
-    x_adv: Tensor | None = None  # (N, ...): the worst-case adversarial input per sample, if kept
-
-    @property
-    def n(self) -> int:
-        return len(self.labels)
-
-    @property
-    def nonfinite(self) -> Tensor:
-        """Per sample: the clean logits or some attack's logits hold NaN or inf (never correct, never robust)."""
-        flags = ~torch.isfinite(self.clean_logits).all(1)
-        for logits in self.adv_logits.values():
-            flags |= ~torch.isfinite(logits).all(1)
-        return flags
-
-    @property
-    def clean_accuracy(self) -> float:
-        return self.clean_correct.float().mean().item()
-
-    @property
-    def robust(self) -> Tensor:
-        """Per-sample worst case: correct and not broken by any attack."""
-        flags = self.clean_correct.clone()
-        for success in self.success.values():
-            flags &= ~success
-        return flags
-
-    @property
-    def robust_accuracy(self) -> float:
-        return self.robust.float().mean().item()
-
-    def attack_success_rate(self) -> float:
-        """Fraction of the clean-correct samples that some attack broke."""
-        correct = self.clean_correct.sum().item()
-        return (self.clean_correct & ~self.robust).sum().item() / correct if correct else 0.0
-
-    def interest_class_rank(self, name: str) -> Tensor:
-        """Per-sample rank of the true class at the attack's adversarial inputs (1 = top)."""
-        return interest_class_rank(self.adv_logits[name], self.labels)
-
-    def to_state(self) -> dict[str, Any]:
-        """Plain tensors and numbers (for ``torch.save``/``torch.load(weights_only=True)``)."""
-        state = {k: getattr(self, k) for k in ("labels", "clean_logits", "clean_correct", "x_adv")}
-        for k in ("attacked", "success", "criterion", "adv_logits", "robust_after", "seconds"):
-            state[k] = dict(getattr(self, k))
-        return state
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> EvalResult:
-        """Inverse of :meth:`to_state`."""
-        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
-
-    def summary(self) -> dict[str, Any]:
-        """The headline numbers, cumulative per attack as in AutoAttack's log."""
-        return {
-            "n": self.n,
-            "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy,
-            "attack_success_rate": self.attack_success_rate(),
-            "nonfinite": self.nonfinite.nonzero().squeeze(1).tolist(),
-            "attacks": {
-                name: {
-                    "robust_accuracy_after": self.robust_after[name].float().mean().item(),
-                    "attacked": int(self.attacked[name].sum().item()),
-                    "broken": int(self.success[name].sum().item()),
-                    "seconds": round(self.seconds[name], 4),
-                }
-                for name in self.success
-            },
-        }
+VOTES = ("mean", "majority")
 
 
 class Evaluator:
@@ -123,6 +39,11 @@ class Evaluator:
             attack on every sample, which per-attack top-k statistics and saved adversarial sets need.
         keep_adv: keep the worst-case adversarial inputs in the result.
         progress: show a tqdm bar over batches.
+        predictions: forward passes per judgement (clean and at every attack's ``x_adv``) for a randomised model,
+            so one lucky pass does not count; 1 (the default) judges a single pass.
+        vote: how ``predictions`` passes make one prediction: ``"mean"`` (mean logits) or ``"majority"`` (the
+            class most passes predict; a tie counts against the true class).
+        seed: seeds the global RNG, inside a fork, for those passes (the caller's RNG is untouched).
     """
 
     def __init__(
@@ -134,7 +55,13 @@ class Evaluator:
         keep_adv: bool = False,
         progress: bool = False,
         device: str | torch.device | None = None,
+        predictions: int = 1,
+        vote: str = "mean",
+        seed: int = 0,
     ) -> None:
+        if predictions < 1 or vote not in VOTES:
+            raise RobustlabError(f"predictions {predictions}, vote {vote!r}: give 1 or more passes, vote {VOTES}")
+        self.predictions, self.vote, self.seed = int(predictions), vote, seed
         if isinstance(attacks, Mapping):
             self.attacks = dict(attacks)
         else:
@@ -171,8 +98,12 @@ class Evaluator:
         data: Dataset | tuple[Tensor, Tensor],
         checkpoint_dir: str | Path | None = None,
         shard: tuple[int, int] = (0, 1),
+        prior: Mapping[int, EvalResult] | None = None,
     ) -> dict[int, EvalResult]:
-        """The per-batch results ``{batch index: EvalResult}`` of this shard (see :meth:`run`)."""
+        """The per-batch results ``{batch index: EvalResult}`` of this shard (see :meth:`run`).
+
+        ``prior`` (nested eps) holds this shard's batch results at a smaller eps: a sample broken there counts as
+        broken here, with the example that broke it, and only the others are attacked."""
         if any(m.training for m in model.modules()):
             log.warning(
                 "the model is in train mode (dropout/batch-norm statistics change the result); call model.eval()"
@@ -193,7 +124,7 @@ class Evaluator:
         if done:
             log.info("resuming: %d of %d batches already finished", len(done), len(mine))
         for b, (x, y) in zip(todo, self._batches(data, todo)):
-            done[b] = self.run_batch(model, x.to(device), y.to(device))
+            done[b] = self.run_batch(model, x.to(device), y.to(device), prior[b] if prior is not None else None)
             if folder is not None:
                 atomic_torch_save(done[b].to_state(), folder / f"batch{b:05d}.pt")
         return dict(sorted(done.items()))
@@ -213,16 +144,37 @@ class Evaluator:
             batches = tqdm(batches, total=len(which), desc="evaluating", unit="batch", leave=False)
         return batches
 
-    def run_batch(self, model: nn.Module, x: Tensor, y: Tensor) -> EvalResult:
-        """Evaluate one batch: clean pass, then each attack on the still-robust samples."""
-        self.threat.check_inputs(x)
+    def predict(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The logits the evaluator judges: one pass, or the mean logits / vote shares of ``predictions`` passes."""
         with torch.no_grad():
-            clean_logits = model_logits(model, x)
+            if self.predictions == 1:
+                return model_logits(model, x)
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                passes = torch.stack([model_logits(model, x) for _ in range(self.predictions)])
+        if self.vote == "mean":
+            return passes.mean(0)
+        shares = torch.nn.functional.one_hot(passes.argmax(2), passes.shape[2]).to(passes.dtype).mean(0)
+        shares = shares - 0.25 / self.predictions * torch.nn.functional.one_hot(y, passes.shape[2])  # a tie loses
+        return torch.where(torch.isfinite(passes).all(2).all(0)[:, None], shares, float("nan"))
+
+    def run_batch(self, model: nn.Module, x: Tensor, y: Tensor, prior: EvalResult | None = None) -> EvalResult:
+        """Evaluate one batch: clean pass, then each attack on the still-robust samples (with ``prior``, a result of
+        this batch at a smaller eps, the samples it broke are carried over, not attacked)."""
+        self.threat.check_inputs(x)
+        clean_logits = self.predict(model, x, y) if prior is None else prior.clean_logits.to(x.device)
         check_labels(y, clean_logits.shape[1])
         correct = top1_correct(clean_logits, y)
         result = EvalResult(y.cpu(), clean_logits.cpu(), correct.cpu())
         robust = correct.clone()
         x_adv = x.clone() if self.keep_adv else None
+        if prior is not None:
+            carried = (prior.clean_correct & ~prior.robust).to(robust.device)
+            result.carried, result.carried_logits = carried.cpu(), prior.breaking_logits()
+            robust &= ~carried
+            if x_adv is not None and prior.x_adv is not None:
+                x_adv[carried] = prior.x_adv.to(x_adv.device, x_adv.dtype)[carried]
         for name, attack in self.attacks.items():
             todo = robust.clone() if self.only_robust else torch.ones_like(robust)
             idx = todo.nonzero().squeeze(1)
@@ -231,10 +183,11 @@ class Evaluator:
             start = time.perf_counter()
             if idx.numel():
                 out = attack(model, x[idx], y[idx], self.threat)
+                judged = out.logits if self.predictions == 1 else self.predict(model, out.x_adv, y[idx])
                 # the headline is top-1 at x_adv, whatever criterion the attack optimised (top-k, targeted)
-                success[idx] = correct[idx] & ~top1_correct(out.logits.to(success.device), y[idx])
+                success[idx] = correct[idx] & ~top1_correct(judged.to(success.device), y[idx])
                 criterion[idx] = out.success.to(success.device) & correct[idx]
-                logits[idx] = out.logits.to(logits.dtype)
+                logits[idx] = judged.to(logits.dtype)
                 if x_adv is not None:
                     # keep the first adversarial input that breaks a sample, else the latest attempt
                     replace = robust[idx] | ~correct[idx]
@@ -277,6 +230,9 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
         merged.seconds[name] = sum(p.seconds[name] for p in parts)
     if all(p.x_adv is not None for p in parts):
         merged.x_adv = cat([p.x_adv for p in parts])  # type: ignore[misc]
+    if all(p.carried is not None for p in parts):
+        merged.carried = cat([p.carried for p in parts])  # type: ignore[misc]
+        merged.carried_logits = cat([p.carried_logits for p in parts])  # type: ignore[misc]
     return merged
 
 

@@ -9,8 +9,27 @@ import torch
 from torch import Tensor
 
 from robustlab.criteria import interest_class_rank as _rank
+from robustlab.eval.intervals import clopper_pearson
 
-__all__ = ["default_topk", "icr_statistics", "interest_class_rank", "topk_metrics", "topk_report", "worst_case_rank"]
+__all__ = [
+    "class_names",
+    "default_topk",
+    "icr_statistics",
+    "interest_class_rank",
+    "per_class",
+    "topk_metrics",
+    "topk_report",
+    "worst_case_rank",
+]
+
+# Class names of the built-in datasets whose files carry none (torchvision datasets and image folders have .classes).
+CLASS_NAMES = {
+    "fashion-mnist": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ],
+    "mnist": [str(d) for d in range(10)],
+    "svhn": [str(d) for d in range(10)],
+}  # fmt: skip
 
 
 def interest_class_rank(logits: Tensor, labels: Tensor) -> Tensor:
@@ -48,9 +67,13 @@ def topk_metrics(adv_logits: Tensor, labels: Tensor, clean_logits: Tensor, ks: S
 
 
 def worst_case_rank(result: Any) -> Tensor:
-    """Per sample, the highest interest class rank over the clean logits and every attack's logits."""
+    """Per sample, the highest interest class rank over the clean logits, every attack's logits and (nested eps) the
+    example that broke it at a smaller eps."""
     ranks = [interest_class_rank(result.clean_logits, result.labels)]
     ranks += [interest_class_rank(logits, result.labels) for logits in result.adv_logits.values()]
+    carried = getattr(result, "carried", None)
+    if carried is not None:
+        ranks.append(torch.where(carried, interest_class_rank(result.carried_logits, result.labels), 1))
     return torch.stack(ranks).max(dim=0).values
 
 
@@ -63,13 +86,20 @@ def _rank_metrics(
     sample that was wrong but in the clean top k was never attacked, and counting it would dilute the ASR.
     """
     out: dict[str, Any] = {"asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
+    intervals: dict[str, Any] = {"n": len(ranks), "asr_n": {}, "asr": {}, "robust_accuracy": {}, "clean_accuracy": {}}
     for k in ks:
         in_topk = clean_rank <= k
         tried = in_topk & attacked
-        out["asr"][str(k)] = (tried & (ranks > k)).sum().item() / max(1, tried.sum().item())
+        pushed, kept = int((tried & (ranks > k)).sum()), int((tried & (ranks <= k)).sum())
+        out["asr"][str(k)] = pushed / max(1, int(tried.sum()))
         out["robust_accuracy"][str(k)] = (tried & (ranks <= k)).float().mean().item()
         out["clean_accuracy"][str(k)] = in_topk.float().mean().item()
+        intervals["asr_n"][str(k)] = int(tried.sum())
+        intervals["asr"][str(k)] = list(clopper_pearson(pushed, int(tried.sum())))
+        intervals["robust_accuracy"][str(k)] = list(clopper_pearson(kept, len(ranks)))
+        intervals["clean_accuracy"][str(k)] = list(clopper_pearson(int(in_topk.sum()), len(ranks)))
     out["icr"] = icr_statistics(ranks, num_classes)
+    out["intervals"] = intervals  # 95 % Clopper-Pearson of every rate above, with its n
     return out
 
 
@@ -86,7 +116,7 @@ def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
     num_classes = result.clean_logits.shape[1]
     ks = list(ks) if ks else default_topk(num_classes)
     clean_rank = interest_class_rank(result.clean_logits, result.labels)
-    own = all(bool(a.all()) for a in result.attacked.values())
+    own = all(bool(a.all()) for a in result.attacked.values()) and getattr(result, "carried", None) is None
     out: dict[str, Any] = {"ks": ks, "scope": "own" if own else "cumulative", "attacks": {}}
     cumulative, tried = clean_rank, torch.zeros_like(result.clean_correct)
     for name, logits in result.adv_logits.items():
@@ -97,5 +127,33 @@ def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
         stats["scope"] = out["scope"]
         stats["attacked"] = int(result.attacked[name].sum().item())
         out["attacks"][name] = stats
+    carried = getattr(result, "carried", None)
+    tried = tried | carried if carried is not None else tried  # broken at a smaller eps: attacked there
     out["worst_case"] = _rank_metrics(worst_case_rank(result), clean_rank, ks, num_classes, tried)
     return out
+
+
+def per_class(labels: Tensor, clean_correct: Tensor, robust: Tensor, num_classes: int) -> dict[str, list[int]]:
+    """Per class: samples, clean-correct and robust counts (each list sums to the overall count)."""
+    labels = labels.long().cpu()
+    return {
+        name: torch.bincount(labels, weights=None if flags is None else flags.cpu().double(), minlength=num_classes)
+        .round()
+        .long()
+        .tolist()
+        for name, flags in (("n", None), ("clean_correct", clean_correct), ("robust", robust))
+    }
+
+
+def class_names(data: Any, dataset_name: str | None, num_classes: int) -> list[str]:
+    """The dataset's class names (``.classes`` of torchvision datasets, a table for the idx datasets), else
+    ``"0"``, ``"1"``, ..."""
+    inner = data
+    while inner is not None and not hasattr(inner, "classes") and hasattr(inner, "dataset"):
+        inner = inner.dataset  # a Subset
+    names = getattr(inner, "classes", None)
+    if names is None and dataset_name is not None:
+        names = CLASS_NAMES.get(dataset_name.lower())
+    if names is None or len(names) != num_classes:
+        return [str(c) for c in range(num_classes)]
+    return [str(n) for n in names]

@@ -9,137 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.eval.evaluator import EvalResult
-from robustlab.eval.metrics import topk_report
+from robustlab.eval.entries import AttackStats, EpsEntry, TopKStats
+from robustlab.eval.figures import plot_icr_histogram, plot_per_class, plot_robust_vs_eps
+from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.sanity import Flag
 from robustlab.io import markdown_table, write_report
-from robustlab.plots import save_png, subplots
-
-
-def _keyed(values: dict[str, float]) -> dict[int, float]:
-    return {int(k): v for k, v in values.items()}
-
-
-@dataclass
-class TopKStats:
-    """Top-k ASR, top-k robust and clean accuracy per k, and interest class rank (ICR) statistics.
-
-    Only samples attacked for that k are in an ASR denominator (see :func:`~robustlab.eval.metrics.topk_report`).
-    """
-
-    asr: dict[int, float]
-    robust_accuracy: dict[int, float]
-    clean_accuracy: dict[int, float]
-    icr: dict[str, Any]  # mean, median, histogram (counts of rank 1..classes)
-    scope: str | None = None  # "own" or "cumulative" (per attack); None for the worst case
-    attacked: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "asr": {str(k): v for k, v in self.asr.items()},
-            "robust_accuracy": {str(k): v for k, v in self.robust_accuracy.items()},
-            "clean_accuracy": {str(k): v for k, v in self.clean_accuracy.items()},
-            "icr": self.icr,
-        }
-        if self.scope is not None:
-            out.update(scope=self.scope, attacked=self.attacked)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TopKStats:
-        return cls(
-            _keyed(d["asr"]), _keyed(d["robust_accuracy"]), _keyed(d["clean_accuracy"]), d["icr"],
-            d.get("scope"), d.get("attacked"),
-        )  # fmt: skip
-
-
-@dataclass
-class AttackStats:
-    """One attack's effect at one eps: robust accuracy after it (and all before it), samples, time, top-k."""
-
-    robust_accuracy_after: float
-    attacked: int
-    broken: int
-    seconds: float
-    topk: TopKStats
-    robust_accuracy_alone: float | None = None  # only when the attack ran on every sample
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "robust_accuracy_after": self.robust_accuracy_after, "attacked": self.attacked, "broken": self.broken,
-            "seconds": self.seconds, "topk": self.topk.to_dict(),
-        }  # fmt: skip
-        if self.robust_accuracy_alone is not None:
-            out["robust_accuracy_alone"] = self.robust_accuracy_alone
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AttackStats:
-        return cls(
-            d["robust_accuracy_after"], d["attacked"], d["broken"], d["seconds"], TopKStats.from_dict(d["topk"]),
-            d.get("robust_accuracy_alone"),
-        )  # fmt: skip
-
-
-@dataclass
-class EpsEntry:
-    """Everything measured at one eps. ``robust_accuracy`` is top-1 correctness at the adversarial points (per
-    sample: clean-correct and no attack made it wrong), whatever criterion the attacks optimised."""
-
-    eps: float
-    n: int
-    clean_accuracy: float
-    robust_accuracy: float
-    attack_success_rate: float
-    attacks: dict[str, AttackStats]
-    worst_case_topk: TopKStats
-    topk_ks: list[int]
-    topk_scope: str
-    nonfinite: list[int] = field(default_factory=list)  # samples with NaN/inf logits: never correct or robust
-
-    @classmethod
-    def from_result(cls, eps: float, result: EvalResult, ks: Sequence[int] | None = None) -> EpsEntry:
-        summary, topk = result.summary(), topk_report(result, ks)
-        attacks = {}
-        for name, s in summary["attacks"].items():
-            alone = None
-            if bool(result.attacked[name].all()):  # the attack ran on every sample: its own robust accuracy
-                alone = (result.clean_correct & ~result.success[name]).float().mean().item()
-            attacks[name] = AttackStats(
-                s["robust_accuracy_after"], s["attacked"], s["broken"], s["seconds"],
-                TopKStats.from_dict(topk["attacks"][name]), alone,
-            )  # fmt: skip
-        return cls(
-            eps, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
-            summary["attack_success_rate"], attacks, TopKStats.from_dict(topk["worst_case"]), topk["ks"],
-            topk["scope"], summary["nonfinite"],
-        )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "eps": self.eps, "n": self.n, "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy, "attack_success_rate": self.attack_success_rate,
-            "nonfinite": self.nonfinite, "attacks": {a: s.to_dict() for a, s in self.attacks.items()},
-            "worst_case_topk": self.worst_case_topk.to_dict(), "topk_ks": self.topk_ks, "topk_scope": self.topk_scope,
-        }  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EpsEntry:
-        return cls(
-            d["eps"], d["n"], d["clean_accuracy"], d["robust_accuracy"], d["attack_success_rate"],
-            {a: AttackStats.from_dict(s) for a, s in d["attacks"].items()}, TopKStats.from_dict(d["worst_case_topk"]),
-            list(d["topk_ks"]), d["topk_scope"], list(d.get("nonfinite", [])),
-        )  # fmt: skip
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
+
+
+def _ci(value: float, bounds: list[float] | None) -> str:
+    return format_interval(value, bounds)
 
 
 @dataclass
@@ -164,6 +51,16 @@ class EvalReport:
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     rank: int = 0  # under torchrun: only rank 0's report holds the results (not written to report.json)
+    protocol: str = "separate"  # eps protocol: "nested" (a break at a smaller eps carries over) or "separate"
+    class_names: list[str] = field(default_factory=list)
+    adaptive: dict[str, Any] = field(default_factory=dict)  # mode, flags fired, attacks added and why, headline
+    judgement: dict[str, Any] = field(default_factory=lambda: {"predictions": 1, "vote": "mean"})
+    min_eps: dict[str, int] = field(default_factory=dict)  # samples per smallest breaking eps ("none": robust)
+
+    @property
+    def headline_note(self) -> str:
+        """What the headline robust accuracy is worth: an upper bound, checked or not for gradient masking."""
+        return str(self.adaptive.get("headline", "an upper bound on the true robust accuracy"))
 
     @property
     def sanity_fired(self) -> list[str]:
@@ -183,6 +80,8 @@ class EvalReport:
             "sanity": None if self.sanity is None else [f.to_dict() for f in self.sanity],
             "sanity_fired": self.sanity_fired, "world_size": self.world_size, "config": self.config,
             "wall_time_s": self.wall_time_s, "environment": self.environment, "files": self.files,
+            "eps_protocol": self.protocol, "class_names": self.class_names, "adaptive": self.adaptive,
+            "judgement": self.judgement, "min_eps": self.min_eps,
         }  # fmt: skip
 
     @classmethod
@@ -193,7 +92,9 @@ class EvalReport:
                 d["model"], d["dataset"], d["split"], d["n"], d["threat"]["norm"], tuple(d["threat"]["bounds"]),
                 list(d["eps"]), d["only_robust"], d["attacks"], d.get("seeds", {}),
                 [EpsEntry.from_dict(e) for e in d["results"]], sanity, d.get("world_size", 1), d.get("config", {}),
-                d.get("wall_time_s", 0.0), d.get("environment", {}), d.get("files", {}),
+                d.get("wall_time_s", 0.0), d.get("environment", {}), d.get("files", {}), 0,
+                d.get("eps_protocol", "separate"), d.get("class_names", []), d.get("adaptive", {}),
+                d.get("judgement", {"predictions": 1, "vote": "mean"}), d.get("min_eps", {}),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise RobustlabError(f"not a robustlab evaluation report (missing or bad {exc})") from None
@@ -214,17 +115,22 @@ class EvalReport:
         lines = [
             f"# Robustness of `{self.model}` on {self.dataset} ({self.split}, n = {self.n})",
             "",
-            f"Threat model: {self.norm}, bounds {list(self.bounds)}. Attacks run in order, {protocol}. Accuracies "
-            "in %, top-1 at the adversarial points; an attack's column is the robust accuracy after it and all "
-            "before it.",
+            f"Threat model: {self.norm}, bounds {list(self.bounds)}. Attacks run in order, {protocol}. "
+            f"{self.protocol_text()} Accuracies in % with their 95 % Clopper-Pearson interval over n = {self.n}, "
+            f"top-1 at the adversarial points ({self.judgement_text()}); an attack's column is the robust accuracy "
+            "after it and all before it.",
+            "",
+            f"**Headline**: {self.headline_text()}",
             "",
         ]
         rows = [
-            [f"{e.eps:.4g}", _pct(e.clean_accuracy), *[_pct(e.attacks[a].robust_accuracy_after) for a in names]]
-            + [_pct(e.robust_accuracy)]
+            [f"{e.eps:.4g}", _ci(e.clean_accuracy, e.intervals.get("clean_accuracy"))]
+            + [_ci(e.attacks[a].robust_accuracy_after, e.attacks[a].robust_accuracy_after_ci) for a in names]
+            + [_ci(e.robust_accuracy, e.intervals.get("robust_accuracy"))]
             for e in self.results
         ]
         lines += [markdown_table(["eps", "clean", *[f"after {a}" for a in names], "robust (worst case)"], rows), ""]
+        lines += self.detail_lines()
         for e in self.results:
             if e.nonfinite:
                 lines += [f"At eps {e.eps:.4g}, {len(e.nonfinite)} sample(s) had NaN/inf logits (counted neither "
@@ -257,14 +163,72 @@ class EvalReport:
             lines.append("")
         return "\n".join(lines)
 
+    def protocol_text(self) -> str:
+        if self.protocol == "nested":
+            return ("Eps protocol: nested (ascending eps; a sample broken at a smaller eps counts as broken at every "
+                    "larger one, with the example that broke it, and only the others are attacked).")  # fmt: skip
+        return "Eps protocol: separate (each eps evaluated from scratch)."
+
+    def judgement_text(self) -> str:
+        r, vote = self.judgement.get("predictions", 1), self.judgement.get("vote", "mean")
+        return "one forward pass" if r == 1 else f"{r} forward passes per prediction, {vote} rule"
+
+    def headline_text(self) -> str:
+        """The headline robust accuracy (worst case at the largest eps), what it is worth and the weakest classes."""
+        if not self.results:
+            return "no results"
+        e = max(self.results, key=lambda entry: entry.eps)
+        text = f"robust accuracy {_ci(e.robust_accuracy, e.intervals.get('robust_accuracy'))} % at eps {e.eps:.4g}"
+        text += f" ({self.headline_note})"
+        if e.per_class and self.class_names:
+            weak = ", ".join(f"{n} {100 * r:.1f} %" for n, r, _ in e.weakest_classes(self.class_names))
+            text += f"; weakest classes: {weak}"
+        return text
+
+    def detail_lines(self) -> list[str]:
+        """Adaptive attacks added, per-class accuracy and the smallest breaking eps, as markdown lines."""
+        lines: list[str] = []
+        if self.adaptive.get("added"):
+            lines += ["## Adaptive attacks added", "", f"Flags fired: {', '.join(self.adaptive.get('fired', []))}.", ""]
+            lines += [f"- `{a}`: {why}" for a, why in self.adaptive["added"].items()] + [""]
+        if self.results and self.results[0].per_class:
+            names = self.class_names or [str(c) for c in range(len(self.results[0].per_class["n"]))]
+            rows = []
+            for c, name in enumerate(names):
+                first = self.results[0].per_class
+                n = first["n"][c]
+                row = [
+                    name,
+                    n,
+                    _ci(first["clean_correct"][c] / max(1, n), list(clopper_pearson(first["clean_correct"][c], n))),
+                ]
+                for e in self.results:
+                    k = e.per_class["robust"][c]
+                    row.append(_ci(k / max(1, n), list(clopper_pearson(k, n))))
+                rows.append(row)
+            headers = ["class", "n", "clean", *[f"robust, eps {e.eps:.4g}" for e in self.results]]
+            lines += ["## Per class", "", markdown_table(headers, rows), ""]
+        if self.min_eps:
+            rows = [[k, v] for k, v in self.min_eps.items()]
+            lines += [
+                "## Smallest breaking eps per sample",
+                "",
+                markdown_table(["smallest eps that breaks it", "samples"], rows),
+                "",
+            ]
+        return lines
+
     def plots(self, out: str | os.PathLike) -> dict[str, str]:
-        """``robust_vs_eps.png`` and ``icr_histogram.png`` in ``out``; returns their paths."""
+        """``robust_vs_eps.png``, ``icr_histogram.png`` and ``per_class.png`` in ``out``; returns their paths."""
         if not self.results:
             return {}
         out = Path(out)
         files = {"robust_vs_eps": str(out / "robust_vs_eps.png"), "icr_histogram": str(out / "icr_histogram.png")}
         plot_robust_vs_eps(self, files["robust_vs_eps"])
         plot_icr_histogram(self, files["icr_histogram"])
+        if self.results[0].per_class:
+            files["per_class"] = str(out / "per_class.png")
+            plot_per_class(self, files["per_class"])
         return files
 
     def write(self, out: str | os.PathLike, plots: bool = True) -> dict[str, str]:
@@ -274,41 +238,6 @@ class EvalReport:
         self.files = {**self.files, **files}
         write_report(out, self.to_dict(), self.to_markdown())
         return files
-
-
-def plot_robust_vs_eps(report: EvalReport, path: str | os.PathLike) -> None:
-    """Robust accuracy against eps: one line per attack (cumulative) and the worst case."""
-    entries = sorted(report.results, key=lambda e: e.eps)
-    eps = [e.eps for e in entries]
-    fig, ax = subplots(figsize=(5, 3.6))
-    ax.plot(eps, [100 * e.clean_accuracy for e in entries], "k:", label="clean")
-    for name in report.attack_names:
-        ax.plot(eps, [100 * e.attacks[name].robust_accuracy_after for e in entries], "o-", label=f"after {name}")
-    ax.plot(eps, [100 * e.robust_accuracy for e in entries], "s--", color="crimson", label="worst case")
-    ax.set(xlabel=f"eps ({report.norm})", ylabel="accuracy (%)", ylim=(0, 100))
-    ax.set_title(f"{report.model} on {report.dataset}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_png(fig, path, dpi=120)
-
-
-def plot_icr_histogram(report: EvalReport, path: str | os.PathLike) -> None:
-    """Histogram of the worst-case interest class rank, one group of bars per eps."""
-    entries = sorted(report.results, key=lambda e: e.eps)
-    fig, ax = subplots(figsize=(5, 3.6))
-    width = 0.8 / max(1, len(entries))
-    for i, e in enumerate(entries):
-        hist = e.worst_case_topk.icr["histogram"]
-        total = max(1, sum(hist))
-        ranks = [r + 1 + (i - (len(entries) - 1) / 2) * width for r in range(len(hist))]
-        ax.bar(ranks, [100 * h / total for h in hist], width=width, label=f"eps {e.eps:.4g}")
-    ax.set(xlabel="interest class rank after the attacks (1 = top)", ylabel="samples (%)")
-    ax.set_xticks(range(1, len(entries[0].worst_case_topk.icr["histogram"]) + 1))
-    ax.set_title(f"{report.model}: worst-case ICR", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_png(fig, path, dpi=120)
 
 
 __all__ = ["AttackStats", "EpsEntry", "EvalReport", "TopKStats", "plot_icr_histogram", "plot_robust_vs_eps"]

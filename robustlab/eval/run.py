@@ -19,9 +19,19 @@ import torch
 from torch import nn
 
 from robustlab.attacks import attack_from_spec, split_specs
-from robustlab.distributed import Shard, barrier, current_shard, finish, init_distributed, shard_device
+from robustlab.distributed import (
+    Shard,
+    barrier,
+    broadcast_object,
+    current_shard,
+    finish,
+    init_distributed,
+    shard_device,
+)
 from robustlab.errors import RobustlabError
-from robustlab.eval.evaluator import EvalResult, Evaluator, gather_batches, merge_batches
+from robustlab.eval.adaptive import MODES, AdaptivePlan, plan_adaptive
+from robustlab.eval.evaluator import VOTES, EvalResult, Evaluator, gather_batches, merge_batches
+from robustlab.eval.metrics import class_names
 from robustlab.eval.report import EpsEntry, EvalReport
 from robustlab.eval.sanity import Flag, eps_curve_flag, run_sanity_checks
 from robustlab.eval.sources import (
@@ -35,6 +45,7 @@ from robustlab.eval.sources import (
     settings,
 )
 from robustlab.io import atomic_torch_save, environment, write_json
+from robustlab.models.bpda import bpda
 from robustlab.runs import RunFolder, text_digest
 from robustlab.threat import ThreatModel
 
@@ -48,7 +59,16 @@ class EvalConfig:
     ``attacks`` are specs (``"pgd,autoattack"``, ``["pgd(steps=50)", "autoattack"]``) built with ``steps``,
     ``step_size``, ``loss``, ``restarts`` and ``seed`` as defaults, or ``{name: attack}`` objects. ``only_robust``
     runs each attack only on what the previous ones left robust (AutoAttack's protocol). ``sanity_n`` samples go
-    through the gradient-masking checks (0 skips them).
+    through the gradient-masking checks (0 skips them), before the attacks.
+
+    ``eps_protocol="nested"`` evaluates the eps in ascending order and carries a sample broken at a smaller eps (with
+    its example, which lies in every larger ball) to the larger ones, attacking only the others; ``"separate"``
+    evaluates each eps from scratch. ``adaptive="on"`` adds the attacks that answer the sanity flags that fire
+    (:mod:`robustlab.eval.adaptive`: BPDA-PGD and Square for zero gradients, EOT-PGD for a random forward pass,
+    ...; ``surrogate`` adds a transfer attack from it), ``"off"`` keeps the plain protocol and marks the headline as
+    unreliable. ``bpda`` names modules run forward as they are and as the identity backward, for every attack.
+    ``predictions`` passes judge each prediction of a randomised model (``vote``: ``"mean"`` logits or
+    ``"majority"``).
     """
 
     eps: tuple[float, ...]
@@ -65,6 +85,14 @@ class EvalConfig:
     loss: str | None = None
     restarts: int | None = None
     plots: bool = True
+    eps_protocol: str = "nested"
+    adaptive: str = "on"
+    bpda: tuple[str, ...] = ()
+    predictions: int = 1
+    vote: str = "mean"
+    surrogate: Any = None  # a model spec, ModelSource or module: transfer source of the adaptive step
+    eot_samples: int = 10
+    adaptive_queries: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
 
     def __post_init__(self) -> None:
@@ -80,6 +108,22 @@ class EvalConfig:
             raise RobustlabError(f"--topk {list(self.topk)}: give k >= 1, e.g. 1,2,3,5")
         for e in eps:
             ThreatModel(self.norm, e, self.bounds)  # one line for a bad norm, eps or bounds, before any work
+        if self.eps_protocol not in ("nested", "separate"):
+            raise RobustlabError(f"--eps-protocol {self.eps_protocol!r}: choose nested or separate")
+        if self.adaptive not in MODES:
+            raise RobustlabError(f"--adaptive {self.adaptive!r}: choose on or off")
+        if self.vote not in VOTES or self.predictions < 1 or self.eot_samples < 1 or self.adaptive_queries < 1:
+            raise RobustlabError(
+                f"--predictions {self.predictions}, --vote {self.vote!r}, eot_samples {self.eot_samples}, "
+                f"adaptive_queries {self.adaptive_queries}: give counts >= 1 and a vote of {', '.join(VOTES)}"
+            )
+        bpda = (self.bpda,) if isinstance(self.bpda, str) else tuple(self.bpda)
+        object.__setattr__(self, "bpda", tuple(n.strip() for b in bpda for n in b.split(",") if n.strip()))
+
+    @property
+    def nested(self) -> bool:
+        """Whether the eps are evaluated nested (several eps, only-robust attacks, not asked to be separate)."""
+        return self.eps_protocol == "nested" and self.only_robust and len(set(self.eps)) > 1
 
     def build_attacks(self) -> dict[str, Any]:
         """``{name: attack}`` in order (specs built with the shared defaults); a repeated spec is refused."""
@@ -94,7 +138,8 @@ class EvalConfig:
 
     def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
         """What the cached per-eps batches depend on (eps has a folder per value; sanity_n its own cache key)."""
-        keys = settings(self, exclude=("eps", "sanity_n", "topk", "plots", "extra", "attacks"))
+        keys = settings(self, exclude=("eps", "sanity_n", "topk", "plots", "extra", "attacks", "surrogate"))
+        keys["surrogate"] = _model_name(self.surrogate)
         configs = {name: getattr(a, "config", dict)() for name, a in attacks.items()}
         keys["attacks"] = configs if isinstance(self.attacks, Mapping) else list(attacks)  # specs + the defaults
         return keys
@@ -129,6 +174,7 @@ def run_evaluation(
         module, model_name, model_key = resolve_model(model, device)
         data, data_name, split, data_key = resolve_data(dataset)
         probe(module, data, device, config.topk)
+        surrogate = resolve_model(config.surrogate, device)[0] if config.surrogate is not None else None
         fingerprint = {**model_key, **data_key, **config.fingerprint(attacks)}
         folder = (
             RunFolder(
@@ -138,10 +184,18 @@ def run_evaluation(
             if out is not None
             else contextlib.nullcontext()
         )  # fmt: skip
-        with folder:
+        with folder, bpda(module, config.bpda):
             path = Path(out) if out is not None else None
-            report = _evaluate(module, data, config, attacks, path, shard, device, progress, fingerprint)
+            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate)
+            report = _evaluate(module, data, config, {**attacks, **plan.attacks}, path, shard, device, progress, plan)
+            report.sanity = sanity
+            if sanity is not None and len(report.results) > 1:
+                curve = eps_curve_flag([e.eps for e in report.results], [e.robust_accuracy for e in report.results])
+                message = curve.message + (" (nested eps: monotone by construction)" if config.nested else "")
+                sanity.append(Flag(**{**curve.to_dict(), "name": "rises_with_eps_in_evaluation", "message": message}))
             report.model, report.dataset, report.split = model_name, data_name, split
+            if report.results:
+                report.class_names = class_names(data, data_name, len(report.results[0].per_class["n"]))
             report.world_size, report.rank, report.environment = shard.world, shard.rank, environment(command_line)
             report.wall_time_s = round(time.time() - started, 3)
             if path is not None and shard.is_main:
@@ -154,43 +208,95 @@ def run_evaluation(
             finish(shard)
 
 
+def _adapt(
+    model: nn.Module, data: Data, config: EvalConfig, attacks: dict[str, Any], out: Path | None, shard: Shard,
+    device: torch.device, fingerprint: dict, surrogate: nn.Module | None,
+) -> tuple[AdaptivePlan, list[Flag] | None]:  # fmt: skip
+    """The sanity checks (rank 0, before any attack) and the adaptive attacks they call for, on every rank."""
+    threat = ThreatModel(config.norm, max(config.eps), config.bounds)
+    flags = None
+    if shard.is_main and config.sanity_n > 0:
+        flags = _sanity(model, data, config, threat, device, out, fingerprint)
+    flags = broadcast_object(None if flags is None else [f.to_dict() for f in flags], shard)
+    flags = None if flags is None else [Flag(**f) for f in flags]
+    x, y = first_batch(data, min(8, config.sanity_n or 8))
+    plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate)
+    if plan.attacks:
+        log.info("adaptive attacks added for flags %s: %s", plan.fired, list(plan.attacks))
+    return plan, flags
+
+
 def _evaluate(
     model: nn.Module, data: Data, config: EvalConfig, attacks: dict[str, Any], out: Path | None, shard: Shard,
-    device: torch.device, progress: bool, fingerprint: dict | None = None,
+    device: torch.device, progress: bool, plan: AdaptivePlan,
 ) -> EvalReport:  # fmt: skip
-    """The eps loop (per-eps batches cached in ``out/partial``), ``results.pt`` and the sanity checks."""
-    threat = ThreatModel(config.norm, config.eps[0], config.bounds)
+    """The eps loop (ascending and carried over when nested; per-eps batches cached in ``out/partial``) and
+    ``results.pt``. Rank 0 returns the full report; the other ranks an empty one."""
+    eps_order = sorted(set(config.eps)) if config.nested else list(config.eps)
     entries: list[EpsEntry] = []
-    states = []
-    for eps in config.eps:
+    states, results = [], []
+    prior = None
+    suffix = "" if not plan.attacks and plan.predictions == 1 else "-" + _digest([*plan.attacks, plan.predictions])
+    for i, eps in enumerate(eps_order):
         evaluator = Evaluator(
-            attacks, threat.with_eps(eps), batch_size=config.batch_size, only_robust=config.only_robust,
-            progress=progress and shard.is_main, device=device,
+            attacks, ThreatModel(config.norm, eps, config.bounds), batch_size=config.batch_size,
+            only_robust=config.only_robust, progress=progress and shard.is_main, device=device,
+            predictions=plan.predictions, vote=config.vote, seed=config.seed,
         )  # fmt: skip
-        cache = out / "partial" / f"eps-{float(eps)!r}" if out is not None else None
-        gathered = gather_batches(evaluator.run_batches(model, data, cache, shard.as_tuple()), shard)
+        nested = f"-after-{_digest(eps_order[:i])}" if config.nested and i else ""
+        cache = out / "partial" / f"eps-{float(eps)!r}{nested}{suffix}" if out is not None else None
+        mine = evaluator.run_batches(model, data, cache, shard.as_tuple(), prior=prior)
+        prior = mine if config.nested else None
+        gathered = gather_batches(mine, shard)
         if gathered is not None:
             result = merge_batches(gathered, list(attacks))
             entries.append(EpsEntry.from_result(eps, result, config.topk))
             states.append(result.to_state())
+            results.append(result)
             log.info("eps %.4g: clean %.4f, robust %.4f", eps, result.clean_accuracy, result.robust_accuracy)
-    sanity = None
+    min_eps = smallest_breaking_eps([e.eps for e in entries], results) if results else None
     if shard.is_main and out is not None:
-        atomic_torch_save({"eps": list(config.eps), "attacks": list(attacks), "results": states}, out / "results.pt")
-    if shard.is_main and config.sanity_n > 0:
-        sanity = _sanity(model, data, config, threat, device, out, fingerprint or {})
-        if len(entries) > 1:
-            curve = eps_curve_flag([e.eps for e in entries], [e.robust_accuracy for e in entries])
-            sanity.append(Flag(**{**curve.to_dict(), "name": "rises_with_eps_in_evaluation"}))
+        saved = {"eps": [e.eps for e in entries], "attacks": list(attacks), "results": states, "min_eps": min_eps}
+        atomic_torch_save(saved, out / "results.pt")
     n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
     configs = {name: getattr(a, "config", dict)() for name, a in attacks.items()}
     return EvalReport(
-        model=type(model).__name__, dataset="-", split="-", n=n, norm=threat.norm, bounds=tuple(threat.bounds),
-        eps=list(config.eps), only_robust=config.only_robust,
+        model=type(model).__name__, dataset="-", split="-", n=n, norm=config.norm, bounds=tuple(config.bounds),
+        eps=[e.eps for e in entries] or list(eps_order), only_robust=config.only_robust,
         attacks=configs, seeds={"seed": config.seed, "attacks": {n: c.get("seed") for n, c in configs.items()}},
-        results=entries, sanity=sanity,
-        config={**settings(config, exclude=("attacks", "extra")), **config.extra},
+        results=entries, config={**settings(config, exclude=("attacks", "extra", "surrogate")), **config.extra},
+        protocol="nested" if config.nested else "separate", adaptive=plan.to_dict(),
+        judgement={"predictions": plan.predictions, "vote": config.vote}, min_eps=_min_eps_counts(entries, min_eps),
     )  # fmt: skip
+
+
+def smallest_breaking_eps(eps: list[float], results: list[EvalResult]) -> torch.Tensor:
+    """Per sample, the smallest eps of the list at which it is not robust: 0 for a clean error, inf if never."""
+    out = torch.full((results[0].n,), float("inf"), dtype=torch.float64)
+    out[~results[0].clean_correct] = 0.0
+    for e, result in sorted(zip(eps, results), key=lambda pair: pair[0]):
+        out[~result.robust & torch.isinf(out)] = e
+    return out
+
+
+def _min_eps_counts(entries: list[EpsEntry], min_eps: torch.Tensor | None) -> dict[str, int]:
+    if min_eps is None:
+        return {}
+    counts = {"clean error": int((min_eps == 0).sum())}
+    counts.update({f"{e.eps:.4g}": int((min_eps == e.eps).sum()) for e in sorted(entries, key=lambda e: e.eps)})
+    counts["not broken"] = int(torch.isinf(min_eps).sum())
+    return counts
+
+
+def _model_name(model: Any) -> str | None:
+    """A model's name for fingerprints: its spec, or its class for a module."""
+    if model is None or isinstance(model, str):
+        return model
+    return getattr(model, "spec", type(model).__name__)
+
+
+def _digest(values: list[Any]) -> str:
+    return text_digest(json.dumps([repr(v) for v in values]))[:10]
 
 
 def _sanity(
@@ -199,7 +305,7 @@ def _sanity(
 ) -> list[Flag]:  # fmt: skip
     """The gradient-masking checks on the first ``sanity_n`` samples, cached under a key of everything they
     depend on (the run's fingerprint, eps, sanity_n, steps, seed): a resumed run with other settings recomputes."""
-    depends = {**fingerprint, "eps": config.eps[0], "sanity_n": config.sanity_n, "steps": config.steps}
+    depends = {**fingerprint, "eps": threat.eps, "sanity_n": config.sanity_n, "steps": config.steps}
     key = text_digest(json.dumps(depends, sort_keys=True, default=str))[:16]
     path = out / "partial" / f"sanity-{key}.json" if out is not None else None
     if path is not None and path.exists():
