@@ -153,6 +153,7 @@ TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (
 RESUME_NEUTRAL = {
     "run", "command", "command_line", "verbose", "out", "resume", "overwrite", "no_progress", "device", "threads",
     "num_workers", "trust_checkpoint", "export", "no_eval", "eval_n", "autoattack", "no_plots", "resume_neutral",
+    "tensorboard",
 }  # fmt: skip
 
 
@@ -196,6 +197,7 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (OUT/tensorboard)")
 
 
 def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
@@ -234,6 +236,7 @@ def train_config(args: argparse.Namespace, best_metric: str | None = None) -> Tr
         lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
         amp=getattr(args, "amp", False), num_workers=getattr(args, "num_workers", 0), progress=not args.no_progress,
         best_metric=best_metric, max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
+        tensorboard=getattr(args, "tensorboard", False),
     )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     best_metric: str | None = None  # a key of the epoch stats to keep the best checkpoint by (higher is better)
     max_steps_per_epoch: int | None = None  # cut epochs short (tests, benchmarks)
+    tensorboard: bool = False  # also write the run's scalars as TensorBoard events (OUT/tensorboard)
 
     def validate(self) -> None:
         """One error line for a setting the loop cannot train with."""

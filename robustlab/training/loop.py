@@ -35,6 +35,7 @@ from robustlab.errors import RobustlabError
 from robustlab.training.batches import Batches
 from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_at, make_optimizer
 from robustlab.training.method import Method
+from robustlab.training.metrics import open_metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class _Loop:
     best_state: dict[str, Tensor] | None = None
     stop_reason: str | None = None
     train_seconds: float = 0.0
+    metrics: Any = None  # the run's MetricsLogger (rank 0 with a run folder), else None
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +130,8 @@ class _Loop:
             if every > 0 and hasattr(c, "on_step_end") and self.ctx.step % every == 0:
                 self.ctx.stats = {}
                 decision = self.decide("on_step_end", c)
+                if self.metrics is not None:
+                    self.metrics.monitor(self.ctx.step, self.ctx.stats)
                 if decision != "continue":
                     return decision
         return "continue"
@@ -152,9 +156,12 @@ class _Loop:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
             self.scheduler.step()
             ctx.step += 1
             n_steps += 1
+            if self.metrics is not None:
+                self.metrics.step(ctx.step, {"loss": loss.item(), "lr": lr, **stats})
             for k, v in {"loss": loss.item(), **stats}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if hasattr(bar, "set_postfix"):
@@ -192,6 +199,8 @@ class _Loop:
                 decision = d if decision == "continue" else decision
         stats = dict(ctx.stats)
         ctx.history.append(stats)
+        if self.metrics is not None:
+            self.metrics.epoch(epoch, ctx.step, stats)
         value = stats.get(config.best_metric) if config.best_metric else None
         is_best = ctx.is_main and value is not None and (self.best_value is None or value > self.best_value)
         is_best = _broadcast(None, is_best, self.shard, self.device)[1]
@@ -288,7 +297,8 @@ def train(
     ``history.json``) every epoch, and ``resume=True`` continues from ``out_dir/last.pt``.
 
     Under torchrun the model is wrapped in DistributedDataParallel, each rank sees its shard of every epoch, and
-    only rank 0 writes. ``on_epoch`` receives each epoch's stats (rank 0). Checkpoints hold only tensors, numbers,
+    only rank 0 writes, with the per-step and per-epoch scalars in ``metrics.jsonl`` (and TensorBoard events with
+    ``config.tensorboard``). ``on_epoch`` receives each epoch's stats (rank 0). Checkpoints hold only tensors, numbers,
     strings, lists and dicts, so resuming reads them with ``weights_only=True`` (``trust_checkpoint`` lifts that).
     A non-finite loss stops training with a :class:`RobustlabError` before it reaches the weights.
     """
@@ -303,7 +313,12 @@ def train(
         from robustlab.training.checkpoint import resume_from
 
         resume_from(loop, trust_checkpoint)
-    epoch = loop.run(on_epoch)
+    loop.metrics = open_metrics(out, loop.ctx.is_main, config.tensorboard, loop.ctx.step if resume else None)
+    try:
+        epoch = loop.run(on_epoch)
+    finally:
+        if loop.metrics is not None:
+            loop.metrics.close()
     model.eval()
     return TrainResult(
         model, loop.ctx.history, epoch, loop.best_epoch, loop.best_value, loop.stop_reason, loop.train_seconds, out
