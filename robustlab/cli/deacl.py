@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab deacl`` trains: a student encoder of the teacher with DeACL's loss; model.pt is its
     classifier."""
-    from robustlab.ssl import Augment, DeACL, frozen_teacher, make_student, save_classifier
+    from robustlab.ssl import Augment, DeACL, frozen_teacher, make_student
     from robustlab.training import TrainingSetup
 
     threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
@@ -47,14 +47,14 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     student = make_student(teacher_net, args.init, args.seed).to(device)
     method = DeACL(frozen_teacher(teacher_net), threat, args.beta, args.steps, args.step_size, Augment(args.augment),
                    args.seed, center=args.center)  # fmt: skip
-    save = lambda path: save_classifier(path, student.net, arch, args.dataset, stage="deacl", teacher=args.teacher)  # noqa: E731
     banner = (
         f"DeACL on {args.dataset} ({len(train_set)} images, labels unused), teacher {args.teacher}, {threat.norm} "
         f"eps={threat.eps:.4g}, beta={args.beta}, PGD-{args.steps}, student init {args.init}"
         + (", centred cosines" if args.center else "")
     )
     return TrainingSetup(
-        student, method, train_set, c.train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher_net,),
+        student, method, train_set, c.train_config(args), saved=student.net, summary_keys=KEYS, fits=(teacher_net,),
         method_info={"teacher": args.teacher, "augment": args.augment, "init": args.init},
         report={"dataset": args.dataset}, banner=banner,
+        model_file={"arch": arch, "dataset": args.dataset, "stage": "deacl", "teacher": args.teacher},
     )  # fmt: skip

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab finetune`` trains: the encoder's classifier with a fresh (or its own) head, then evaluates."""
     from robustlab.data import dataset_info
-    from robustlab.ssl import FineTune, prepare_classifier, save_classifier
+    from robustlab.ssl import FineTune, prepare_classifier
     from robustlab.training import FinalEvaluation, TrainingSetup
 
     threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
@@ -68,9 +68,9 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         evaluation = FinalEvaluation(c.split_of(args, "test", args.eval_n), threat, args.autoattack, args.pgd_steps,
                                      args.pgd_restarts, seed=args.seed, progress=not args.no_progress)  # fmt: skip
     stage = f"finetune-{args.protocol}"
-    save = lambda path: save_classifier(path, net, arch, args.dataset, stage=stage, encoder=args.encoder)  # noqa: E731
     return TrainingSetup(
-        net, method, train_set, c.train_config(args), evaluation=evaluation, save_model=save, num_classes=num_classes,
+        net, method, train_set, c.train_config(args), evaluation=evaluation, saved=net, num_classes=num_classes,
         method_info={"encoder": args.encoder}, report={"dataset": args.dataset},
+        model_file={"arch": arch, "dataset": args.dataset, "stage": stage, "encoder": args.encoder},
         banner=f"{args.protocol.upper()} of {args.encoder} on {args.dataset} ({len(train_set)} images)",
     )  # fmt: skip

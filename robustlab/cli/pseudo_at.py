@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab pseudo-at`` trains: a student of the teacher on its pseudo-targets; model.pt is its
     classifier."""
-    from robustlab.ssl import Augment, PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student, save_classifier
+    from robustlab.ssl import Augment, PseudoAT, PseudoLabeler, kmeans_labeler, make_pseudo_student
     from robustlab.training import TrainingSetup
 
     if args.targets != "kmeans" and args.clusters != 10:
@@ -68,12 +68,13 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         seed=args.seed,
     )  # fmt: skip
     net = student.net if args.targets == "embedding" else student
-    save = lambda path: save_classifier(path, net, arch, args.dataset, stage="pseudo-at", targets=args.targets)  # noqa: E731
     return TrainingSetup(
-        student, method, train_set, c.train_config(args), save_model=save, summary_keys=KEYS, fits=(teacher,),
+        student, method, train_set, c.train_config(args), saved=net, summary_keys=KEYS, fits=(teacher,),
         method_info={"teacher": args.teacher, "clusters": num_classes, "init": args.init, "augment": args.augment,
                      "steps": args.steps},
         report={"dataset": args.dataset},
+        model_file={"arch": arch, "dataset": args.dataset, "stage": "pseudo-at", "targets": args.targets,
+                    "outputs": "clusters" if args.targets == "kmeans" else "classes"},
         banner=f"pseudo-AT ({args.targets} targets, {args.loss}) on {args.dataset} ({len(train_set)} images), "
         f"teacher {args.teacher}, student init {args.init}, {threat.norm} eps={threat.eps:.4g}",
     )  # fmt: skip

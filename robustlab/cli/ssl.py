@@ -47,12 +47,12 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     classifier."""
     from robustlab.data import load_dataset
     from robustlab.models import load_model, model_arch, seeded_weights
-    from robustlab.ssl import KNNMonitor, SSLModel, make_ssl_method, save_classifier
+    from robustlab.ssl import KNNMonitor, SSLModel, make_ssl_method
     from robustlab.training import TrainingSetup
 
     train_set = c.split_of(args, "train", args.n)
     net = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, dataset=args.dataset, seed=args.seed)
-    arch = args.model if args.model in ARCHITECTURES else model_arch(args.model)[0]
+    arch = model_arch(args.model)[0]
     with seeded_weights(args.seed):
         model = SSLModel(net, args.proj_hidden, args.proj_dim).to(device)
     options = {"tau_beta": args.tau_beta} if args.method == "simco" else {}
@@ -63,10 +63,10 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         test = load_dataset(args.dataset, "test", args.data_root, args.download)
         take = lambda ds, n: tuple(torch.utils.data.default_collate([ds[i] for i in range(min(n, len(ds)))]))  # noqa: E731
         callbacks.append(KNNMonitor(take(full_train, args.knn_n), take(test, max(args.knn_n // 4, 100))))
-    save = lambda path: save_classifier(path, net, arch, args.dataset, stage="ssl", method=args.method)  # noqa: E731
     return TrainingSetup(
-        model, method, train_set, c.train_config(args), callbacks, save_model=save, summary_keys=("knn_accuracy",),
+        model, method, train_set, c.train_config(args), callbacks, saved=net, summary_keys=("knn_accuracy",),
         method_info={"projector": [args.proj_hidden, args.proj_dim], "model": args.model, "arch": arch},
         report={"dataset": args.dataset},
+        model_file={"arch": arch, "dataset": args.dataset, "stage": "ssl", "method": args.method},
         banner=f"{args.method} on {args.dataset} ({len(train_set)} images, labels unused), model {args.model}",
     )  # fmt: skip

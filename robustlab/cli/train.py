@@ -24,13 +24,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"report.md, curves.png, model.pt). Under torchrun it trains with DDP. Example: {EXAMPLE}",
     )
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--model", required=True, help=f"architecture ({', '.join(ARCHITECTURES)}) or a model spec")
-    p.add_argument("--checkpoint", metavar="FILE", help="start weights for a module:factory model spec")
+    p.add_argument(
+        "--model", required=True, metavar="ARCH|SPEC",
+        help=f"a fresh architecture ({', '.join(ARCHITECTURES)}) or a model to start from: zoo:NAME, a robustlab run "
+        "folder or model.pt, torchvision:NAME (--num-classes), package.module:factory (+ --checkpoint)",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", metavar="FILE", help="start weights for a torchvision:/module:factory model spec")
+    p.add_argument("--num-classes", type=c.positive_int, help="outputs of a torchvision:/module:factory model")
     p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
     c.add_training_args(p, "train", eps=True)
     p.add_argument(
-        "--eval-n", type=c.nonnegative_int, default=1000, help="test items of the final evaluation (0: none)"
-    )
+        "--eval-n", type=c.nonnegative_int, default=1000,
+        help="test items of the final PGD-50-10 evaluation (default: 1000; its cost is ~500 forward+backward passes "
+        "per item: lower it, or 0 to skip)",
+    )  # fmt: skip
     g = p.add_argument_group("method")
     c.add_step_size_arg(g, "step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps fgsm/n-fgsm, eps/4 pgd)")
     g.add_argument("--noise", choices=NOISE_KINDS, help="noiseaug: noise distribution (default: uniform)")
@@ -65,7 +72,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab train`` trains: the method, the model, the data, the CO monitor and the final evaluation."""
     from robustlab.data import dataset_info
     from robustlab.defenses import COMonitor, make_method
-    from robustlab.models import load_model
+    from robustlab.models import load_model, model_arch
     from robustlab.training import FinalEvaluation, TrainingSetup
 
     threat = c.threat_of(args)
@@ -74,7 +81,8 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         noise_multiple=args.noise_multiple, lam=args.gradalign_lambda, steps=args.pgd_steps,
     )  # fmt: skip
     train_set = c.split_of(args, "train", args.n)
-    model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, dataset=args.dataset, seed=args.seed)
+    model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, args.num_classes,
+                       dataset=args.dataset, seed=args.seed)  # fmt: skip
     callbacks = []
     if args.monitor_n > 0:
         xs, ys = zip(*(train_set[i] for i in range(min(args.monitor_n, len(train_set)))))
@@ -90,5 +98,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         model, method, train_set, config, callbacks, evaluation, export=args.export, num_classes=dataset_info(
             args.dataset)["num_classes"], curves_title=f"{method.name}, eps={threat.eps:.4g}",
         report={"model": args.model, "dataset": args.dataset},
+        model_file={"arch": model_arch(args.model)[0], "dataset": args.dataset, "stage": "train",
+                    "method": args.method},
         banner=f"training {args.model} on {args.dataset} with {method.name} ({threat.norm} eps={threat.eps:.4g})",
     )  # fmt: skip

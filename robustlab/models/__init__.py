@@ -1,22 +1,36 @@
 """Models: the embedded zoo, standard architectures, the Normalize wrapper and one loader."""
 
 from robustlab.models.arch import ARCHITECTURES, MLP, SmallCNN, preact_resnet18, resnet18, seeded_weights
-from robustlab.models.loader import build_model, load_checkpoint, load_model, load_weights, model_arch, zoo_index
+from robustlab.models.loader import (
+    build_model,
+    build_spec,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    model_arch,
+    model_file_header,
+    zoo_index,
+)
+from robustlab.models.model_file import MODEL_FORMAT, save_model
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
 __all__ = [
     "ARCHITECTURES",
     "DATASET_STATS",
+    "MODEL_FORMAT",
     "MLP",
     "Normalize",
     "SmallCNN",
     "build_model",
+    "build_spec",
     "load_checkpoint",
     "load_model",
     "load_weights",
     "model_arch",
+    "model_file_header",
     "preact_resnet18",
     "resnet18",
+    "save_model",
     "seeded_weights",
     "zoo_index",
 ]

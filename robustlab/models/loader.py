@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
+import sys
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from torch import nn
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import safe_load
 from robustlab.models.arch import ARCHITECTURES, seeded_weights
+from robustlab.models.model_file import is_model_file, model_from_file
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
 log = logging.getLogger(__name__)
@@ -31,21 +36,50 @@ def zoo_index() -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def build_model(arch: str, dataset: str = "fashion-mnist", num_classes: int | None = None, **kwargs: Any) -> nn.Module:
-    """A fresh ``arch`` for ``dataset``, wrapped in the dataset's :class:`Normalize`."""
+def build_model(
+    arch: str,
+    dataset: str = "fashion-mnist",
+    num_classes: int | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_shape: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A fresh ``arch`` for ``dataset`` (or images of ``input_shape``), wrapped in :class:`Normalize` (the
+    dataset's statistics unless ``mean``/``std`` are given)."""
     from robustlab.data import dataset_info
 
     if arch not in ARCHITECTURES:
         raise RobustlabError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     info = dataset_info(dataset)
+    channels, size = (input_shape[0], input_shape[-1]) if input_shape else (info["channels"], info["image_size"])
     model = ARCHITECTURES[arch](
-        in_channels=info["channels"],
-        num_classes=num_classes or info["num_classes"],
-        image_size=info["image_size"],
-        **kwargs,
+        in_channels=channels, num_classes=num_classes or info["num_classes"] or 10, image_size=size, **kwargs
     )
-    mean, std = DATASET_STATS.get(info["stats"], ((0.5,) * info["channels"], (0.5,) * info["channels"]))
-    return Normalize(model, mean, std)
+    stats = DATASET_STATS.get(info["stats"]) if channels == info["channels"] else None
+    default_mean, default_std = stats or ((0.5,) * channels, (0.5,) * channels)
+    return Normalize(model, mean or default_mean, std or default_std)
+
+
+def build_spec(
+    arch: str,
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_shape: Sequence[int] | None = None,
+    dataset: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """An untrained network from what a model file records: an architecture name, ``torchvision:NAME`` or
+    ``package.module:factory``, with its classes and normalisation."""
+    if arch in ARCHITECTURES:
+        return build_model(arch, dataset or "fashion-mnist", num_classes, mean=mean, std=std, input_shape=input_shape,
+                           **kwargs)  # fmt: skip
+    if arch.startswith("torchvision:"):
+        return _load_torchvision(arch.removeprefix("torchvision:"), num_classes, mean, std)
+    model = _load_factory(arch, num_classes)
+    return Normalize(model, mean, std) if mean is not None and not isinstance(model, Normalize) else model
 
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
@@ -66,6 +100,18 @@ def _state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (a dict of tensors)")
 
 
+def mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """The first difference between a model's state dict and a checkpoint's, in a few words (None: they fit)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            return f"unexpected key {key!r}"
+        if hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            return f"{key!r} is {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
+    missing = [k for k in own if k not in state]
+    return f"missing key {missing[0]!r}" if missing else None
+
+
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = False) -> nn.Module:
     """Load a checkpoint's weights into ``model`` (also into the inner model of a Normalize wrapper)."""
     state = _state_dict(load_checkpoint(checkpoint, trust), checkpoint)
@@ -76,9 +122,10 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = 
             target.load_state_dict(state)
             return model
         except RuntimeError as exc:
-            errors.append(str(exc).splitlines()[0])
+            errors.append(mismatch(target, state) or str(exc).splitlines()[0])
+    hint = "; a different number of classes? pass --num-classes" if "in the checkpoint but" in errors[0] else ""
     raise CheckpointError(
-        f"checkpoint {str(checkpoint)!r} does not fit the model ({errors[0]}); check the architecture and "
+        f"checkpoint {str(checkpoint)!r} does not fit the model ({errors[0]}{hint}); check the architecture and "
         "number of classes"
     )
 
@@ -92,54 +139,60 @@ def load_model(
     *,
     dataset: str = "fashion-mnist",
     seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> nn.Module:
     """The one model loader: a classifier from a spec, returned in eval mode on ``device``, taking [0, 1] pixels.
 
     Specs: an architecture name (``cnn``, ...: a fresh model for ``dataset``, weights drawn from ``seed`` without
-    touching the global RNG), ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation added;
-    weights from ``checkpoint``), ``package.module:factory`` (+ ``checkpoint``), the path of a checkpoint that names
-    its architecture (``{"model_state", "arch", "dataset"}``, as robustlab's trainers save) or the run folder that
-    holds it as ``model.pt``, or a TorchScript file.
+    touching the global RNG), ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation unless
+    ``mean``/``std``; ``num_classes`` outputs; weights from ``checkpoint``), ``package.module:factory`` (imported
+    from the current folder too, as ``python -m`` does; + ``checkpoint``), a robustlab model file (what every
+    training command writes as ``OUT/model.pt``) or the run folder holding it, or a TorchScript file.
     """
     if spec in ARCHITECTURES and not os.path.exists(spec):
         with seeded_weights(seed):
-            model = build_model(spec, dataset, num_classes=num_classes)
+            model = build_model(spec, dataset, num_classes=num_classes, mean=mean, std=std)
         return model.to(device).eval()
-    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "model.pt")):
+    if spec.startswith(("robustbench:", "timm:")):  # other zoos (robustlab.models.hub), weights from local files
+        from robustlab.models.hub import load_hub_model
+
+        return load_hub_model(spec, checkpoint, trust_checkpoint, num_classes).to(device).eval()
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, "model.pt")):
+            raise RobustlabError(
+                f"folder {spec!r} holds no model.pt; give a finished robustlab run folder (training writes model.pt "
+                "at the end) or a model file"
+            )
         spec = os.path.join(spec, "model.pt")
     if spec.startswith("zoo:"):
         model = _load_zoo(spec[4:])
     elif spec.startswith("torchvision:"):
-        model = _load_torchvision(spec[len("torchvision:") :], num_classes)
+        model = _load_torchvision(spec[len("torchvision:") :], num_classes, mean, std)
         if checkpoint is None:
-            log.warning("torchvision:%s has random weights; pass a checkpoint", spec)
+            log.warning("%s has random weights (no --checkpoint given); pass --checkpoint FILE", spec)
     elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
-        model = saved if isinstance(saved, nn.Module) else _from_saved(spec, saved)
+        model = saved if isinstance(saved, nn.Module) else model_from_file(spec, saved)
     elif Path(spec).is_file():
         model = _load_torchscript(spec)
     elif ":" in spec:
-        model = _load_factory(spec)
+        model = _load_factory(spec, num_classes)
+        if mean is not None:
+            model = Normalize(model, mean, std)
+        if checkpoint is None:
+            log.warning(
+                "%s given without --checkpoint: its weights are whatever the factory sets (random unless it loads "
+                "them); pass --checkpoint FILE", spec,
+            )  # fmt: skip
     else:
         raise RobustlabError(
-            f"cannot read model spec {spec!r}; use zoo:NAME ({', '.join(zoo_index()) or 'none installed'}), "
-            "torchvision:NAME, package.module:factory, or the path of a TorchScript file"
+            f"cannot read model spec {spec!r}; use an architecture ({', '.join(ARCHITECTURES)}), zoo:NAME "
+            f"({', '.join(zoo_index()) or 'none installed'}), torchvision:NAME, package.module:factory, a robustlab "
+            "run folder or model file, or the path of a TorchScript file"
         )
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
     return model.to(device).eval()
-
-
-def _from_saved(spec: str, saved: dict[str, Any]) -> nn.Module:
-    """The classifier a robustlab model file describes (architecture, dataset, classes, state)."""
-    model = build_model(saved["arch"], saved.get("dataset") or "fashion-mnist", num_classes=saved.get("num_classes"))
-    try:
-        model.load_state_dict(saved["model_state"])
-    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
-        raise CheckpointError(
-            f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
-            f"({str(exc).splitlines()[0]}); the file is damaged: save or train it again"
-        ) from None
-    return model
 
 
 def _load_torchscript(spec: str) -> nn.Module:
@@ -157,19 +210,32 @@ def _load_torchscript(spec: str) -> nn.Module:
 
 
 def model_arch(spec: str) -> tuple[str | None, str | None]:
-    """The ``(arch, dataset)`` a model spec was built from, where robustlab knows it (zoo or its own model file)."""
+    """The ``(arch, dataset)`` a model spec was built from, where robustlab knows it: an architecture name, the
+    zoo's or a model file's architecture, or the spec itself for ``torchvision:NAME`` and ``module:factory``."""
+    if spec in ARCHITECTURES and not os.path.exists(spec):
+        return spec, None
     if spec.startswith("zoo:") and spec[4:] in zoo_index():
         meta = zoo_index()[spec[4:]]
         return meta["arch"], meta["dataset"]
-    path = os.path.join(spec, "model.pt") if os.path.isdir(spec) else spec
-    if os.path.isfile(path):
-        try:
-            obj = load_checkpoint(path)
-        except RobustlabError:
-            return None, None
-        if isinstance(obj, dict):
-            return obj.get("arch"), obj.get("dataset")
+    header = model_file_header(spec)
+    if header is not None:
+        return header.get("arch"), header.get("dataset")
+    if spec.startswith("torchvision:") or (":" in spec and not os.path.exists(spec)):
+        return spec, None
     return None, None
+
+
+def model_file_header(spec: str) -> dict[str, Any] | None:
+    """What a robustlab model file (or the run folder holding one) says about its model, without the weights;
+    None for any other spec."""
+    path = os.path.join(spec, "model.pt") if os.path.isdir(spec) else spec
+    if not os.path.isfile(path):
+        return None
+    try:
+        obj = load_checkpoint(path)
+    except RobustlabError:
+        return None
+    return {k: v for k, v in obj.items() if k not in ("state_dict", "model_state")} if is_model_file(obj) else None
 
 
 def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
@@ -192,11 +258,12 @@ def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
         return None  # not a PyTorch pickle at all: perhaps TorchScript, which torch.jit.load will judge
     if isinstance(obj, nn.Module):
         return obj
-    if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("model_state"), dict):
+    if is_model_file(obj):
         return obj
     raise CheckpointError(
-        f"model file {path!r} holds weights but no architecture; give the architecture as package.module:factory "
-        "(or zoo:/torchvision:) and this file as --checkpoint"
+        f"model file {path!r} holds weights but no architecture (a bare state dict); load it as --model ARCH "
+        "--checkpoint FILE with ARCH the architecture it was saved from (cnn, zoo:NAME, torchvision:NAME "
+        "--num-classes N, package.module:factory)"
     )
 
 
@@ -209,7 +276,9 @@ def _load_zoo(name: str) -> nn.Module:
     return load_weights(model, ZOO_DIR / meta["checkpoint"])
 
 
-def _load_torchvision(name: str, num_classes: int | None) -> nn.Module:
+def _load_torchvision(
+    name: str, num_classes: int | None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> nn.Module:
     import torchvision
 
     try:
@@ -217,18 +286,44 @@ def _load_torchvision(name: str, num_classes: int | None) -> nn.Module:
         net = torchvision.models.get_model(name, weights=None, **kwargs)
     except ValueError:
         raise RobustlabError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
-    mean, std = DATASET_STATS["imagenet"]
-    return Normalize(net, mean, std)
+    default_mean, default_std = DATASET_STATS["imagenet"]
+    return Normalize(net, mean or default_mean, std or default_std)
 
 
-def _load_factory(spec: str) -> nn.Module:
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current folder on ``sys.path`` for one import, as ``python -m`` has it; ``sys.path`` restored after."""
+    added = "" not in sys.path and os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        yield
+    finally:
+        if added and os.getcwd() in sys.path:
+            sys.path.remove(os.getcwd())
+
+
+def _load_factory(spec: str, num_classes: int | None = None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        with _cwd_importable():
+            factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise RobustlabError(f"cannot import {spec!r} ({exc}); give an importable package.module:factory") from None
+        raise RobustlabError(
+            f"cannot import {spec!r} ({exc}); give package.module:factory importable from the current folder "
+            f"({os.getcwd()}) or from PYTHONPATH"
+        ) from None
+    kwargs = {}
+    if num_classes is not None:
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "num_classes" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            raise RobustlabError(f"model factory {spec!r} takes no num_classes argument; drop --num-classes")
+        kwargs["num_classes"] = num_classes
     try:
-        model = factory()
+        model = factory(**kwargs)
     except Exception as exc:  # the user's code: any error is theirs to fix, in one line
         cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise RobustlabError(f"model factory {spec!r} raised {type(exc).__name__}: {cause}; fix the factory") from None

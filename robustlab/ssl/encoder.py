@@ -98,14 +98,10 @@ class SSLModel(nn.Module):
 def save_classifier(
     path: str | os.PathLike, net: nn.Module, arch: str | None, dataset: str | None, **meta: Any
 ) -> None:
-    """Save a classifier as ``{"model_state", "arch", "dataset", ...}`` (``robustlab.models.load_model`` reads it)."""
-    from robustlab.io import atomic_torch_save
+    """Save a classifier as robustlab's one model file (``robustlab.models.save_model``; ``load_model`` reads it)."""
+    from robustlab.models import save_model
 
-    head = classifier_head(net)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    atomic_torch_save(
-        {"model_state": state, "arch": arch, "dataset": dataset, "num_classes": head.out_features, **meta}, path
-    )
+    save_model(path, net, arch, dataset=dataset, **meta)
 
 
 __all__ = ["Encoder", "Projector", "SSLModel", "classifier_head", "replace_head", "save_classifier"]

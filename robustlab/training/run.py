@@ -1,7 +1,8 @@
 """One training run in a run folder, shared by every training command (``train``, ``ssl``, ``deacl``, ``pseudo-at``,
 ``finetune``): join torchrun's process group, lock ``OUT`` and check ``--resume`` against the settings that change
 the result, build what is trained on the run's device, check that the model fits the data, train through the one
-loop, write ``model.pt``, evaluate through the evaluator and write the report. :func:`run_training` is the call.
+loop, write ``model.pt`` (a model file naming its architecture, classes and normalisation), evaluate through
+the evaluator and write the report. :func:`run_training` is the call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class TrainingSetup:
     config: TrainConfig
     callbacks: list[Any] = field(default_factory=list)
     evaluation: FinalEvaluation | None = None  # the final evaluation (None: none)
-    save_model: Callable[[Path], None] | None = None  # writes OUT/model.pt (default: the model's state dict)
+    save_model: Callable[[Path], None] | None = None  # writes OUT/model.pt itself (default: the model file below)
+    model_file: dict[str, Any] = field(default_factory=dict)  # arch, dataset, ...: what OUT/model.pt records
+    saved: nn.Module | None = None  # the classifier OUT/model.pt holds (default: model)
     export: str | os.PathLike | None = None  # also save the final state dict here
     curves_title: str | None = None  # plot OUT/curves.png (the CO monitor's accuracies) under this title
     summary_keys: tuple[str, ...] = ()  # last-epoch stats for the summary table
@@ -90,14 +93,20 @@ def check_fits(model: nn.Module, train_set: Dataset, device: torch.device, num_c
         )
 
 
-def _finish_run(setup: TrainingSetup, result: Any, out: Path, device: torch.device) -> dict[str, Any] | None:
-    """Rank 0 after training: model.pt (and the export), curves, the final evaluation."""
+def _finish_run(
+    setup: TrainingSetup, result: Any, out: Path, device: torch.device, command: str | None
+) -> dict[str, Any] | None:
+    """Rank 0 after training: model.pt (a self-describing model file; the export a state dict), curves, the final
+    evaluation."""
     from robustlab.io import atomic_torch_save
+    from robustlab.models import save_model
 
     if setup.save_model is not None:
         setup.save_model(out / "model.pt")
     else:
-        atomic_torch_save(setup.model.state_dict(), out / "model.pt")
+        shape = tuple(setup.train_set[0][0].shape)
+        info = {"arch": None, **setup.model_file}
+        save_model(out / "model.pt", setup.saved or setup.model, input_shape=shape, command=command, **info)
     if setup.export:
         atomic_torch_save(setup.model.state_dict(), setup.export)
     if setup.curves_title is not None and result.history:
@@ -147,7 +156,7 @@ def run_training(
                            trust_checkpoint=trust_checkpoint)  # fmt: skip
             if not shard.is_main:
                 return None
-            evaluation = _finish_run(setup, result, folder.path, run_device)
+            evaluation = _finish_run(setup, result, folder.path, run_device, command_line)
             info = {**(setup.method.config() if hasattr(setup.method, "config") else {}), **setup.method_info}
             report = TrainReport(
                 kind, info, asdict(setup.config), result.history, result.epochs_done, result.best_epoch,
