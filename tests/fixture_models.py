@@ -26,3 +26,19 @@ def five_classes() -> nn.Module:
 
 def linear_fmnist() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+def rounding_cnn(levels: int = 4) -> nn.Module:
+    """zoo:fmnist-cnn behind ``round(levels * x) / levels`` (module ``preprocess``): zero input gradients."""
+    from robustlab.models import load_model
+    from robustlab.models.preprocess import Quantize, defended
+
+    return defended(load_model("zoo:fmnist-cnn"), Quantize(levels))
+
+
+def noisy_cnn(sigma: float = 0.3) -> nn.Module:
+    """zoo:fmnist-cnn with Gaussian noise of std ``sigma`` on the input at every forward pass."""
+    from robustlab.models import load_model
+    from robustlab.models.preprocess import GaussianNoise, defended
+
+    return defended(load_model("zoo:fmnist-cnn"), GaussianNoise(sigma))

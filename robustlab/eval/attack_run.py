@@ -15,6 +15,7 @@ from torch import nn
 from robustlab.attacks import Targeted, attack_from_spec
 from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Evaluator
+from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.eval.report import TopKStats
 from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model, settings
@@ -90,6 +91,7 @@ class AttackReport:
     wall_time_s: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # 95 % Clopper-Pearson: clean, robust, ASR
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,9 +101,15 @@ class AttackReport:
     def rows(self) -> list[list[Any]]:
         """The table the CLI prints: metric, value."""
         return [
-            ["clean accuracy", f"{100 * self.clean_accuracy:.2f} %"],
-            ["robust accuracy (top-1)", f"{100 * self.robust_accuracy:.2f} %"],
-            ["attack success rate", f"{100 * self.attack_success_rate:.2f} %"],
+            ["clean accuracy", f"{format_interval(self.clean_accuracy, self.intervals.get('clean_accuracy'), 2)} %"],
+            [
+                "robust accuracy (top-1)",
+                f"{format_interval(self.robust_accuracy, self.intervals.get('robust_accuracy'), 2)} %",
+            ],
+            [
+                "attack success rate",
+                f"{format_interval(self.attack_success_rate, self.intervals.get('attack_success_rate'), 2)} %",
+            ],
             *(
                 [["the attack's own goal reached (target, top-k)", f"{100 * self.criterion_success_rate:.2f} %"]]
                 if self.criterion_success_rate != self.attack_success_rate
@@ -157,6 +165,13 @@ def run_attack(
         runner.config(), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
         config={**settings(config, exclude=("attack", "extra")), **config.extra},
         wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
+        intervals={
+            "clean_accuracy": list(clopper_pearson(int(result.clean_correct.sum()), result.n)),
+            "robust_accuracy": list(clopper_pearson(int(result.robust.sum()), result.n)),
+            "attack_success_rate": list(
+                clopper_pearson(int((result.clean_correct & ~result.robust).sum()), int(result.clean_correct.sum()))
+            ),
+        },
     )  # fmt: skip
     if out is not None:
         report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))

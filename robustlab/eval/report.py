@@ -140,7 +140,15 @@ class EvalReport:
             for a in [*names, "worst case"]:
                 s = e.worst_case_topk if a == "worst case" else e.attacks[a].topk
                 topk_rows.append(
-                    [f"{e.eps:.4g}", a, *[_pct(s.asr[k]) for k in ks], *[_pct(s.robust_accuracy[k]) for k in ks]]
+                    [
+                        f"{e.eps:.4g}",
+                        a,
+                        *[_pct(s.asr[k]) for k in ks],
+                        *[
+                            _ci(s.robust_accuracy[k], (s.intervals or {}).get("robust_accuracy", {}).get(str(k)))
+                            for k in ks
+                        ],
+                    ]
                     + [f"{s.icr['mean']:.2f}", f"{s.icr['median']:.0f}"]
                 )
         headers = ["eps", "attack", *[f"top-{k} ASR" for k in ks], *[f"top-{k} robust" for k in ks], "ICR mean"]

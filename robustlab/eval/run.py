@@ -45,7 +45,7 @@ from robustlab.eval.sources import (
     settings,
 )
 from robustlab.io import atomic_torch_save, environment, write_json
-from robustlab.models.bpda import bpda
+from robustlab.models.bpda import bpda, check_modules
 from robustlab.runs import RunFolder, text_digest
 from robustlab.threat import ThreatModel
 
@@ -174,6 +174,7 @@ def run_evaluation(
         module, model_name, model_key = resolve_model(model, device)
         data, data_name, split, data_key = resolve_data(dataset)
         probe(module, data, device, config.topk)
+        check_modules(module, config.bpda)
         surrogate = resolve_model(config.surrogate, device)[0] if config.surrogate is not None else None
         fingerprint = {**model_key, **data_key, **config.fingerprint(attacks)}
         folder = (

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.protocol import check_labels, model_logits
-from robustlab.data import first_n, load_dataset
+from robustlab.data import first_n, load_dataset, num_classes_of
 from robustlab.errors import RobustlabError
 from robustlab.runs import file_digest
 
@@ -28,16 +28,21 @@ class ModelSource:
     spec: str
     checkpoint: str | None = None
     trust_checkpoint: bool = False
+    num_classes: int | None = None  # outputs of a torchvision:/module:factory model
+    mean: tuple[float, ...] | None = None  # normalisation put in front of it (torchvision: ImageNet's by default)
+    std: tuple[float, ...] | None = None
 
     def load(self, device: torch.device | str = "cpu") -> nn.Module:
         from robustlab.models import load_model
 
-        return load_model(self.spec, self.checkpoint, self.trust_checkpoint, device=device)
+        return load_model(self.spec, self.checkpoint, self.trust_checkpoint, device, self.num_classes,
+                          mean=self.mean, std=self.std)  # fmt: skip
 
     def fingerprint(self) -> dict[str, Any]:
         """The spec and checkpoint, with the content of model files (a file changed under the same name is
         another model)."""
         keys: dict[str, Any] = {"model": self.spec, "checkpoint": self.checkpoint}
+        keys.update({k: getattr(self, k) for k in ("num_classes", "mean", "std") if getattr(self, k) is not None})
         for name in ("model", "checkpoint"):
             if keys[name] and Path(keys[name]).is_file():
                 keys[f"{name}_sha256"] = file_digest(keys[name])
@@ -53,12 +58,17 @@ class DataSource:
     n: int | None = None
     root: str | None = None
     download: bool = True
+    image_size: int | None = None  # imagefolder: resize and crop to this (default 256 / 224)
+    channels: int | None = None  # imagefolder: 1 (grey) or 3 (RGB, the default)
 
     def load(self) -> Dataset:
-        return first_n(load_dataset(self.name, self.split, self.root, self.download), self.n)
+        data = load_dataset(self.name, self.split, self.root, self.download, image_size=self.image_size,
+                            channels=self.channels)  # fmt: skip
+        return first_n(data, self.n)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"dataset": self.name, "split": self.split, "n": self.n}
+        shape = {k: getattr(self, k) for k in ("image_size", "channels") if getattr(self, k) is not None}
+        return {"dataset": self.name, "split": self.split, "n": self.n, **shape}
 
 
 def settings(config: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -119,6 +129,12 @@ def probe(model: nn.Module, data: Data, device: torch.device | str, ks: Sequence
         ) from None
     num_classes = logits.shape[1]
     check_labels(y.to(logits.device), num_classes)
+    classes = num_classes_of(data) if not isinstance(data, tuple) else None
+    if classes is not None and classes != num_classes:  # e.g. 50 k-means cluster outputs judged against 10 labels
+        raise RobustlabError(
+            f"the model has {num_classes} outputs but the dataset {classes} classes, so its predictions cannot be "
+            "judged against the labels; use a classifier with one output per class (e.g. robustlab finetune)"
+        )
     bad = [k for k in ks or [] if not 1 <= k < num_classes]
     if bad:
         raise RobustlabError(

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustlab.attacks.protocol import Attack, model_logits
 from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Evaluator, top1_correct
+from robustlab.eval.intervals import format_interval, interval
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import markdown_table
 from robustlab.plots import save_png, subplots
@@ -86,6 +87,7 @@ class TransferResult:
             "targets": self.targets,
             "attacks": {name: self.attack_configs.get(name, {}) for name in self.attacks},
             "clean_accuracy": self.clean_accuracy,
+            "clean_accuracy_ci": {m: interval(a, self.n) for m, a in self.clean_accuracy.items()},  # 95 % exact
             "matrix": {
                 a: {str(k): {"rows": self.sources, "columns": self.targets, "asr": self.matrix(a, k)} for k in self.ks}
                 for a in self.attacks
@@ -97,7 +99,7 @@ class TransferResult:
 
     def clean_table(self) -> str:
         """Clean accuracy of every surrogate and target."""
-        rows = [[m, f"{100 * a:.2f} %"] for m, a in self.clean_accuracy.items()]
+        rows = [[m, f"{format_interval(a, interval(a, self.n))} %"] for m, a in self.clean_accuracy.items()]
         return markdown_table(["model", "clean accuracy"], rows)
 
     def to_markdown(self) -> str:

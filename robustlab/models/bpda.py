@@ -5,7 +5,7 @@ it. The forward values are unchanged, so a model with BPDA placed in it predicts
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,12 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (modules[parent] if parent else model), leaf
 
 
+def check_modules(model: nn.Module, names: Sequence[str]) -> None:
+    """One error line for a module name ``model`` does not have (before any work)."""
+    for name in names:
+        _parent(model, name)
+
+
 @contextlib.contextmanager
 def bpda(model: nn.Module, names: Sequence[str], backward: nn.Module | None = None) -> Iterator[nn.Module]:
     """Place :class:`BPDA` on the modules ``names`` (as ``model.named_modules()`` names them) for the ``with`` block,
@@ -63,13 +69,16 @@ def masking_modules(model: nn.Module, x: Tensor) -> list[str]:
     """The leaf modules whose output carries no gradient back to their input although the input needs one (zero,
     NaN/inf or a cut graph), and whose output has the input's shape (so the identity can stand in backward)."""
     seen: dict[str, tuple[Tensor, Tensor]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            hook = module.register_forward_hook(
-                lambda m, args, out, name=name: seen.setdefault(name, (args[0], out)) if args else None
-            )
-            hooks.append(hook)
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:  # returns None: the output stays as it is
+            if args and name not in seen:
+                seen[name] = (args[0], out)
+
+        return hook
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    hooks = [module.register_forward_hook(record(name)) for name, module in leaves]
     try:
         with torch.enable_grad():
             model(x.detach().clone().requires_grad_(True))
@@ -90,4 +99,4 @@ def masking_modules(model: nn.Module, x: Tensor) -> list[str]:
     return found
 
 
-__all__ = ["BPDA", "bpda", "masking_modules"]
+__all__ = ["BPDA", "bpda", "check_modules", "masking_modules"]
