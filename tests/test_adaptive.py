@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from fixture_models import rounding_cnn
+
 from robustlab.attacks import PGD, AutoAttack, TransferAttack
 from robustlab.attacks.bpda import BPDAAttack
 from robustlab.cli import main
