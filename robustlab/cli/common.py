@@ -95,6 +95,7 @@ def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> No
         help="zoo:NAME, torchvision:NAME, package.module:factory, or a TorchScript file",
     )
     parser.add_argument("--checkpoint", metavar="FILE", help="weights for torchvision:/module:factory models")
+    parser.add_argument("--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (./models)")
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
