@@ -57,9 +57,10 @@ def dataset_info(name: str) -> dict[str, Any]:
 class ImageTensorDataset(Dataset):
     """Images held in memory as uint8 (N, C, H, W); items are ``(float image in [0, 1], label)``."""
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
         self.images = images
         self.labels = labels.long()
+        self.num_classes = num_classes  # how many classes the labels index (None: unknown)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,7 +102,8 @@ def _load_idx_dataset(base: str, split: str, root: str | None, download: bool) -
         if img and lbl:
             log.info("reading %s %s from %s", base, split, folder)
             images = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
-            return ImageTensorDataset(images, torch.from_numpy(_read_idx(lbl).astype(np.int64)))
+            labels = torch.from_numpy(_read_idx(lbl).astype(np.int64))
+            return ImageTensorDataset(images, labels, DATASETS[base]["num_classes"])
     searched = ", ".join(str(f) for f in _idx_search_path(base, root))
     hint = f"install Debian's dataset-{base} package or pass --data-root"
     if not download:
@@ -114,19 +116,30 @@ def _load_idx_dataset(base: str, split: str, root: str | None, download: bool) -
         ds = cls(target, train=split == "train", download=True)
     except (RuntimeError, OSError) as exc:  # no network
         raise RobustlabError(f"{base} not found in {searched} and the download failed ({exc}); {hint}") from None
-    return ImageTensorDataset(ds.data.unsqueeze(1), ds.targets)
+    return ImageTensorDataset(ds.data.unsqueeze(1), ds.targets, DATASETS[base]["num_classes"])
 
 
-def load_dataset(name: str, split: str = "test", root: str | None = None, download: bool = True) -> Dataset:
+def load_dataset(
+    name: str,
+    split: str = "test",
+    root: str | None = None,
+    download: bool = True,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> Dataset:
     """A dataset by name and split (``train`` or ``test``) whose items are ``(image in [0, 1], label)``.
 
-    Files already on disk are always used first; ``download`` only allows fetching missing ones.
+    Files already on disk are always used first; ``download`` only allows fetching missing ones. ``image_size`` and
+    ``channels`` apply to ``imagefolder:PATH`` (default: resize 256, centre crop 224, RGB, ImageNet's protocol).
     """
     base, path = _canonical(name)
     if split not in ("train", "test"):
         raise RobustlabError(f"unknown split {split!r}; choose train or test")
     if root is not None and not Path(root).is_dir():  # never fall back silently to another copy of the data
         raise RobustlabError(f"--data-root {root!r} is not an existing folder; check the path or leave it out")
+    if (image_size is not None or channels is not None) and base != "imagefolder":
+        raise RobustlabError(f"--image-size and --channels apply to imagefolder:PATH only, not to {base}")
     if base in _TORCHVISION_DIR:
         return _load_idx_dataset(base, split, root, download)
     import torchvision
@@ -143,17 +156,48 @@ def load_dataset(name: str, split: str = "test", root: str | None = None, downlo
             return torchvision.datasets.SVHN(root, split=split, transform=to_tensor, download=download)
     except (RuntimeError, OSError) as exc:
         raise RobustlabError(f"{base} not found under {root!r} and not downloaded ({exc}); pass --data-root") from None
+    return _image_folder(path, split, image_size, channels)
+
+
+def _image_folder(path: str | None, split: str, image_size: int | None, channels: int | None) -> Dataset:
+    """``PATH/SPLIT`` (or ``PATH``) with one sub-folder per class, resized to ``image_size`` (default: resize 256,
+    crop 224) with ``channels`` (1: grey, 3: RGB, the default)."""
+    from torchvision import datasets, transforms
+
     if path is None or not Path(path).is_dir():
         raise RobustlabError(f"imagefolder needs an existing folder: imagefolder:PATH, got {path!r}")
+    if channels not in (None, 1, 3):
+        raise RobustlabError(f"--channels {channels} is not supported for imagefolder; use 1 (grey) or 3 (RGB)")
     folder = Path(path) / split if (Path(path) / split).is_dir() else Path(path)
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    size = [transforms.Resize(256), transforms.CenterCrop(224)] if image_size is None else [
+        transforms.Resize(image_size), transforms.CenterCrop(image_size)]  # fmt: skip
+    grey = [transforms.Grayscale(1)] if channels == 1 else []
     try:
-        return torchvision.datasets.ImageFolder(str(folder), transform=tf)
+        ds = datasets.ImageFolder(str(folder), transform=transforms.Compose([*grey, *size, transforms.ToTensor()]))
     except (FileNotFoundError, RuntimeError) as exc:  # no class folder, or class folders without images
         raise RobustlabError(
             f"imagefolder:{path} holds no images ({str(exc).splitlines()[0][:120]}); it needs one sub-folder per "
             "class with image files in it"
         ) from None
+    if len(ds.classes) == 1:
+        log.warning(
+            "imagefolder:%s has one class folder (%r): every image gets label 0; point it at the folder that holds "
+            "one sub-folder per class", folder, ds.classes[0],
+        )  # fmt: skip
+    return ds
+
+
+def num_classes_of(dataset: Dataset, name: str | None = None) -> int | None:
+    """How many classes a dataset's labels index: its ``classes`` (through subsets), else what the dataset ``name``
+    has (10 for fashion-mnist), else None."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return len(classes)
+    if getattr(dataset, "num_classes", None):
+        return int(dataset.num_classes)  # type: ignore[attr-defined]
+    return dataset_info(name)["num_classes"] if name is not None else None
 
 
 def first_n(dataset: Dataset, n: int | None) -> Dataset:

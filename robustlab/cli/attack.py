@@ -11,12 +11,14 @@ from robustlab.cli.common import (
     add_model_args,
     add_run_args,
     add_threat_args,
+    data_source,
+    model_source,
     positive_float,
     positive_int,
     resolve_device,
     topk_list,
 )
-from robustlab.eval import AttackConfig, DataSource, ModelSource, run_attack
+from robustlab.eval import AttackConfig, run_attack
 from robustlab.losses import loss_names
 
 EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attack pgd --eps 0.1"
@@ -58,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         extra={k: v for k, v in vars(args).items() if k != "run"},
     )  # fmt: skip
     report = run_attack(
-        ModelSource(args.model, args.checkpoint, args.trust_checkpoint),
-        DataSource(args.dataset, args.split, args.n, args.data_root, args.download),
+        model_source(args),
+        data_source(args, args.model),
         config, args.out, save_adv=args.save_adv, progress=not args.no_progress,
         device=resolve_device(args.device), command_line=args.command_line,
     )  # fmt: skip

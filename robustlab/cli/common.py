@@ -87,20 +87,58 @@ def topk_list(text: str) -> list[int]:
     return values
 
 
+MODEL_HELP = (
+    "a robustlab run folder or its model.pt (what robustlab train/ssl/deacl/pseudo-at/finetune write), zoo:NAME, "
+    "torchvision:NAME, robustbench:NAME, timm:NAME, package.module:factory (imported from the current folder), or "
+    "a TorchScript file"
+)
+
+
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
+    parser.add_argument(flag, required=True, metavar="SPEC", help=MODEL_HELP)
     parser.add_argument(
-        flag,
-        required=True,
-        metavar="SPEC",
-        help="zoo:NAME, torchvision:NAME, package.module:factory, or a TorchScript file",
+        "--checkpoint", metavar="FILE", help="weights (a state dict) for torchvision:/module:factory/zoo: models"
     )
-    parser.add_argument("--checkpoint", metavar="FILE", help="weights for torchvision:/module:factory models")
+    parser.add_argument("--num-classes", type=positive_int, help="outputs of a torchvision:/module:factory model")
+    parser.add_argument("--mean", type=float_list, help="normalisation mean per channel, e.g. 0.5,0.5,0.5")
+    parser.add_argument("--std", type=float_list, help="normalisation std per channel (with --mean)")
     parser.add_argument("--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (./models)")
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="load the checkpoint with weights_only=False (only for files you trust)",
     )
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """``0.5,0.5,0.5`` -> ``(0.5, 0.5, 0.5)`` (finite numbers)."""
+    values = tuple(_number(v) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+    return values
+
+
+def model_source(args: argparse.Namespace) -> Any:
+    """The :class:`robustlab.eval.ModelSource` of ``--model``, ``--checkpoint``, ``--num-classes``, ``--mean/--std``."""
+    from robustlab.eval import ModelSource
+
+    if (args.mean is None) != (args.std is None) or (args.mean and len(args.mean) != len(args.std)):
+        raise RobustlabError("give --mean and --std together, one value per channel each")
+    return ModelSource(args.model, args.checkpoint, args.trust_checkpoint, args.num_classes, args.mean, args.std)
+
+
+def data_source(args: argparse.Namespace, model: str | None = None) -> Any:
+    """The :class:`robustlab.eval.DataSource` of the data arguments; an image folder takes its image size and
+    channels from ``--image-size/--channels``, else from the robustlab model file ``model`` (if it says)."""
+    from robustlab.eval import DataSource
+    from robustlab.models import model_file_header
+
+    size, channels = args.image_size, args.channels
+    header = model_file_header(model) if model and args.dataset.startswith("imagefolder") else None
+    shape = (header or {}).get("input_shape")
+    if shape and size is None and channels is None:
+        channels, size = shape[0], shape[-1]
+    return DataSource(args.dataset, args.split, args.n, args.data_root, args.download, size, channels)
 
 
 def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None) -> None:
@@ -113,6 +151,10 @@ def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None)
     parser.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
     parser.add_argument("--n", type=int, default=default_n, help="use the first N items of the split (default: all)")
     parser.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
+    parser.add_argument(
+        "--image-size", type=positive_int, help="imagefolder: resize and crop to this (default: 256 then crop 224)"
+    )
+    parser.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
     parser.add_argument(
         "--no-download",
         dest="download",
@@ -175,6 +217,8 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
     p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
+    p.add_argument("--image-size", type=positive_int, help="imagefolder: resize and crop to this (default: 224)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
     if eps is not False:
         g = p.add_argument_group("threat model")
         g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
@@ -245,7 +289,9 @@ def split_of(args: argparse.Namespace, split: str, n: int | None) -> Any:
     """The first ``n`` items (None: all) of the dataset's ``split``."""
     from robustlab.data import first_n, load_dataset
 
-    return first_n(load_dataset(args.dataset, split, args.data_root, args.download), n)
+    data = load_dataset(args.dataset, split, args.data_root, args.download, image_size=args.image_size,
+                        channels=args.channels)  # fmt: skip
+    return first_n(data, n)
 
 
 def threat_of(args: argparse.Namespace) -> ThreatModel | None:

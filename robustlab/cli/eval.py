@@ -12,13 +12,15 @@ from robustlab.cli.common import (
     add_model_args,
     add_run_args,
     bounds_value,
+    data_source,
     eps_value,
+    model_source,
     positive_float,
     positive_int,
     resolve_device,
     topk_list,
 )
-from robustlab.eval import DataSource, EvalConfig, EvalReport, ModelSource, run_evaluation
+from robustlab.eval import EvalConfig, EvalReport, run_evaluation
 from robustlab.eval.intervals import format_interval
 from robustlab.io import markdown_table
 from robustlab.losses import loss_names
@@ -96,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         extra={k: v for k, v in vars(args).items() if k != "run"},
     )  # fmt: skip
     report = run_evaluation(
-        ModelSource(args.model, args.checkpoint, args.trust_checkpoint),
-        DataSource(args.dataset, args.split, args.n, args.data_root, args.download),
+        model_source(args),
+        data_source(args, args.model),
         config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
         device=resolve_device(args.device), command_line=args.command_line,
     )  # fmt: skip

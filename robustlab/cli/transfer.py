@@ -10,12 +10,13 @@ from robustlab.cli.common import (
     add_data_args,
     add_run_args,
     add_threat_args,
+    data_source,
     positive_float,
     positive_int,
     resolve_device,
     topk_list,
 )
-from robustlab.eval import DataSource, TransferConfig, run_transfer
+from robustlab.eval import TransferConfig, run_transfer
 from robustlab.eval.transfer_run import DEFAULT_ATTACKS
 
 EXAMPLE = (
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = run_transfer(
         [_specs(s) for s in args.source], _specs(args.targets),
-        DataSource(args.dataset, args.split, args.n, args.data_root, args.download), config, args.out,
+        data_source(args, args.targets.split(",")[0]), config, args.out,
         save_adv=args.save_adv, progress=not args.no_progress, device=resolve_device(args.device),
         command_line=args.command_line,
     )  # fmt: skip

@@ -123,9 +123,10 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = 
             return model
         except RuntimeError as exc:
             errors.append(mismatch(target, state) or str(exc).splitlines()[0])
-    hint = "; a different number of classes? pass --num-classes" if "in the checkpoint but" in errors[0] else ""
+    first = min(errors, key=lambda e: "in the checkpoint but" not in e)  # a shape difference says the most
+    hint = "; a different number of classes? pass --num-classes" if "in the checkpoint but" in first else ""
     raise CheckpointError(
-        f"checkpoint {str(checkpoint)!r} does not fit the model ({errors[0]}{hint}); check the architecture and "
+        f"checkpoint {str(checkpoint)!r} does not fit the model ({first}{hint}); check the architecture and "
         "number of classes"
     )
 
