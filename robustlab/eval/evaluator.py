@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustlab.attacks.protocol import Attack, check_labels, model_logits
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.eval.progress import NoProgress, SampleProgress, sample_progress
 from robustlab.eval.result import EvalResult
 from robustlab.io import atomic_torch_save, safe_load
 from robustlab.threat import ThreatModel
@@ -38,7 +39,7 @@ class Evaluator:
         only_robust: attack only the samples still robust (AutoAttack's semantics). ``False`` runs every
             attack on every sample, which per-attack top-k statistics and saved adversarial sets need.
         keep_adv: keep the worst-case adversarial inputs in the result.
-        progress: show a tqdm bar over batches.
+        progress: show a bar counting samples and naming the attack at work (a string: the bar's title).
         predictions: forward passes per judgement (clean and at every attack's ``x_adv``) for a randomised model,
             so one lucky pass does not count; 1 (the default) judges a single pass.
         vote: how ``predictions`` passes make one prediction: ``"mean"`` (mean logits) or ``"majority"`` (the
@@ -53,7 +54,7 @@ class Evaluator:
         batch_size: int = 256,
         only_robust: bool = True,
         keep_adv: bool = False,
-        progress: bool = False,
+        progress: bool | str = False,
         device: str | torch.device | None = None,
         predictions: int = 1,
         vote: str = "mean",
@@ -74,6 +75,7 @@ class Evaluator:
         self.only_robust = only_robust
         self.keep_adv = keep_adv
         self.progress = progress
+        self._bar: SampleProgress | NoProgress = NoProgress()
         self.device = device
 
     def run(
@@ -123,10 +125,17 @@ class Evaluator:
         todo = [b for b in mine if b not in done]
         if done:
             log.info("resuming: %d of %d batches already finished", len(done), len(mine))
-        for b, (x, y) in zip(todo, self._batches(data, todo)):
-            done[b] = self.run_batch(model, x.to(device), y.to(device), prior[b] if prior is not None else None)
-            if folder is not None:
-                atomic_torch_save(done[b].to_state(), folder / f"batch{b:05d}.pt")
+        self._bar = sample_progress(self.progress, sum(min(n, (b + 1) * self.batch_size) - b * self.batch_size
+                                                       for b in todo))  # fmt: skip
+        try:
+            for b, (x, y) in zip(todo, self._batches(data, todo)):
+                done[b] = self.run_batch(model, x.to(device), y.to(device), prior[b] if prior is not None else None)
+                self._bar.update(len(y))
+                if folder is not None:
+                    atomic_torch_save(done[b].to_state(), folder / f"batch{b:05d}.pt")
+        finally:
+            self._bar.close()
+            self._bar = NoProgress()
         return dict(sorted(done.items()))
 
     def _batches(self, data: Dataset | tuple[Tensor, Tensor], which: list[int]) -> Iterable[tuple[Tensor, Tensor]]:
@@ -138,10 +147,6 @@ class Evaluator:
             n = len(data)  # type: ignore[arg-type]
             sampler = [list(range(b * size, min(n, (b + 1) * size))) for b in which]
             batches = DataLoader(data, batch_sampler=sampler)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=len(which), desc="evaluating", unit="batch", leave=False)
         return batches
 
     def predict(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -182,7 +187,8 @@ class Evaluator:
             logits = clean_logits.clone()
             start = time.perf_counter()
             if idx.numel():
-                out = attack(model, x[idx], y[idx], self.threat)
+                with self._bar.attack(model, name, attack, idx.numel()):
+                    out = attack(model, x[idx], y[idx], self.threat)
                 judged = out.logits if self.predictions == 1 else self.predict(model, out.x_adv, y[idx])
                 # the headline is top-1 at x_adv, whatever criterion the attack optimised (top-k, targeted)
                 success[idx] = correct[idx] & ~top1_correct(judged.to(success.device), y[idx])

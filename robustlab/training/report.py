@@ -61,7 +61,8 @@ def final_evaluation(
 
         attacks["autoattack"] = attack_from_spec(autoattack if isinstance(autoattack, str) else "autoattack", seed=seed)
     with temporary_mode(model, training=False):
-        evaluator = Evaluator(attacks, threat, batch_size=batch_size, progress=progress, device=device)
+        title = f"final evaluation ({' then '.join(attacks)})" if progress else False  # its own bar, its cost seen
+        evaluator = Evaluator(attacks, threat, batch_size=batch_size, progress=title, device=device)
         summary = evaluator.run(model, test_set).summary()
     out = {
         "n": summary["n"],
