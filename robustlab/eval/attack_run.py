@@ -126,6 +126,15 @@ class AttackReport:
         return markdown_table(["metric", "value"], self.rows())
 
 
+def used_config(attack: Any, threat: ThreatModel) -> dict[str, Any]:
+    """The attack's configuration with the step size it actually used at this threat (not ``None`` for a default)."""
+    config = attack.config()
+    inner = getattr(attack, "attack", attack)  # Targeted wraps the attack it steers
+    if config.get("step_size") is None and hasattr(inner, "resolve_step_size"):
+        config["step_size"] = inner.resolve_step_size(threat)
+    return config
+
+
 def run_attack(
     model: nn.Module | str | ModelSource,
     dataset: Data | str | DataSource,
@@ -162,7 +171,7 @@ def run_attack(
         runner.name, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
         summary["attack_success_rate"], int(result.criterion[runner.name].sum()) / correct,
         TopKStats.from_dict(topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)),
-        runner.config(), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
+        used_config(runner, threat), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
         config={**settings(config, exclude=("attack", "extra")), **config.extra},
         wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
         intervals={
