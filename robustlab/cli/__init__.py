@@ -14,7 +14,9 @@ from robustlab import __version__
 from robustlab.errors import RobustlabError
 
 # Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
-SUBCOMMANDS = ["attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune", "zoo"]
+SUBCOMMANDS = [
+    "attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune", "zoo", "report", "compare",
+]  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):

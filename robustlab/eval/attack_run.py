@@ -15,11 +15,13 @@ from torch import nn
 from robustlab.attacks import Targeted, attack_from_spec
 from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Evaluator
+from robustlab.eval.gallery import save_gallery
 from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.eval.report import TopKStats
 from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model, settings
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_report
+from robustlab.reports.html import HTML_FILE, write_html
 from robustlab.runs import check_writable_file, check_writable_folder
 from robustlab.threat import ThreatModel
 
@@ -157,7 +159,7 @@ def run_attack(
     if save_adv is not None:
         check_writable_file(save_adv, "--save-adv")
     module, _, _ = resolve_model(model, device)
-    data, _, _, _ = resolve_data(dataset)
+    data, data_name, _, _ = resolve_data(dataset)
     num_classes = probe(module, data, device, config.topk)
     ks = list(config.topk or default_topk(num_classes))
     evaluator = Evaluator(
@@ -183,7 +185,12 @@ def run_attack(
         },
     )  # fmt: skip
     if out is not None:
+        report.files.update(
+            save_gallery(out, module, data, runner, threat, result, device=device, dataset_name=data_name)
+        )
+        report.files["html"] = os.path.join(out, HTML_FILE)
         report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))
+        write_html(out)
     if save_adv is not None:
         atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
         report.files["adversarial_examples"] = str(save_adv)

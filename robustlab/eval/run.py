@@ -46,6 +46,7 @@ from robustlab.eval.sources import (
 )
 from robustlab.io import atomic_torch_save, environment, write_json
 from robustlab.models.bpda import bpda, check_modules
+from robustlab.reports.html import write_html
 from robustlab.runs import RunFolder, text_digest
 from robustlab.threat import ThreatModel
 
@@ -202,6 +203,7 @@ def run_evaluation(
             if path is not None and shard.is_main:
                 report.files = {"results": str(path / "results.pt")}
                 report.write(path, plots=config.plots)
+                write_html(path)
             barrier(shard)
             return report
     finally:

@@ -19,6 +19,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, settings
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
 from robustlab.io import atomic_torch_save, environment, write_report
+from robustlab.reports.html import write_html
 from robustlab.runs import check_writable_file, check_writable_folder
 from robustlab.threat import ThreatModel
 
@@ -129,6 +130,7 @@ def run_transfer(
         result.files.update(heatmap=str(out / "heatmap.png"), topk_curves=str(out / "topk_curves.png"))
         plot_heatmaps(result, result.files["heatmap"])
         plot_topk_curves(result, result.files["topk_curves"])
+        result.files["html"] = write_html(out)
     if save_adv is not None:
         atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
         result.files["adversarial_examples"] = str(save_adv)

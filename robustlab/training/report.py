@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from robustlab.io import markdown_table, write_report
 from robustlab.models.mode import temporary_mode
+from robustlab.reports.html import write_html
 from robustlab.threat import ThreatModel
 
 
@@ -178,8 +179,9 @@ class TrainReport:
         )
 
     def write(self, out: str | os.PathLike) -> dict[str, str]:
-        """``OUT/report.json`` and ``OUT/report.md`` through robustlab's one report writer."""
-        return write_report(Path(out), self.to_dict(), self.markdown())
+        """``OUT/report.json`` and ``OUT/report.md`` through robustlab's one report writer, and ``report.html``."""
+        files = write_report(Path(out), self.to_dict(), self.markdown())
+        return {**files, "html": write_html(out)}
 
 
 __all__ = ["FinalEvaluation", "TrainReport", "evaluation_rows", "final_evaluation", "plot_curves"]
