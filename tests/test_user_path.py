@@ -192,3 +192,13 @@ def test_version_and_zoo_through_the_installed_command(tmp_path):
     assert robustlab("--version", cwd=tmp_path).stdout.startswith("robustlab ")
     listing = robustlab("zoo", cwd=tmp_path).stdout
     assert "zoo:fmnist-cnn " in listing and "zoo:fmnist-deacl-slf" in listing
+
+
+def test_slf_default_learning_rate_trains_sanely(tmp_path, capsys):
+    """SLF over the zoo's DeACL encoder: the default (0.03, shown in the banner) gives a sane first-epoch loss."""
+    argv = ["finetune", "--encoder", "zoo:fmnist-deacl-slf", "--protocol", "slf", "--n", "2000", "--epochs", "1",
+            "--eval-n", "0", "--out", tmp_path, *TINY]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    assert "sgd lr 0.03" in capsys.readouterr().out
+    done = report(tmp_path)
+    assert done["config"]["lr"] == 0.03 and done["history"][0]["loss"] < 2.3  # chance level is ln 10 = 2.30
