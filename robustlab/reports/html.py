@@ -125,7 +125,7 @@ def gallery_section(out: Path) -> str:
         '<section id="gallery"><h2>Gallery</h2><p>Each tile: the clean image, the adversarial image and the '
         f"perturbation amplified {g['amplification']:.1f}x (grey is zero), with the true label, the predictions and "
         f"the interest class rank (ICR: the true class's rank after the attack, 1 = top). Samples are picked per "
-        f"class among those the attack ran on, and attacked again on their own with the same attack "
+        f"class among the samples the model classified correctly, and attacked again on their own with the same attack "
         f"({html.escape(str(g['attack']))}, {html.escape(str(g['norm']))} eps {g['eps']:.4g}): "
         "every tile shows what its own image does.</p>"
     ]
