@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,15 +74,21 @@ def test_robustbench_names_resolve_and_wrong_ones_are_one_line(robustbench_dir):
 
 
 @needs_robustbench
-def test_absent_weights_name_the_file_expected_and_never_download(tmp_path, cli_error, monkeypatch):
+def test_absent_weights_name_the_file_expected_and_never_download(tmp_path, monkeypatch):
     _, _, _, utils = hub._robustbench_zoo()
     monkeypatch.setattr(utils, "download_gdrive_new", lambda *a, **k: pytest.fail("robustlab tried to download"))
     expected = tmp_path / "cifar10" / "Linf" / "Ding2020MMA.pt"
     with pytest.raises(RobustlabError, match=f"weights {expected} not found") as info:
         load_model(f"robustbench:{ENTRY}", str(tmp_path))
     assert "--model-dir" in str(info.value) and "\n" not in str(info.value)
+    # a fresh process, as a user runs it: the one error line, no warnings of robustbench's dependencies
     args = ["attack", "--model", f"robustbench:{ENTRY}", "--model-dir", tmp_path, "--dataset", "fashion-mnist"]
-    cli_error([*args, "--n", "4", "--attack", "pgd", "--eps", "0.1", "--out", tmp_path / "run"], str(expected))
+    args += ["--n", "4", "--attack", "pgd", "--eps", "0.1", "--out", tmp_path / "run"]
+    code = "import sys; from robustlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"robustlab attack: error: {info.value}"], (
+        done.stderr
+    )
 
 
 def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch):

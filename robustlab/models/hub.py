@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,7 +49,9 @@ def load_hub_model(
 def _require(package: str, spec: str) -> ModuleType:
     if importlib.util.find_spec(package) is None:
         raise RobustlabError(f"{spec} needs the {package} package; pip install 'robustlab[{package}]'")
-    return importlib.import_module(package)
+    with warnings.catch_warnings():  # deprecation notices of its dependencies are not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        return importlib.import_module(package)
 
 
 def _robustbench_zoo() -> tuple[Any, Any, Any, Any]:
@@ -56,16 +59,19 @@ def _robustbench_zoo() -> tuple[Any, Any, Any, Any]:
     spec = importlib.util.find_spec("robustbench")
     if spec is None:
         raise RobustlabError("robustbench: specs need the robustbench package; pip install 'robustlab[robustbench]'")
-    if "robustbench" not in sys.modules:
-        try:
-            importlib.import_module("robustbench")
-        except ImportError:
-            # robustbench 1.1's __init__ imports its benchmark code (autoattack, pkg_resources), which the model
-            # definitions and the loader do not use: register the package without running its __init__.
-            sys.modules["robustbench"] = importlib.util.module_from_spec(spec)
-    from robustbench import utils
-    from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    with warnings.catch_warnings():  # deprecation notices of its dependencies are not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if "robustbench" not in sys.modules:
+            try:
+                importlib.import_module("robustbench")
+            except ImportError:
+                # robustbench 1.1's __init__ imports its benchmark code (autoattack, pkg_resources), which the model
+                # definitions and the loader do not use: register the package without running its __init__.
+                sys.modules["robustbench"] = importlib.util.module_from_spec(spec)
+        from robustbench import utils
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     return model_dicts, BenchmarkDataset, ThreatModel, utils
 
@@ -115,7 +121,7 @@ def load_robustbench(name: str, model_dir: str | os.PathLike = ROBUSTBENCH_MODEL
     dataset, threat, model = robustbench_entry(name)
     if Path(model_dir).is_file():
         raise RobustlabError(f"robustbench:{name}: give the models folder (--model-dir DIR), not the file {model_dir}")
-    timm = importlib.import_module("timm")
+    timm = _require("timm", f"robustbench:{name}")
     timm_name = f"{model.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
     if timm.is_model(timm_name):  # robustbench would fetch these from the Hugging Face hub
         raise RobustlabError(
