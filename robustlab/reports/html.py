@@ -152,7 +152,8 @@ def config_section(data: dict[str, Any]) -> str:
     """The run's configuration and environment, as they are in ``report.json``."""
     config = {**({"threat": data["threat"]} if "threat" in data else {}), **(data.get("config") or {})}
     if "settings" in data:
-        config = {**data["settings"], **{f"loop.{k}": v for k, v in config.items()}}
+        settings = data["settings"]  # the command's settings, then the loop's where they add something
+        config = {**settings, **{f"loop.{k}": v for k, v in config.items() if settings.get(k, object()) != v}}
     env = data.get("environment") or {}
     return (
         f'<section id="config"><h2>Configuration</h2><div class="table"><table>{_rows(config)}</table></div>'
