@@ -1,7 +1,13 @@
-"""The evaluator's saving from attacking only the still-robust samples: PGD + AutoAttack (standard).
+"""The evaluator's savings: attacking only the still-robust samples, and robustness curves in one nested pass.
 
-Run: ``python bench/eval_speed.py`` (writes bench/results/eval_speed.json). For each eps and two layouts of
-the same attacks, in one run:
+Run: ``python bench/eval_speed.py`` (writes bench/results/eval_speed.json). Robustness curves (issue 15), with
+``--curves a,b``: each curve evaluated nested (ascending eps, a sample broken at a smaller eps carried over, only the
+rest attacked) and with each eps separately, reporting samples attacked and attack seconds (not start-up):
+(a) ``--curve-model`` zoo:fmnist-cnn, PGD-20 at eps 0.02, 0.05, 0.1, 0.15;
+(b) ``--robust-model`` zoo:fmnist-cnn-pgdat, PGD-20 then AutoAttack standard at eps 0.02, 0.05, 0.1, 0.15, 0.2, and
+pyautoattack alone run once per eps.
+
+Per-eps layouts (``--layouts``), for each eps and two layouts of the same attacks, in one run:
 
 - layout ``autoattack``: PGD-20, then AutoAttack as one entry (the package chains its four attacks inside);
 - layout ``autoattack-split``: PGD-20, then AutoAttack's four attacks (apgd-ce, apgd-t, fab-t, square, with
@@ -26,7 +32,7 @@ import torch
 from robustlab import ThreatModel
 from robustlab.attacks import attack_from_spec
 from robustlab.data import load_dataset
-from robustlab.eval import Evaluator
+from robustlab.eval import EvalConfig, Evaluator, run_evaluation
 from robustlab.io import environment, write_json
 from robustlab.models import load_model
 
@@ -63,11 +69,84 @@ def timed_run(
     }
 
 
+CURVES = {
+    "a": ("curve_model", "pgd(steps=20)", (0.02, 0.05, 0.1, 0.15)),
+    "b": ("robust_model", "pgd(steps=20),{autoattack}", (0.02, 0.05, 0.1, 0.15, 0.2)),
+}
+# AutoAttack standard costs minutes per eps on two shared CPU cores; the reduced default keeps its APGD-CE, APGD-T
+# and Square with fewer iterations, targets and queries (pass --autoattack autoattack for the standard version).
+REDUCED_AUTOATTACK = "autoattack:apgd-ce,apgd-t,square(n_iter=20,n_restarts=1,n_target_classes=3,n_queries=500)"
+
+
+def curve_run(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: tuple, attacks: str, protocol: str
+) -> dict:
+    """One robustness curve through run_evaluation: per eps robust accuracy, samples attacked and attack seconds."""
+    config = EvalConfig(eps=eps, attacks=attacks, eps_protocol=protocol, sanity_n=0, batch_size=len(y), plots=False)
+    start = time.perf_counter()
+    report = run_evaluation(model, (x, y), config, device=x.device)
+    wall = time.perf_counter() - start
+    per_eps = {
+        f"{e.eps:g}": {
+            "robust_accuracy": e.robust_accuracy,
+            "samples_attacked": {a: s.attacked for a, s in e.attacks.items()},
+            "attack_seconds": round(sum(s.seconds for s in e.attacks.values()), 3),
+            "carried": e.carried,
+        }
+        for e in report.results
+    }
+    return {
+        "protocol": report.protocol,
+        "attack_seconds": round(sum(v["attack_seconds"] for v in per_eps.values()), 3),
+        "samples_attacked": sum(sum(v["samples_attacked"].values()) for v in per_eps.values()),
+        "wall_seconds": round(wall, 3),
+        "per_eps": per_eps,
+    }
+
+
+def curves(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> list[dict]:
+    """Nested vs separate robustness curves (issue 15's (a) and (b))."""
+    out = []
+    for key in [c for c in args.curves.split(",") if c]:
+        attr, attacks, eps = CURVES[key]
+        attacks = attacks.format(autoattack=args.autoattack)
+        model = load_model(getattr(args, attr), device=device)
+        runs = {p: curve_run(model, x, y, eps, attacks, p) for p in ("nested", "separate")}
+        if key == "b":  # pyautoattack alone, once per eps, on every clean-correct sample
+            runs["autoattack_per_eps"] = curve_run(model, x, y, eps, args.autoattack, "separate")
+        nested, separate = runs["nested"], runs["separate"]
+        entry = {
+            "curve": key, "model": getattr(args, attr), "attacks": attacks, "eps": list(eps), "n": len(y), **runs,
+            "speedup_attack_seconds": separate["attack_seconds"] / max(nested["attack_seconds"], 1e-9),
+            "samples_attacked_ratio": separate["samples_attacked"] / max(1, nested["samples_attacked"]),
+            "nested_never_higher": all(
+                nested["per_eps"][k]["robust_accuracy"] <= separate["per_eps"][k]["robust_accuracy"]
+                for k in nested["per_eps"]
+            ),
+        }  # fmt: skip
+        if key == "b":
+            last = nested["per_eps"][f"{max(eps):g}"]
+            # samples robust at every eps: each exact protocol attacks them in full at every eps
+            entry["robust_at_largest_eps"] = last["robust_accuracy"]
+            entry["autoattack_alone_vs_nested"] = runs["autoattack_per_eps"]["attack_seconds"] / max(
+                nested["attack_seconds"], 1e-9
+            )
+        out.append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k not in runs}, indent=1), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="zoo:fmnist-cnn")
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--eps", default="0.05", help="comma-separated Linf radii")
+    parser.add_argument("--eps", default="0.05", help="comma-separated Linf radii of the per-eps layouts")
+    parser.add_argument("--layouts", action=argparse.BooleanOptionalAction, default=True, help="per-eps layouts")
+    parser.add_argument("--curves", default="a,b", help="robustness curves to run: a, b, a,b or '' (none)")
+    parser.add_argument("--curve-n", type=int, default=300, help="images of the robustness curves")
+    parser.add_argument("--curve-model", default="zoo:fmnist-cnn")
+    parser.add_argument("--robust-model", default="zoo:fmnist-cnn-pgdat")
+    parser.add_argument("--autoattack", default=REDUCED_AUTOATTACK, help="AutoAttack spec of curve (b)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscription)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
@@ -80,7 +159,9 @@ def main() -> None:
     y = data.labels[: args.n].to(device)
 
     results = []
-    for eps in (float(e) for e in args.eps.split(",")):
+    curve_x = (data.images[: args.curve_n].float() / 255).to(device)
+    curve_results = curves(args, curve_x, data.labels[: args.curve_n].to(device), device)
+    for eps in (float(e) for e in args.eps.split(",")) if args.layouts else ():
         for layout, specs in LAYOUTS.items():
             chained = timed_run(model, x, y, eps, specs, only_robust=True)
             separate = timed_run(model, x, y, eps, specs, only_robust=False)
@@ -108,6 +189,7 @@ def main() -> None:
         "n": args.n,
         "autoattack": "pyautoattack standard (apgd-ce, apgd-t, fab-t, square), seed 0",
         "results": results,
+        "curves": curve_results,
         "environment": environment(" ".join(["python", *sys.argv])),
     }
     write_json(args.out, report)
