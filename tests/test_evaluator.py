@@ -171,3 +171,31 @@ def test_topk_asr_denominators_hold_only_attacked_samples(zoo_mlp, fmnist_batch)
     for k in (1, 2, 3):
         tried = (clean_rank <= k) & attacked
         assert report["worst_case"]["asr"][str(k)] == pytest.approx((tried & (worst > k)).sum().item() / tried.sum())
+
+
+class _Flaky(torch.nn.Module):
+    """Predicts the true class in the first ``hits`` of every ``passes`` forward passes, another class otherwise."""
+
+    def __init__(self, labels: torch.Tensor, hits: int, passes: int) -> None:
+        super().__init__()
+        self.labels, self.hits, self.passes, self.calls = labels, hits, passes, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        right = self.calls % self.passes < self.hits
+        self.calls += 1
+        wrong = (self.labels[: len(x)] + 1) % 10
+        classes = self.labels[: len(x)] if right else wrong
+        return torch.nn.functional.one_hot(classes, 10).float() * 5.0 + 0.0 * x.flatten(1)[:, :1]
+
+
+def test_repeated_predictions_judge_a_randomised_model(fmnist_batch):
+    x, y = fmnist_batch(6)
+    for hits, passes, vote, correct in [(6, 10, "majority", True), (5, 10, "majority", False), (4, 10, "mean", False)]:
+        evaluator = Evaluator({"fgsm": FGSM()}, THREAT, predictions=passes, vote=vote)
+        state = torch.random.get_rng_state()
+        logits = evaluator.predict(_Flaky(y, hits, passes), x, y)
+        assert torch.equal(torch.random.get_rng_state(), state)  # the passes' RNG is forked
+        assert bool((logits.argmax(1) == y).all()) is correct, (hits, vote)  # a 5-5 tie counts against
+    assert Evaluator({"fgsm": FGSM()}, THREAT).predictions == 1
+    with pytest.raises(Exception, match="vote"):
+        Evaluator({"fgsm": FGSM()}, THREAT, vote="median")
