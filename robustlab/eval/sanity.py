@@ -134,7 +134,10 @@ def check_eps_monotone(
     seed: int = 0,
 ) -> Flag:
     """Fires if PGD's robust accuracy rises with eps (default eps list: eps/2, eps, 2 eps)."""
-    eps_list = sorted(eps_list if eps_list is not None else [threat.eps / 2, threat.eps, 2 * threat.eps])
+    if eps_list is None:  # Linf: 2 eps no wider than the bounds (a larger eps is refused)
+        top = min(2 * threat.eps, threat.bounds[1] - threat.bounds[0]) if threat.norm == "linf" else 2 * threat.eps
+        eps_list = [threat.eps / 2, threat.eps, top]
+    eps_list = sorted(set(eps_list))
     acc = [_robust(model, x, y, threat.with_eps(e), {"pgd": PGD(steps=steps, seed=seed)})["pgd"] for e in eps_list]
     return eps_curve_flag(eps_list, acc, tolerance)
 
