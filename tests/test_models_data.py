@@ -106,3 +106,51 @@ def test_dataset_errors(tmp_path):
     with pytest.raises(RobustlabError, match="imagefolder"):
         load_dataset(f"imagefolder:{tmp_path / 'none'}")
     assert dataset_info("cifar10")["channels"] == 3
+
+
+def test_model_file_round_trip_keeps_architecture_classes_and_normalisation(tmp_path):
+    from robustlab.models import MODEL_FORMAT, model_arch, model_file_header, save_model
+
+    net = build_model("cnn", num_classes=7, mean=(0.5,), std=(0.25,))
+    header = save_model(tmp_path / "model.pt", net, "cnn", dataset="fashion-mnist", command="robustlab train ...")
+    assert header["format"] == MODEL_FORMAT and header["num_classes"] == 7
+    assert header["normalization"] == {"mean": [0.5], "std": [0.25]} and header["input_shape"] == [1, 28, 28]
+    assert model_file_header(str(tmp_path)) == {**header, "arch_kwargs": {}} and model_arch(str(tmp_path))[0] == "cnn"
+    loaded = load_model(str(tmp_path))
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loaded(x), net.eval()(x)) and loaded.mean.item() == 0.5
+
+
+def test_older_model_state_files_still_load(tmp_path):
+    net = build_model("cnn")
+    torch.save({"model_state": net.state_dict(), "arch": "cnn", "dataset": "fashion-mnist", "num_classes": 10},
+               tmp_path / "old.pt")  # fmt: skip
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(load_model(str(tmp_path / "old.pt"))(x), net.eval()(x))
+
+
+def test_torchvision_model_file_rebuilds_with_its_classes_and_normalisation(tmp_path):
+    from robustlab.models import save_model
+
+    net = load_model("torchvision:resnet18", num_classes=3, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    save_model(tmp_path / "model.pt", net, "torchvision:resnet18", input_shape=(3, 32, 32))
+    loaded = load_model(str(tmp_path / "model.pt"))
+    x = torch.rand(2, 3, 32, 32)
+    assert loaded(x).shape == (2, 3) and torch.allclose(loaded(x), net(x))
+    assert loaded.std.flatten().tolist() == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_state_dict_mismatch_names_the_first_key_and_shapes(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(CheckpointError, match=r"'fc.weight' is \(3, 512\) in the checkpoint but \(1000, 512\)"):
+        load_model("torchvision:resnet18", checkpoint=tmp_path / "r18.pt")
+    fitted = load_model("torchvision:resnet18", tmp_path / "r18.pt", num_classes=3)
+    assert fitted(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_factory_num_classes_is_passed_or_refused():
+    assert load_model("fixture_models:five_classes")(torch.rand(1, 1, 28, 28)).shape[1] == 5
+    with pytest.raises(RobustlabError, match="takes no num_classes"):
+        load_model("fixture_models:five_classes", num_classes=3)
