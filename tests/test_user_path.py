@@ -202,3 +202,19 @@ def test_slf_default_learning_rate_trains_sanely(tmp_path, capsys):
     assert "sgd lr 0.03" in capsys.readouterr().out
     done = report(tmp_path)
     assert done["config"]["lr"] == 0.03 and done["history"][0]["loss"] < 2.3  # chance level is ln 10 = 2.30
+
+
+def test_progress_counts_samples_and_names_the_attack(fmnist_batch, zoo_cnn, capsys):
+    """A run of fewer samples than a batch still moves: the bar counts samples and names the attack at work."""
+    from robustlab import ThreatModel
+    from robustlab.attacks import PGD
+    from robustlab.eval import Evaluator
+
+    x, y = fmnist_batch(12)
+    Evaluator({"pgd-x": PGD(steps=3, restarts=2)}, ThreatModel("linf", 0.01), progress="final evaluation").run(
+        zoo_cnn, (x, y)
+    )
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "final evaluation" in bar and "/12 " in bar and "sample" in bar and "batch" not in bar  # 12 samples
+    assert "pgd-x on 11 samples, 2 restarts" in bar or "pgd-x on 12 samples, 2 restarts" in bar
+    assert "forward passes" in bar

@@ -43,6 +43,7 @@ class SampleProgress:
         finally:
             if handle is not None:
                 handle.remove()
+                self.bar.set_postfix_str(f"{label}: {self.passes} forward passes", refresh=False)
 
     def update(self, n: int) -> None:
         self.bar.update(n)
