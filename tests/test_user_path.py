@@ -218,3 +218,12 @@ def test_progress_counts_samples_and_names_the_attack(fmnist_batch, zoo_cnn, cap
     assert "final evaluation" in bar and "/12 " in bar and "sample" in bar and "batch" not in bar  # 12 samples
     assert "pgd-x on 11 samples, 2 restarts" in bar or "pgd-x on 12 samples, 2 restarts" in bar
     assert "forward passes" in bar
+
+
+def test_encoder_without_a_trained_head_is_warned_about(tmp_path, capsys):
+    save_model(tmp_path / "model.pt", build_model("cnn"), "cnn", dataset="fashion-mnist", stage="deacl")
+    argv = ["attack", "--model", tmp_path, "--n", "4", "--attack", "fgsm", "--eps", "0.1", "--out", tmp_path / "a",
+            *TINY]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "never saw a label" in warning[0] and "robustlab finetune --encoder" in warning[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -121,9 +122,14 @@ def float_list(text: str) -> tuple[float, ...]:
 def model_source(args: argparse.Namespace) -> Any:
     """The :class:`robustlab.eval.ModelSource` of ``--model``, ``--checkpoint``, ``--num-classes``, ``--mean/--std``."""
     from robustlab.eval import ModelSource
+    from robustlab.models import model_file_header
 
     if (args.mean is None) != (args.std is None) or (args.mean and len(args.mean) != len(args.std)):
         raise RobustlabError("give --mean and --std together, one value per channel each")
+    stage = ((model_file_header(args.model) or {}) if args.checkpoint is None else {}).get("stage")
+    if stage in ("ssl", "deacl"):  # labels never trained its head: its accuracy is chance, not robustness
+        print(f"warning: {args.model} is a robustlab {stage} encoder whose linear head never saw a label; fine-tune it "
+              f"first: robustlab finetune --encoder {args.model} --protocol slf", file=sys.stderr)  # fmt: skip
     return ModelSource(args.model, args.checkpoint, args.trust_checkpoint, args.num_classes, args.mean, args.std)
 
 
