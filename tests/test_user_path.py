@@ -227,3 +227,17 @@ def test_encoder_without_a_trained_head_is_warned_about(tmp_path, capsys):
     assert main([str(a) for a in argv]) == 0
     warning = capsys.readouterr().err.strip().splitlines()
     assert len(warning) == 1 and "never saw a label" in warning[0] and "robustlab finetune --encoder" in warning[0]
+
+
+def test_train_on_an_image_folder_then_attack_without_repeating_its_size(png_folder, tmp_path, monkeypatch, capsys):
+    """A fresh cnn gets the folder's 3 classes and 32-px inputs; its model file tells attack the image size."""
+    monkeypatch.chdir(png_folder)
+    data = ["--dataset", "imagefolder:imgs", "--no-progress"]
+    assert main(["train", "--method", "fgsm-rs", "--model", "cnn", *data, "--image-size", "32", "--eps", "0.03",
+                 "--epochs", "1", "--eval-n", "0", "--monitor-n", "0", "--out", str(tmp_path / "if")]) == 0  # fmt: skip
+    saved = torch.load(tmp_path / "if/model.pt", weights_only=True)
+    assert saved["num_classes"] == 3 and saved["input_shape"] == [3, 32, 32]
+    assert main(["attack", "--model", str(tmp_path / "if"), *data, "--attack", "fgsm", "--eps", "0.03", "--out",
+                 str(tmp_path / "if-attack")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert report(tmp_path / "if-attack")["n"] == 9

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab train`` trains: the method, the model, the data, the CO monitor and the final evaluation."""
-    from robustlab.data import dataset_info
+    from robustlab.data import num_classes_of
     from robustlab.defenses import COMonitor, make_method
     from robustlab.models import load_model, model_arch
     from robustlab.training import FinalEvaluation, TrainingSetup
@@ -81,8 +81,10 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         noise_multiple=args.noise_multiple, lam=args.gradalign_lambda, steps=args.pgd_steps,
     )  # fmt: skip
     train_set = c.split_of(args, "train", args.n)
-    model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, args.num_classes,
-                       dataset=args.dataset, seed=args.seed)  # fmt: skip
+    classes = num_classes_of(train_set, args.dataset)  # an image folder's: its class folders
+    outputs = args.num_classes or (classes if args.model in ARCHITECTURES else None)  # a fresh net fits the data
+    model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, outputs, dataset=args.dataset,
+                       seed=args.seed, input_shape=train_set[0][0].shape)  # fmt: skip
     callbacks = []
     if args.monitor_n > 0:
         xs, ys = zip(*(train_set[i] for i in range(min(args.monitor_n, len(train_set)))))
@@ -95,8 +97,8 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
                                      seed=args.seed, progress=not args.no_progress)  # fmt: skip
     config = c.train_config(args, best_metric="monitor_pgd_acc" if args.monitor_n > 0 else None)
     return TrainingSetup(
-        model, method, train_set, config, callbacks, evaluation, export=args.export, num_classes=dataset_info(
-            args.dataset)["num_classes"], curves_title=f"{method.name}, eps={threat.eps:.4g}",
+        model, method, train_set, config, callbacks, evaluation, export=args.export, num_classes=classes,
+        curves_title=f"{method.name}, eps={threat.eps:.4g}",
         report={"model": args.model, "dataset": args.dataset},
         model_file={"arch": model_arch(args.model)[0], "dataset": args.dataset, "stage": "train",
                     "method": args.method},

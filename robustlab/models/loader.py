@@ -142,18 +142,20 @@ def load_model(
     seed: int = 0,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """The one model loader: a classifier from a spec, returned in eval mode on ``device``, taking [0, 1] pixels.
 
-    Specs: an architecture name (``cnn``, ...: a fresh model for ``dataset``, weights drawn from ``seed`` without
-    touching the global RNG), ``zoo:NAME`` (embedded zoo), ``torchvision:NAME`` (ImageNet normalisation unless
-    ``mean``/``std``; ``num_classes`` outputs; weights from ``checkpoint``), ``package.module:factory`` (imported
+    Specs: an architecture name (``cnn``, ...: a fresh model for ``dataset`` or images of ``input_shape``, weights
+    drawn from ``seed`` without touching the global RNG), ``zoo:NAME`` (embedded zoo), ``torchvision:NAME``
+    (ImageNet normalisation unless ``mean``/``std``; ``num_classes`` outputs; weights from ``checkpoint``),
+    ``package.module:factory`` (imported
     from the current folder too, as ``python -m`` does; + ``checkpoint``), a robustlab model file (what every
     training command writes as ``OUT/model.pt``) or the run folder holding it, or a TorchScript file.
     """
     if spec in ARCHITECTURES and not os.path.exists(spec):
         with seeded_weights(seed):
-            model = build_model(spec, dataset, num_classes=num_classes, mean=mean, std=std)
+            model = build_model(spec, dataset, num_classes=num_classes, mean=mean, std=std, input_shape=input_shape)
         return model.to(device).eval()
     if spec.startswith(("robustbench:", "timm:")):  # other zoos (robustlab.models.hub), weights from local files
         from robustlab.models.hub import load_hub_model
