@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
-from fixture_models import rounding_cnn
+from fixture_models import noisy_cnn, rounding_cnn
 
 from robustlab.attacks import PGD, AutoAttack, TransferAttack
 from robustlab.attacks.bpda import BPDAAttack
+from robustlab.attacks.eot import EOTAttack
 from robustlab.cli import main
 from robustlab.eval import EvalConfig, Evaluator, run_evaluation
 from robustlab.models.bpda import BPDA, bpda, masking_modules
@@ -62,6 +63,24 @@ def test_rounding_defence_plain_pgd_overstates_and_the_default_eval_does_not(zoo
     headline, overstated = adaptive.results[0].robust_accuracy, plain.results[0].robust_accuracy
     assert overstated > best + 0.3  # plain PGD sees no gradient: robustness grossly overstated
     assert headline <= best + 0.03
+
+
+@pytest.mark.slow
+def test_noise_defence_plain_pgd_overstates_and_eot_closes_the_gap(fmnist_batch):
+    x, y = fmnist_batch(100)
+    model = noisy_cnn(0.15)  # Gaussian noise on the input at every forward pass
+    threat = ThreatModel("linf", 0.05)
+    with torch.random.fork_rng():  # the model draws from the global RNG: fixed draws, the caller's state kept
+        torch.manual_seed(0)
+        common = dict(eps=(0.05,), attacks="pgd", sanity_n=40, plots=False)
+        plain = run_evaluation(model, (x, y), EvalConfig(**common, adaptive="off"))
+        adaptive = run_evaluation(model, (x, y), EvalConfig(**common))
+        strong = Evaluator({"eot": EOTAttack(PGD(steps=20), samples=20)}, threat, only_robust=False, predictions=10)
+        reference = strong.run(model, (x, y)).robust_accuracy
+    assert "random_forward" in adaptive.adaptive["fired"] and adaptive.judgement["predictions"] == 10
+    assert any("eot" in name for name in adaptive.adaptive["added"])
+    assert plain.results[0].robust_accuracy > reference + 0.07  # PGD without EOT overstates
+    assert adaptive.results[0].robust_accuracy <= reference + 0.03  # EOT-PGD closes the gap
 
 
 def test_a_plain_model_gets_nothing_added_and_the_same_numbers(zoo_cnn, fmnist_batch):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import PGD, AutoAttack, TransferAttack, attack_from_spec
 from robustlab.attacks.bpda import BPDAAttack
+from robustlab.attacks.eot import EOTAttack
 from robustlab.errors import RobustlabError
 from robustlab.eval.sanity import Flag
 from robustlab.models.bpda import masking_modules
@@ -47,12 +48,13 @@ class AdaptivePlan:
         }  # fmt: skip
 
 
-def _eot_pgd(steps: int, samples: int, seed: int) -> Any:
-    """EOT-PGD if the gradient loop takes ``eot_samples``; None otherwise."""
+def _eot_pgd(steps: int, samples: int, seed: int) -> tuple[str, Any]:
+    """EOT-PGD: the gradient loop's ``eot_samples`` (mean gradient) where it has it, else PGD on the mean logits."""
+    spec = f"pgd(steps={steps},eot_samples={samples})"
     try:
-        return attack_from_spec(f"pgd(steps={steps},eot_samples={samples})", seed=seed)
-    except RobustlabError:  # a gradient loop without EOT: the plan says so
-        return None
+        return spec, attack_from_spec(spec, seed=seed)
+    except RobustlabError:  # a gradient loop without EOT: the mean over passes of the model instead
+        return f"eot-pgd(steps={steps},samples={samples})", EOTAttack(PGD(steps=steps, seed=seed), samples, seed)
 
 
 def plan_adaptive(
@@ -98,11 +100,8 @@ def plan_adaptive(
         add(square, AutoAttack(attacks=["square"], n_queries=config.adaptive_queries, seed=seed),
             "a black-box attack: zero/NaN gradients or black-box beating white-box")  # fmt: skip
     if fired & {"random_forward", "eps_zero_not_clean"}:
-        eot = _eot_pgd(steps, config.eot_samples, seed)
-        add(f"pgd(steps={steps},eot_samples={config.eot_samples})", eot,
-            f"random forward pass: the gradient averaged over {config.eot_samples} passes (EOT)")  # fmt: skip
-        if eot is None:
-            log.warning("the gradient loop has no eot_samples option: EOT-PGD not added")
+        add(*_eot_pgd(steps, config.eot_samples, seed),
+            f"random forward pass: PGD over the expectation of {config.eot_samples} passes (EOT)")  # fmt: skip
         plan.predictions = max(plan.predictions, config.eot_samples)
     if fired & {"rises_with_steps", "rises_with_eps"}:
         more = f"pgd(steps={4 * steps},restarts=3)"
