@@ -177,6 +177,7 @@ def test_folder_without_model_file_is_one_line(tmp_path, cli_error):
     cli_error(["attack", "--model", tmp_path, "--n", "4", "--attack", "fgsm", "--eps", "0.1", *TINY], "no model.pt")
 
 
+@pytest.mark.slow
 def test_autoattack_spec_on_a_few_samples(tmp_path, capsys):
     pytest.importorskip("pyautoattack")
     argv = ["attack", "--model", "zoo:fmnist-cnn", "--n", "4", "--attack", "autoattack:apgd-ce", "--eps", "0.1",
