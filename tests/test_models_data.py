@@ -70,6 +70,7 @@ def test_torchvision_spec_without_weights_warns(caplog):
     with caplog.at_level(logging.WARNING):
         model = load_model("torchvision:resnet18", num_classes=10)
     assert isinstance(model, Normalize) and "random weights" in caplog.text
+    assert "torchvision:resnet18" in caplog.text and "torchvision:torchvision:" not in caplog.text
     with pytest.raises(RobustlabError, match="no model"):
         load_model("torchvision:not_a_net")
 
