@@ -45,7 +45,6 @@ KEYS = ("positive_cos", "knn_accuracy")
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab ssl`` trains: encoder + projector with SimCLR/SimCo, a kNN monitor; model.pt is the encoder's
     classifier."""
-    from robustlab.data import load_dataset
     from robustlab.models import load_model, model_arch, seeded_weights
     from robustlab.ssl import KNNMonitor, SSLModel, make_ssl_method
     from robustlab.training import TrainingSetup
@@ -59,8 +58,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     method = make_ssl_method(args.method, temperature=args.temperature, seed=args.seed, **options)
     callbacks = []
     if args.knn_n > 0:
-        full_train = load_dataset(args.dataset, "train", args.data_root, args.download)
-        test = load_dataset(args.dataset, "test", args.data_root, args.download)
+        full_train, test = c.split_of(args, "train", None), c.split_of(args, "test", None)  # same image size
         take = lambda ds, n: tuple(torch.utils.data.default_collate([ds[i] for i in range(min(n, len(ds)))]))  # noqa: E731
         callbacks.append(KNNMonitor(take(full_train, args.knn_n), take(test, max(args.knn_n // 4, 100))))
     return TrainingSetup(
