@@ -242,3 +242,8 @@ def test_train_on_an_image_folder_then_attack_without_repeating_its_size(png_fol
                  str(tmp_path / "if-attack")]) == 0  # fmt: skip
     capsys.readouterr()
     assert report(tmp_path / "if-attack")["n"] == 9
+
+
+def test_mean_without_std_is_one_line(cli_error):
+    cli_error(["attack", "--model", "zoo:fmnist-cnn", "--mean", "0.5", "--n", "4", "--attack", "fgsm", "--eps", "0.1",
+               *TINY], "--mean and --std")  # fmt: skip

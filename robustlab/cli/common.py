@@ -100,9 +100,11 @@ def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> No
     parser.add_argument(
         "--checkpoint", metavar="FILE", help="weights (a state dict) for torchvision:/module:factory/zoo: models"
     )
-    parser.add_argument("--num-classes", type=positive_int, help="outputs of a torchvision:/module:factory model")
-    parser.add_argument("--mean", type=float_list, help="normalisation mean per channel, e.g. 0.5,0.5,0.5")
-    parser.add_argument("--std", type=float_list, help="normalisation std per channel (with --mean)")
+    parser.add_argument(
+        "--num-classes", type=positive_int, metavar="C", help="outputs of a torchvision:/module:factory model"
+    )
+    parser.add_argument("--mean", type=float_list, metavar="M,M,M", help="normalisation mean per channel")
+    parser.add_argument("--std", type=float_list, metavar="S,S,S", help="normalisation std per channel (with --mean)")
     parser.add_argument("--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (./models)")
     parser.add_argument(
         "--trust-checkpoint",
