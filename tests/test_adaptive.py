@@ -11,7 +11,6 @@ from fixture_models import noisy_cnn, rounding_cnn
 
 from robustlab.attacks import PGD, AutoAttack, TransferAttack
 from robustlab.attacks.bpda import BPDAAttack
-from robustlab.attacks.eot import EOTAttack
 from robustlab.cli import main
 from robustlab.eval import EvalConfig, Evaluator, run_evaluation
 from robustlab.models.bpda import BPDA, bpda, masking_modules
@@ -75,7 +74,7 @@ def test_noise_defence_plain_pgd_overstates_and_eot_closes_the_gap(fmnist_batch)
         common = dict(eps=(0.05,), attacks="pgd", sanity_n=40, plots=False)
         plain = run_evaluation(model, (x, y), EvalConfig(**common, adaptive="off"))
         adaptive = run_evaluation(model, (x, y), EvalConfig(**common))
-        strong = Evaluator({"eot": EOTAttack(PGD(steps=20), samples=20)}, threat, only_robust=False, predictions=10)
+        strong = Evaluator({"eot": PGD(steps=20, eot_samples=20)}, threat, only_robust=False, predictions=10)
         reference = strong.run(model, (x, y)).robust_accuracy
     assert "random_forward" in adaptive.adaptive["fired"] and adaptive.judgement["predictions"] == 10
     assert any("eot" in name for name in adaptive.adaptive["added"])
@@ -105,3 +104,28 @@ def test_bpda_from_the_command_line(tmp_path, capsys, cli_error):
     capsys.readouterr()
     cli_error([*base, "--bpda", "nosuch", "--out", str(tmp_path / "bad")], "no module", "nosuch")
     cli_error([*base, "--adaptive", "maybe", "--out", str(tmp_path / "bad")], "adaptive")
+
+
+def test_eot_is_an_option_of_the_gradient_loop(fmnist_batch):
+    from robustlab.attacks import attack_from_spec
+
+    x, y = fmnist_batch(16)
+    model = noisy_cnn(0.15)
+    attack = attack_from_spec("pgd(eot_samples=4,steps=3)", seed=1)
+    assert attack.config()["eot_samples"] == 4
+    state = torch.random.get_rng_state()
+    first, second = attack(model, x, y, THREAT), attack(model, x, y, THREAT)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the passes' randomness came from a fork
+    assert torch.equal(first.x_adv, second.x_adv)  # seeded from the attack's own generator
+
+
+def test_a_samples_random_start_does_not_depend_on_its_batch(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(12)
+    attack = PGD(steps=3, restarts=2, seed=3)
+    whole = attack(zoo_cnn, x, y, THREAT).x_adv
+    part = attack(zoo_cnn, x[5:9], y[5:9], THREAT).x_adv
+    assert torch.allclose(whole[5:9], part, atol=1e-6)
+    batch_drawn = PGD(steps=3, restarts=2, seed=3, keyed_start=False)
+    assert not torch.allclose(
+        batch_drawn(zoo_cnn, x, y, THREAT).x_adv[5:9], batch_drawn(zoo_cnn, x[5:9], y[5:9], THREAT).x_adv
+    )

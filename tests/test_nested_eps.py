@@ -11,7 +11,7 @@ from robustlab.eval import EvalConfig, load_results, run_evaluation
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = (0.08, 0.02, 0.05)  # given out of order: nested evaluates them ascending
-ATTACK = "ifgsm(steps=5)"
+ATTACK = "pgd(steps=5)"  # random starts keyed by sample: the same start in any batch
 
 
 def _both(model, data, attacks, tmp_path, **kwargs):

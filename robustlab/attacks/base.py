@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,12 @@ class GradientAttack:
         criterion: success criterion ``(logits, y, target) -> bool (N,)``; default misclassified (untargeted) or
             top-1 = target (targeted).
         seed: seed of the attack's own ``torch.Generator``; the global RNG is never touched.
+        eot_samples: expectation over transformation (Athalye et al. 2018): average the input gradient over this
+            many forward passes of a randomised model, each with fresh randomness (the global RNG, which such models
+            draw from, is forked around the passes and seeded from the attack's generator).
+        keyed_start: draw each sample's random start from a generator keyed by the sample's content and the seed,
+            so a sample's start, and thus its result, does not depend on the other samples in the batch (batch size,
+            only-robust subsets, nested eps, shards). Evaluation calls only; :meth:`perturb` keeps batch draws.
         evaluate: ``False`` makes a call return only ``x_adv`` (the other fields ``None``); prefer :meth:`perturb`.
 
     A call leaves the model as it found it (:func:`~robustlab.attacks.protocol.untouched`): a train-mode model is
@@ -76,6 +84,8 @@ class GradientAttack:
         criterion: Criterion | None = None,
         seed: int = 0,
         evaluate: bool = True,
+        eot_samples: int = 1,
+        keyed_start: bool = True,
     ) -> None:
         self.steps = options.whole("steps", steps)
         self.step_size = None if step_size is None else options.number("step size", step_size, positive=True)
@@ -91,6 +101,8 @@ class GradientAttack:
             check_criterion(criterion)
         self.criterion = criterion
         self.seed = options.seed(seed)
+        self.eot_samples = options.whole("eot_samples", eot_samples)
+        self.keyed_start = options.flag("keyed_start", keyed_start)
         if not evaluate and self.restarts != 1:
             raise RobustlabError("evaluate=False needs restarts=1: restarts pick per sample by the loss at x_adv")
         self.evaluate = evaluate
@@ -110,6 +122,8 @@ class GradientAttack:
             "early_stop": self.early_stop,
             "criterion": getattr(self.criterion, "name", None),
             "seed": self.seed,
+            "eot_samples": self.eot_samples,
+            "keyed_start": self.keyed_start,
         }
 
     def resolve_step_size(self, threat: ThreatModel) -> float:
@@ -168,7 +182,7 @@ class GradientAttack:
         best: AttackResult | None = None
         with frozen_parameters(model), untouched(model, x.device):
             for _ in range(self.restarts):
-                x_adv = self._run(model, x, y, target, threat, step_size, criterion, generator)
+                x_adv = self._run(model, x, y, target, threat, step_size, criterion, generator, self.keyed_start)
                 with torch.no_grad():
                     logits = model_logits(model, x_adv)
                     run = AttackResult(x_adv, criterion(logits, y, target), self._loss(logits, y, target), logits)
@@ -178,6 +192,21 @@ class GradientAttack:
         assert best is not None
         best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size}
         return best
+
+    def _start(self, x: Tensor, threat: ThreatModel, generator: torch.Generator, keyed: bool) -> Tensor:
+        """The first iterate: ``x``, a random point of the ball, or (``keyed``) one drawn per sample from a generator
+        seeded by the sample's content and one draw of the attack's generator (so restarts differ)."""
+        if not self.random_start:
+            return x.clone()
+        if not keyed:
+            return threat.random_start(x, generator, self.l2_start_radius)
+        salt = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
+        own = torch.Generator(device=x.device)
+        starts = []
+        for i, key in enumerate(sample_keys(x).tolist()):
+            own.manual_seed((key ^ salt) % (2**63))
+            starts.append(threat.random_start(x[i : i + 1], own, self.l2_start_radius))
+        return torch.cat(starts) if starts else x.clone()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = torch.Generator(device=device)
@@ -194,9 +223,10 @@ class GradientAttack:
         step_size: float,
         criterion: Criterion,
         generator: torch.Generator,
+        keyed: bool = False,
     ) -> Tensor:
         """One restart; returns the final iterate (or, with early stopping, the first successful one)."""
-        x_adv = threat.random_start(x, generator, self.l2_start_radius) if self.random_start else x.clone()
+        x_adv = self._start(x, threat, generator, keyed)
         velocity = torch.zeros_like(x) if self.momentum else None
         sign = -1.0 if target is not None else 1.0
         active = torch.arange(x.shape[0], device=x.device)
@@ -208,12 +238,14 @@ class GradientAttack:
         for step in range(self.steps):
             xa = subset(x_adv).detach().requires_grad_(True)
             ya, ta = subset(y), subset(target)
-            with torch.enable_grad():
-                logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
-                if step == 0:
-                    _check_first_logits(logits, ya, ta, criterion)
-                objective = self._loss(logits, ya, ta).sum()
-                (grad,) = torch.autograd.grad(objective if sign > 0 else -objective, xa)
+            with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
+                grad = torch.zeros_like(xa)
+                for _ in range(self.eot_samples):  # EOT: the mean gradient over passes with fresh randomness
+                    logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
+                    if step == 0:
+                        _check_first_logits(logits, ya, ta, criterion)
+                    objective = self._loss(logits, ya, ta).sum()
+                    grad += torch.autograd.grad(objective if sign > 0 else -objective, xa)[0] / self.eot_samples
             xa, grad = xa.detach(), grad.float() if grad.dtype in LOW_PRECISION else grad  # no underflow in norms
             if self.early_stop:
                 keep = ~criterion(logits.detach(), ya, ta)
@@ -235,6 +267,29 @@ class GradientAttack:
         return x_adv.detach()
 
 
+def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:
+    """For EOT: fork the global RNG (a randomised model draws from it) and seed it from the attack's generator, so
+    each step's passes see fresh, reproducible randomness and the caller's RNG is untouched."""
+    if samples == 1:
+        return contextlib.nullcontext()
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
+
+    @contextlib.contextmanager
+    def forked() -> Iterator[None]:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    return forked()
+
+
+def sample_keys(x: Tensor) -> Tensor:
+    """A 62-bit integer per sample from its content (exact integer arithmetic: independent of the batch)."""
+    q = (x.detach().flatten(1).double() * 65536).round().long().cpu()
+    weights = torch.randint(1, 2**31, (q.shape[1],), generator=torch.Generator().manual_seed(12345))
+    return ((q * weights).sum(1) * 2654435761 + q.sum(1)) % (2**62)
+
+
 def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:
     """At the first logits an attack sees: labels and targets in range, a criterion that can hold."""
     num_classes = logits.shape[1]
@@ -247,8 +302,9 @@ def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criter
 
 
 def _pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:
-    """Per sample: keep a success over a failure, else the higher attack objective."""
-    better = (run.success & ~best.success) | ((run.success == best.success) & (sign * run.loss > sign * best.loss))
+    """Per sample: the first success wins; between failures, the higher attack objective (so a sample's pick does
+    not depend on whether the others succeeded early)."""
+    better = (run.success & ~best.success) | (~run.success & ~best.success & (sign * run.loss > sign * best.loss))
     pick = better.view(-1, *([1] * (best.x_adv.dim() - 1)))
     return AttackResult(
         torch.where(pick, run.x_adv, best.x_adv),

@@ -18,8 +18,6 @@ from torch import Tensor, nn
 
 from robustlab.attacks import PGD, AutoAttack, TransferAttack, attack_from_spec
 from robustlab.attacks.bpda import BPDAAttack
-from robustlab.attacks.eot import EOTAttack
-from robustlab.errors import RobustlabError
 from robustlab.eval.sanity import Flag
 from robustlab.models.bpda import masking_modules
 
@@ -46,15 +44,6 @@ class AdaptivePlan:
             "mode": self.mode, "fired": self.fired, "added": self.reasons, "predictions": self.predictions,
             "bpda_modules": self.bpda_modules, "headline": self.headline,
         }  # fmt: skip
-
-
-def _eot_pgd(steps: int, samples: int, seed: int) -> tuple[str, Any]:
-    """EOT-PGD: the gradient loop's ``eot_samples`` (mean gradient) where it has it, else PGD on the mean logits."""
-    spec = f"pgd(steps={steps},eot_samples={samples})"
-    try:
-        return spec, attack_from_spec(spec, seed=seed)
-    except RobustlabError:  # a gradient loop without EOT: the mean over passes of the model instead
-        return f"eot-pgd(steps={steps},samples={samples})", EOTAttack(PGD(steps=steps, seed=seed), samples, seed)
 
 
 def plan_adaptive(
@@ -100,8 +89,9 @@ def plan_adaptive(
         add(square, AutoAttack(attacks=["square"], n_queries=config.adaptive_queries, seed=seed),
             "a black-box attack: zero/NaN gradients or black-box beating white-box")  # fmt: skip
     if fired & {"random_forward", "eps_zero_not_clean"}:
-        add(*_eot_pgd(steps, config.eot_samples, seed),
-            f"random forward pass: PGD over the expectation of {config.eot_samples} passes (EOT)")  # fmt: skip
+        eot = f"pgd(steps={steps},eot_samples={config.eot_samples})"
+        add(eot, attack_from_spec(eot, seed=seed),
+            f"random forward pass: the input gradient averaged over {config.eot_samples} passes (EOT)")  # fmt: skip
         plan.predictions = max(plan.predictions, config.eot_samples)
     if fired & {"rises_with_steps", "rises_with_eps"}:
         more = f"pgd(steps={4 * steps},restarts=3)"
