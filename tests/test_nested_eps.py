@@ -44,6 +44,10 @@ def test_nested_is_never_higher_than_separate_and_attacks_fewer(zoo_cnn, fmnist_
     for entry in nested.results:
         assert (min_eps > entry.eps).float().mean().item() == pytest.approx(entry.robust_accuracy)
     assert sum(nested.min_eps.values()) == len(y) and "Eps protocol: nested" in nested.to_markdown()
+    # sample by sample: robust nested => robust separately (random starts keyed by sample, not by batch)
+    nested_results = dict(zip(sorted(EPS), load_results(tmp_path / "nested")))
+    for eps, result in zip(EPS, load_results(tmp_path / "separate")):
+        assert not (nested_results[eps].robust & ~result.robust).any()
 
 
 def test_deterministic_attacks_nest_sample_by_sample(zoo_mlp, fmnist_batch, tmp_path):
