@@ -102,5 +102,6 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
         report={"model": args.model, "dataset": args.dataset},
         model_file={"arch": model_arch(args.model)[0], "dataset": args.dataset, "stage": "train",
                     "method": args.method},
-        banner=f"training {args.model} on {args.dataset} with {method.name} ({threat.norm} eps={threat.eps:.4g})",
+        banner=f"training {args.model} on {args.dataset} with {method.name} ({threat.norm} eps={threat.eps:.4g})"
+        + (f"; then PGD-50-10 on {len(evaluation.test_set)} test images (--eval-n)" if evaluation else ""),
     )  # fmt: skip
