@@ -93,7 +93,7 @@ def test_each_entry_says_which_shared_defaults_it_takes():
     assert isinstance(pgd, PGD) and (pgd.steps, pgd.restarts, pgd.loss_name) == (5, 3, "cw")
     assert attack_from_spec("autoattack", **defaults).seed == 2
     assert attack_entry("bim").name == "ifgsm" and attack_entry("I-FGSM").name == "ifgsm"
-    assert attack_entry("fgsm").takes == ("step_size", "loss", "seed")
+    assert attack_entry("fgsm").takes[:3] == ("step_size", "loss", "seed")  # then early_stop, layout, precision
     # explicit options are not filtered: fgsm refuses several steps
     with pytest.raises(RobustlabError, match="exactly one step"):
         make_attack("fgsm", steps=5)

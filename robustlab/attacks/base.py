@@ -8,32 +8,19 @@ import time
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks import options
+from robustlab.attacks import options, runtime
+from robustlab.attacks.inputs import diverse_inputs
 from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
+from robustlab.attacks.restarts import pick, pick_rows, restart_groups, stop_rows
+from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, is_targeted_loss
 from robustlab.threat import LOW_PRECISION, ThreatModel
 
 log = logging.getLogger(__name__)
-
-
-def diverse_inputs(x: Tensor, prob: float, generator: torch.Generator, scale: float = 1.1) -> Tensor:
-    """Input diversity (DI, Xie et al. 2019): random resize and pad, with probability ``prob`` per batch."""
-    if prob <= 0 or torch.rand((), generator=generator, device=generator.device).item() >= prob:
-        return x
-    size = x.shape[-1]
-    big = max(size + 1, int(round(size * scale)))
-    new = int(torch.randint(size, big, (), generator=generator, device=generator.device).item())
-    resized = F.interpolate(x, size=(new, new), mode="nearest")
-    pad = big - new
-    left = int(torch.randint(0, pad + 1, (), generator=generator, device=generator.device).item())
-    top = int(torch.randint(0, pad + 1, (), generator=generator, device=generator.device).item())
-    padded = F.pad(resized, (left, pad - left, top, pad - top))
-    return F.interpolate(padded, size=(size, size), mode="nearest")
 
 
 class GradientAttack:
@@ -44,13 +31,16 @@ class GradientAttack:
         step_size: absolute step size; ``None`` uses ``rel_step_size * eps``.
         loss: a loss name from :mod:`robustlab.losses` or a callable ``(logits, labels) -> (N,)`` (a targeted
             loss, :func:`robustlab.losses.targeted_loss`, takes ``(logits, target, y)`` and serves targeted calls).
-        restarts: independent runs; per sample, the first successful run wins, else the highest loss.
+        restarts: independent runs; per sample a successful run wins over a failed one, else the highest loss.
         random_start: start from a random point of the eps-ball instead of ``x``.
         l2_start_radius: L2 random starts: ``"ball"`` (uniform in the ball) or ``"uniform"`` (radius eps * U);
             see :meth:`ThreatModel.random_start`.
         momentum: MI-FGSM decay ``mu`` (0 disables momentum).
         diversity_prob: probability of the input-diversity transform per step (0 disables it).
-        early_stop: stop updating a sample once the criterion holds (keeps the first success).
+        early_stop: a sample leaves the batch at the first iterate that meets the criterion and the result keeps
+            that iterate (any-iterate success: never weaker than the final iterate). The evaluator turns it on;
+            off by default, so training's inner maximisation runs every step. Off under EOT (one random pass is no
+            verdict).
         criterion: success criterion ``(logits, y, target) -> bool (N,)``; default misclassified (untargeted) or
             top-1 = target (targeted).
         seed: seed of the attack's own ``torch.Generator``; the global RNG is never touched.
@@ -60,7 +50,11 @@ class GradientAttack:
         keyed_start: draw each sample's random start from a generator keyed by the sample's content and the seed,
             so a sample's start, and thus its result, does not depend on the other samples in the batch (batch size,
             only-robust subsets, nested eps, shards). Evaluation calls only; :meth:`perturb` keeps batch draws.
-        evaluate: ``False`` makes a call return only ``x_adv`` (the other fields ``None``); prefer :meth:`perturb`.
+        memory_format: ``"contiguous"``, ``"channels_last"`` (model and inputs, for the call only) or ``"auto"`` (a
+            short timed probe, once per model and input shape); see :mod:`robustlab.attacks.runtime`.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast for the gradient steps (where the device offers
+            it), or ``"auto"`` (bf16 where offered and faster). ``x_adv`` is always judged in float32.
+        restart_batch: the most rows one batch holds when restarts run as one batch of restarts x samples.
 
     A call leaves the model as it found it (:func:`~robustlab.attacks.protocol.untouched`): a train-mode model is
     attacked in train mode, and its buffers (BatchNorm statistics) and the caller's RNG state are restored.
@@ -83,9 +77,11 @@ class GradientAttack:
         early_stop: bool = False,
         criterion: Criterion | None = None,
         seed: int = 0,
-        evaluate: bool = True,
         eot_samples: int = 1,
         keyed_start: bool = True,
+        memory_format: str = "auto",
+        precision: str = "fp32",
+        restart_batch: int = 1024,
     ) -> None:
         self.steps = options.whole("steps", steps)
         self.step_size = None if step_size is None else options.number("step size", step_size, positive=True)
@@ -103,9 +99,10 @@ class GradientAttack:
         self.seed = options.seed(seed)
         self.eot_samples = options.whole("eot_samples", eot_samples)
         self.keyed_start = options.flag("keyed_start", keyed_start)
-        if not evaluate and self.restarts != 1:
-            raise RobustlabError("evaluate=False needs restarts=1: restarts pick per sample by the loss at x_adv")
-        self.evaluate = evaluate
+        self.memory_format = runtime.check_memory_format(memory_format)
+        self.precision = runtime.check_precision(precision)
+        self.restart_batch = options.whole("restart_batch", restart_batch)
+        self.runtime: dict[str, str] = {}  # the layout and precision the last call ran with (``auto`` resolved)
 
     def config(self) -> dict:
         """The attack's configuration, for reports."""
@@ -124,6 +121,9 @@ class GradientAttack:
             "seed": self.seed,
             "eot_samples": self.eot_samples,
             "keyed_start": self.keyed_start,
+            "memory_format": self.memory_format,
+            "precision": self.precision,
+            "restart_batch": self.restart_batch,
         }
 
     def resolve_step_size(self, threat: ThreatModel) -> float:
@@ -163,17 +163,21 @@ class GradientAttack:
             )
         criterion = self._setup(x, y, threat, target)
         step_size = self.resolve_step_size(threat)
+        x, generator = x.detach(), self._generator(x.device)
         with frozen_parameters(model):
-            return self._run(model, x.detach(), y, target, threat, step_size, criterion, self._generator(x.device))
+            run = self._resolve(model, x)
+            with run.layout(model, x):
+                start = run.inputs(self._start(x, threat, generator, keyed=False))
+                early = self.early_stop and self.eot_samples == 1
+                x_adv = self._run(model, run.inputs(x), start, y, target, threat, step_size, criterion, generator, run,
+                                  early)[0]  # fmt: skip
+        return x_adv.contiguous() if x.is_contiguous() else x_adv
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
     ) -> AttackResult:
         """Attack ``model`` at ``x`` (true labels ``y``); with ``target`` the attack is targeted."""
         start = time.perf_counter()
-        if not self.evaluate:
-            x_adv = self.perturb(model, x, y, threat, target)
-            return AttackResult(x_adv, None, None, None, {"time_s": time.perf_counter() - start})  # type: ignore[arg-type]
         criterion = self._setup(x, y, threat, target)
         sign = -1.0 if target is not None else 1.0
         step_size = self.resolve_step_size(threat)
@@ -181,17 +185,51 @@ class GradientAttack:
         x = x.detach()
         best: AttackResult | None = None
         with frozen_parameters(model), untouched(model, x.device):
-            for _ in range(self.restarts):
-                x_adv = self._run(model, x, y, target, threat, step_size, criterion, generator, self.keyed_start)
-                with torch.no_grad():
-                    logits = model_logits(model, x_adv)
-                    run = AttackResult(x_adv, criterion(logits, y, target), self._loss(logits, y, target), logits)
-                best = run if best is None else _pick(best, run, sign)
-                if bool(best.success.all()):
-                    break
+            run = self._resolve(model, x)
+            with run.layout(model, x):
+                for rows in restart_groups(self.restarts, x.shape[0], self.restart_batch):
+                    group = self._restarts(model, run.inputs(x), y, target, threat, step_size, criterion, generator,
+                                           run, rows)  # fmt: skip
+                    best = group if best is None else pick(best, group, sign)
+                    if bool(best.success.all()):
+                        break
         assert best is not None
-        best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size}
+        best.x_adv = best.x_adv.contiguous() if x.is_contiguous() else best.x_adv
+        best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size, **self.runtime}
         return best
+
+    def _resolve(self, model: nn.Module, x: Tensor) -> Runtime:
+        """The layout and precision of this call (a probe leaves no trace on the model); recorded in ``runtime``."""
+        with untouched(model, x.device):
+            run = runtime.resolve(model, x, self.memory_format, self.precision)
+        self.runtime = run.to_dict()
+        return run
+
+    def _restarts(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel, step_size: float,
+        criterion: Criterion, generator: torch.Generator, run: Runtime, rows: int,
+    ) -> AttackResult:  # fmt: skip
+        """``rows`` restarts as one batch of ``rows * N``; per sample a success, else the highest loss, judged by a
+        float32 forward pass (reusing the logits early stopping already judged a leaving row by)."""
+        sign = -1.0 if target is not None else 1.0
+        starts = run.inputs(torch.cat([self._start(x, threat, generator, self.keyed_start) for _ in range(rows)]))
+        xr, yr = x.repeat(rows, *([1] * (x.dim() - 1))), y.repeat(rows)
+        tr = target.repeat(rows, *([1] * (target.dim() - 1))) if target is not None else None
+        early = self.early_stop and self.eot_samples == 1
+        x_adv, left, hit, hit_logits = self._run(model, xr, starts, yr, tr, threat, step_size, criterion, generator,
+                                                 run, early, samples=x.shape[0])  # fmt: skip
+        rest = (~left).nonzero().squeeze(1)
+        with torch.no_grad():
+            parts = [hit_logits, model_logits(model, x_adv[rest]) if rest.numel() else None]
+        judged = torch.cat([t.float() if t.dtype in LOW_PRECISION else t for t in parts if t is not None])
+        logits = judged.new_zeros(xr.shape[0], judged.shape[1])
+        logits[torch.cat([hit, rest])] = judged
+        dropped = left.clone()
+        dropped[hit] = False  # rows that left because another restart of their sample broke
+        success = criterion(logits, yr, tr) & ~dropped
+        loss = torch.where(dropped, -sign * float("inf"), self._loss(logits, yr, tr).to(logits.dtype))
+        result = AttackResult(x_adv, success, loss, logits)
+        return pick_rows(result, rows, sign) if rows > 1 else result
 
     def _start(self, x: Tensor, threat: ThreatModel, generator: torch.Generator, keyed: bool) -> Tensor:
         """The first iterate: ``x``, a random point of the ball, or (``keyed``) one drawn per sample from a generator
@@ -217,23 +255,29 @@ class GradientAttack:
         self,
         model: nn.Module,
         x: Tensor,
+        x_adv: Tensor,
         y: Tensor,
         target: Tensor | None,
         threat: ThreatModel,
         step_size: float,
         criterion: Criterion,
         generator: torch.Generator,
-        keyed: bool = False,
-    ) -> Tensor:
-        """One restart; returns the final iterate (or, with early stopping, the first successful one)."""
-        x_adv = self._start(x, threat, generator, keyed)
+        run: Runtime,
+        early: bool = False,
+        samples: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The steps from ``x_adv``: ``(iterates, left, hit, hit_logits)``. With ``early`` stopping a row leaves at the
+        first iterate that breaks it (``hit``: those rows, ``hit_logits``: their float32 logits there), or when another
+        restart of its sample (rows ``i % samples``) broke; the others end at the final iterate."""
         velocity = torch.zeros_like(x) if self.momentum else None
         sign = -1.0 if target is not None else 1.0
         active = torch.arange(x.shape[0], device=x.device)
-        # With early stopping only the samples that have not yet succeeded are computed.
+        left = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        hits: list[Tensor] = [active[:0]]
+        hit_logits: list[Tensor] = []
 
-        def subset(t: Tensor | None) -> Tensor | None:
-            return t[active] if self.early_stop and t is not None else t
+        def subset(t: Tensor | None) -> Tensor | None:  # with early stopping only the rows still active
+            return t[active] if early and t is not None else t
 
         for step in range(self.steps):
             xa = subset(x_adv).detach().requires_grad_(True)
@@ -241,30 +285,34 @@ class GradientAttack:
             with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
                 grad = torch.zeros_like(xa)
                 for _ in range(self.eot_samples):  # EOT: the mean gradient over passes with fresh randomness
-                    logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
-                    if step == 0:
-                        _check_first_logits(logits, ya, ta, criterion)
-                    objective = self._loss(logits, ya, ta).sum()
+                    with run.autocast(xa.device):
+                        logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
+                        if step == 0:
+                            _check_first_logits(logits, ya, ta, criterion)
+                        objective = self._loss(logits, ya, ta).sum() * run.loss_scale
                     grad += torch.autograd.grad(objective if sign > 0 else -objective, xa)[0] / self.eot_samples
             xa, grad = xa.detach(), grad.float() if grad.dtype in LOW_PRECISION else grad  # no underflow in norms
-            if self.early_stop:
-                keep = ~criterion(logits.detach(), ya, ta)
-                active, xa, grad = active[keep], xa[keep], grad[keep]
+            if early:
+                leave, hit, judged = stop_rows(model, criterion, run, xa, ya, ta, logits, active % (samples or len(x)))
+                hits.append(active[hit])
+                hit_logits.append(judged)
+                left[active[leave]] = True
+                active, xa, grad = active[~leave], xa[~leave], grad[~leave]
                 if active.numel() == 0:
                     break
             if velocity is not None:
                 l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
                 grad = self.momentum * subset(velocity) + grad / l1
-                if self.early_stop:
+                if early:
                     velocity[active] = grad
                 else:
                     velocity = grad
             xa = threat.project(threat.step(xa, grad, step_size), subset(x))
-            if self.early_stop:
+            if early:
                 x_adv[active] = xa
             else:
                 x_adv = xa
-        return x_adv.detach()
+        return x_adv.detach(), left, torch.cat(hits), torch.cat(hit_logits) if hit_logits else None
 
 
 def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:
@@ -299,16 +347,3 @@ def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criter
         check_labels(target, num_classes, what="targets")
     if hasattr(criterion, "check"):
         criterion.check(num_classes)
-
-
-def _pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:
-    """Per sample: the first success wins; between failures, the higher attack objective (so a sample's pick does
-    not depend on whether the others succeeded early)."""
-    better = (run.success & ~best.success) | (~run.success & ~best.success & (sign * run.loss > sign * best.loss))
-    pick = better.view(-1, *([1] * (best.x_adv.dim() - 1)))
-    return AttackResult(
-        torch.where(pick, run.x_adv, best.x_adv),
-        torch.where(better, run.success, best.success),
-        torch.where(better, run.loss, best.loss),
-        torch.where(better[:, None], run.logits, best.logits),
-    )

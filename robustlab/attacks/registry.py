@@ -28,7 +28,8 @@ from robustlab.attacks.topk import TopK
 from robustlab.errors import RobustlabError
 from robustlab.losses import get_loss, loss_names
 
-GRADIENT_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed")
+RUNTIME_OPTIONS = ("memory_format", "precision")  # how an attack runs, not what it finds (issue 15)
+GRADIENT_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", "early_stop", *RUNTIME_OPTIONS)
 VARIANTS = ("none", "optional", "required")
 
 
@@ -235,11 +236,13 @@ def split_specs(text: str) -> list[str]:
 
 
 # The built-in attacks: one line each.
-register("fgsm", FGSM, "one signed step of size eps (Goodfellow et al. 2015)", ("step_size", "loss", "seed"))
+FGSM_OPTIONS = ("step_size", "loss", "seed", "early_stop", *RUNTIME_OPTIONS)
+register("fgsm", FGSM, "one signed step of size eps (Goodfellow et al. 2015)", FGSM_OPTIONS)
 register("ifgsm", IFGSM, "I-FGSM / BIM: steps of eps/steps (Kurakin et al. 2017)", GRADIENT_OPTIONS, aliases=("bim",))
 register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et al. 2018)", GRADIENT_OPTIONS)
 register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)", GRADIENT_OPTIONS)
-register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", GRADIENT_OPTIONS)
+TOPK_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", *RUNTIME_OPTIONS)  # no early stop: ranks
+register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", TOPK_OPTIONS)
 register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", AUTOATTACK_OPTIONS, "optional")
 register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", ("seed",), "required")
 

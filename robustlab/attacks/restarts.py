@@ -1,0 +1,79 @@
+"""Restarts as rows of one batch, the per-sample choice among restarts, and the early-stopping step of the loop.
+
+R restarts of N samples run as one batch of R * N rows where ``restart_batch`` allows (the per-step Python
+overhead is paid once, which is what small models spend their time on); per sample the same choice as restarts
+run one after another: the first success, else the higher attack objective (an earlier restart on a tie). With
+early stopping all rows of a sample leave once one of them breaks, so the success kept is the first in time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.protocol import AttackResult, model_logits
+from robustlab.attacks.runtime import Runtime
+from robustlab.criteria import Criterion
+
+
+def restart_groups(restarts: int, samples: int, restart_batch: int) -> list[int]:
+    """How many restarts each batch holds: as many as fit ``restart_batch`` rows (at least one per batch)."""
+    per_batch = max(1, min(restarts, restart_batch // max(samples, 1)))
+    return [min(per_batch, restarts - done) for done in range(0, restarts, per_batch)]
+
+
+def pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:
+    """Per sample: the first success wins; between failures, the higher attack objective (``best`` on a tie), so a
+    sample's pick does not depend on whether the others succeeded."""
+    better = (run.success & ~best.success) | (~run.success & ~best.success & (sign * run.loss > sign * best.loss))
+    take = better.view(-1, *([1] * (best.x_adv.dim() - 1)))
+    return AttackResult(
+        torch.where(take, run.x_adv, best.x_adv),
+        torch.where(better, run.success, best.success),
+        torch.where(better, run.loss, best.loss),
+        torch.where(better[:, None], run.logits, best.logits),
+    )
+
+
+def pick_rows(rows: AttackResult, restarts: int, sign: float) -> AttackResult:
+    """Collapse ``restarts`` stacked runs (rows ``r * N + i``) to one per sample, as :func:`pick` would in order."""
+    n = rows.success.shape[0] // restarts
+    success = rows.success.view(restarts, n)
+    objective = (sign * rows.loss).view(restarts, n)
+    # the first successful restart if any (argmax: the first True), else the highest objective (the first on a tie)
+    first = success.to(torch.uint8).argmax(0)
+    row = torch.where(success.any(0), first, objective.argmax(0)) * n + torch.arange(n, device=success.device)
+    return AttackResult(rows.x_adv[row], rows.success[row], rows.loss[row], rows.logits[row])
+
+
+def stop_rows(
+    model: nn.Module,
+    criterion: Criterion,
+    runtime: Runtime,
+    xa: Tensor,
+    ya: Tensor,
+    ta: Tensor | None,
+    logits: Tensor,
+    sample: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Early stopping at one iterate: ``(leave, hit, hit_logits)`` over the active rows.
+
+    ``hit`` rows break at this iterate; under low precision a float32 pass confirms them (a bf16 verdict alone could
+    stop a sample the judge still finds robust), and ``hit_logits`` are float32 logits the result reuses. ``leave``
+    adds the other rows of a sample one of whose restarts broke (``sample``: the sample of each active row).
+    """
+    hit = criterion(logits.detach(), ya, ta)
+    hit_logits = logits.detach()[hit]
+    if runtime.precision != "fp32" and bool(hit.any()):
+        idx = hit.nonzero().squeeze(1)
+        with torch.no_grad():
+            hit_logits = model_logits(model, xa[idx])
+        confirmed = criterion(hit_logits, ya[idx], ta[idx] if ta is not None else None)
+        hit = torch.zeros_like(hit).index_fill_(0, idx[confirmed], True)
+        hit_logits = hit_logits[confirmed]
+    broken = torch.zeros(int(sample.max().item()) + 1 if sample.numel() else 0, dtype=torch.bool, device=hit.device)
+    broken[sample[hit]] = True
+    return broken[sample], hit, hit_logits
+
+
+__all__ = ["pick", "pick_rows", "restart_groups", "stop_rows"]

@@ -1,0 +1,145 @@
+"""Issue 15's speed options keep the answer: early stopping, memory format, precision and restarts as one batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustlab import ThreatModel
+from robustlab.attacks import PGD, attack_from_spec
+from robustlab.attacks.restarts import pick, pick_rows, restart_groups
+from robustlab.attacks.runtime import Runtime, model_layout, offered_precisions, resolve
+from robustlab.errors import RobustlabError
+from robustlab.models import load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+THREAT = ThreatModel("linf", 0.03)
+
+
+@pytest.fixture(scope="module")
+def zoo_pgdat():
+    return load_model("zoo:fmnist-cnn-pgdat")
+
+
+def robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+@pytest.mark.parametrize(("which", "eps"), [("cnn", 0.03), ("pgdat", 0.1)])
+def test_early_stopped_pgd_is_never_weaker_than_the_final_iterate(which, eps, zoo_cnn, zoo_pgdat, fmnist_batch):
+    model = {"cnn": zoo_cnn, "pgdat": zoo_pgdat}[which]
+    x, y = fmnist_batch(200)
+    threat = ThreatModel("linf", eps)
+    final = PGD(steps=10, seed=3)(model, x, y, threat)
+    early = PGD(steps=10, seed=3, early_stop=True)(model, x, y, threat)
+    assert bool((early.success | ~final.success).all()), "a sample final-iterate PGD breaks survived early stopping"
+    assert early.success.sum() >= final.success.sum()
+    # the result is the first breaking iterate: inside the ball, and its logits are the model's at that point
+    assert (early.x_adv - x).abs().max() <= eps + 1e-6
+    with torch.no_grad():
+        torch.testing.assert_close(early.logits, model(early.x_adv), atol=1e-4, rtol=1e-4)
+    assert torch.equal(early.success, ~robust(model, early.x_adv, y))
+
+
+def test_the_evaluator_stops_early_by_default_and_training_does_not(zoo_cnn, fmnist_batch):
+    from robustlab.eval.run import EvalConfig
+
+    attacks = EvalConfig(eps=0.03, attacks="pgd,fgsm,autoattack").build_attacks()
+    assert attacks["pgd"].early_stop and attacks["fgsm"].early_stop
+    assert not EvalConfig(eps=0.03, attacks="pgd", early_stop=False).build_attacks()["pgd"].early_stop
+    assert not EvalConfig(eps=0.03, attacks="pgd", topk=(1, 3)).build_attacks()["pgd"].early_stop  # ranks need it
+    x, y = fmnist_batch(64)
+    pgd = PGD(steps=5, seed=1, keyed_start=False)  # perturb draws its starts for the batch
+    assert not pgd.early_stop  # an attack built in Python, and training's inner maximisation, run every step
+    full = pgd(zoo_cnn, x, y, THREAT)
+    torch.testing.assert_close(pgd.perturb(zoo_cnn, x, y, THREAT), full.x_adv)
+
+
+def test_channels_last_gives_the_same_answer_within_float_tolerance(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(128)
+    pointers = [p.data_ptr() for p in zoo_cnn.parameters()]
+    with model_layout(zoo_cnn, channels_last=True):
+        assert any(p.is_contiguous(memory_format=torch.channels_last) and p.dim() == 4 for p in zoo_cnn.parameters())
+        cl = zoo_cnn(x.contiguous(memory_format=torch.channels_last)).detach()
+    assert [p.data_ptr() for p in zoo_cnn.parameters()] == pointers  # the very same tensors given back
+    assert all(p.is_contiguous() for p in zoo_cnn.parameters())
+    torch.testing.assert_close(cl, zoo_cnn(x).detach(), atol=1e-5, rtol=1e-5)
+    runs = {
+        fmt: PGD(steps=10, seed=2, memory_format=fmt)(zoo_cnn, x, y, THREAT) for fmt in ("contiguous", "channels_last")
+    }
+    a, b = runs["contiguous"], runs["channels_last"]
+    assert b.info["memory_format"] == "channels_last" and a.info["memory_format"] == "contiguous"
+    assert b.x_adv.is_contiguous()  # the caller's layout back
+    # sign steps can flip where a gradient is ~0; the answer may move by a sample at most
+    assert abs(int(a.success.sum()) - int(b.success.sum())) <= 1
+    assert (a.x_adv - b.x_adv).abs().gt(1e-5).float().mean() < 0.01
+
+
+def test_auto_memory_format_is_probed_once_and_recorded(zoo_cnn, zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(64)
+    pgd = attack_from_spec("pgd(steps=2)", memory_format="auto")
+    out = pgd(zoo_cnn, x, y, THREAT)
+    assert pgd.runtime["memory_format"] in ("contiguous", "channels_last")
+    assert out.info["memory_format"] == pgd.runtime["memory_format"] and out.info["precision"] == "fp32"
+    assert pgd.config()["memory_format"] == "auto"  # the setting; the choice is in runtime and the result
+    assert resolve(zoo_cnn, x, "auto", "fp32") is resolve(zoo_cnn, x, "auto", "fp32")  # cached, no second probe
+    assert resolve(zoo_mlp, x.flatten(1), "auto", "fp32") == Runtime("contiguous", "fp32")  # no conv: no probe
+
+
+def test_precision_is_checked_recorded_and_judged_in_float32(zoo_cnn, fmnist_batch):
+    with pytest.raises(RobustlabError, match="precision must be one of"):
+        PGD(precision="fp8")
+    with pytest.raises(RobustlabError, match="memory_format must be one of"):
+        PGD(memory_format="nhwc")
+    x, y = fmnist_batch(200)
+    if "fp16" not in offered_precisions(x.device):
+        with pytest.raises(RobustlabError, match="not offered on cpu"):
+            PGD(precision="fp16")(zoo_cnn, x, y, THREAT)
+    if "bf16" not in offered_precisions(x.device):
+        pytest.skip("this CPU has no native bf16")
+    fp32 = PGD(steps=10, seed=4, early_stop=True)(zoo_cnn, x, y, THREAT)
+    bf16 = PGD(steps=10, seed=4, early_stop=True, precision="bf16")(zoo_cnn, x, y, THREAT)
+    assert bf16.info["precision"] == "bf16" and PGD(precision="bf16").config()["precision"] == "bf16"
+    assert bf16.logits.dtype == torch.float32  # the verdict is the float32 model's
+    assert torch.equal(bf16.success, ~robust(zoo_cnn, bf16.x_adv, y))
+    assert abs(int(bf16.success.sum()) - int(fp32.success.sum())) <= 3  # 1.5 points of 200
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_restarts_as_one_batch_equal_sequential_restarts(early_stop, zoo_pgdat, fmnist_batch):
+    x, y = fmnist_batch(100)
+    threat = ThreatModel("linf", 0.1)
+    kwargs = {"steps": 5, "restarts": 3, "seed": 5, "early_stop": early_stop}
+    sequential = PGD(restart_batch=1, **kwargs)(zoo_pgdat, x, y, threat)
+    batched = PGD(restart_batch=10_000, **kwargs)(zoo_pgdat, x, y, threat)
+    assert torch.equal(batched.success, sequential.success)
+    assert torch.equal(batched.success, ~robust(zoo_pgdat, batched.x_adv, y))
+    if not early_stop:  # same rows, same choice
+        torch.testing.assert_close(batched.x_adv, sequential.x_adv, atol=1e-5, rtol=0)
+    one = PGD(steps=5, restarts=1, seed=5)(zoo_pgdat, x, y, threat)
+    assert batched.success.sum() >= one.success.sum()
+
+
+def test_restart_groups_and_row_choice():
+    assert restart_groups(5, 256, 1024) == [4, 1]
+    assert restart_groups(3, 256, 100) == [1, 1, 1]
+    assert restart_groups(3, 10, 10_000) == [3]
+    from robustlab.attacks.protocol import AttackResult
+
+    # 2 restarts x 3 samples: a success beats a higher loss, the first success wins; among failures the higher
+    # loss, the first on a tie -- the choice of restarts run one after another
+    success = torch.tensor([False, True, False, True, True, False])
+    loss = torch.tensor([5.0, 1.0, 2.0, 0.5, 3.0, 2.0])
+    rows = AttackResult(torch.arange(6.0)[:, None], success, loss, torch.zeros(6, 2))
+    out = pick_rows(rows, 2, sign=1.0)
+    assert out.x_adv.squeeze(1).tolist() == [3.0, 1.0, 2.0]
+    assert torch.equal(pick(rows_of(rows, 0), rows_of(rows, 1), 1.0).x_adv, out.x_adv)
+
+
+def rows_of(rows, r: int, n: int = 3):
+    from robustlab.attacks.protocol import AttackResult
+
+    part = slice(r * n, (r + 1) * n)
+    return AttackResult(rows.x_adv[part], rows.success[part], rows.loss[part], rows.logits[part])
