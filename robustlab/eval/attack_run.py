@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import Targeted, attack_from_spec
+from robustlab.attacks.runtime import runtime_of
 from robustlab.errors import RobustlabError
 from robustlab.eval.evaluator import Evaluator
 from robustlab.eval.gallery import save_gallery
@@ -134,6 +135,8 @@ def used_config(attack: Any, threat: ThreatModel) -> dict[str, Any]:
     inner = getattr(attack, "attack", attack)  # Targeted wraps the attack it steers
     if config.get("step_size") is None and hasattr(inner, "resolve_step_size"):
         config["step_size"] = inner.resolve_step_size(threat)
+    if runtime_of(attack):
+        config["runtime"] = runtime_of(attack)  # the memory format and precision it ran with
     return config
 
 

@@ -56,6 +56,7 @@ class EvalReport:
     adaptive: dict[str, Any] = field(default_factory=dict)  # mode, flags fired, attacks added and why, headline
     judgement: dict[str, Any] = field(default_factory=lambda: {"predictions": 1, "vote": "mean"})
     min_eps: dict[str, int] = field(default_factory=dict)  # samples per smallest breaking eps ("none": robust)
+    runtime: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> memory format, precision it ran with
 
     @property
     def headline_note(self) -> str:
@@ -81,7 +82,7 @@ class EvalReport:
             "sanity_fired": self.sanity_fired, "world_size": self.world_size, "config": self.config,
             "wall_time_s": self.wall_time_s, "environment": self.environment, "files": self.files,
             "eps_protocol": self.protocol, "class_names": self.class_names, "adaptive": self.adaptive,
-            "judgement": self.judgement, "min_eps": self.min_eps,
+            "judgement": self.judgement, "min_eps": self.min_eps, "runtime": self.runtime,
         }  # fmt: skip
 
     @classmethod
@@ -94,7 +95,7 @@ class EvalReport:
                 [EpsEntry.from_dict(e) for e in d["results"]], sanity, d.get("world_size", 1), d.get("config", {}),
                 d.get("wall_time_s", 0.0), d.get("environment", {}), d.get("files", {}), 0,
                 d.get("eps_protocol", "separate"), d.get("class_names", []), d.get("adaptive", {}),
-                d.get("judgement", {"predictions": 1, "vote": "mean"}), d.get("min_eps", {}),
+                d.get("judgement", {"predictions": 1, "vote": "mean"}), d.get("min_eps", {}), d.get("runtime", {}),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise RobustlabError(f"not a robustlab evaluation report (missing or bad {exc})") from None

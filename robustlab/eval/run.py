@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import attack_from_spec, split_specs
+from robustlab.attacks.runtime import runtime_of
 from robustlab.distributed import (
     Shard,
     barrier,
@@ -70,6 +71,11 @@ class EvalConfig:
     unreliable. ``bpda`` names modules run forward as they are and as the identity backward, for every attack.
     ``predictions`` passes judge each prediction of a randomised model (``vote``: ``"mean"`` logits or
     ``"majority"``).
+
+    ``early_stop`` (default on) lets gradient attacks built from specs drop a sample at the first iterate that breaks
+    it (never weaker than the final iterate; off when ``topk`` asks for ranks beyond 1). ``memory_format`` and
+    ``precision`` are those attacks' layout and gradient-step precision (:mod:`robustlab.attacks.runtime`); the
+    choice each attack ran with is in the report's ``runtime``.
     """
 
     eps: tuple[float, ...]
@@ -94,6 +100,9 @@ class EvalConfig:
     surrogate: Any = None  # a model spec, ModelSource or module: transfer source of the adaptive step
     eot_samples: int = 10
     adaptive_queries: int = 1000
+    early_stop: bool = True
+    memory_format: str = "auto"
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
 
     def __post_init__(self) -> None:
@@ -135,6 +144,8 @@ class EvalConfig:
         if repeated:
             raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
         defaults = {"steps": self.steps, "step_size": self.step_size, "loss": self.loss, "restarts": self.restarts}
+        early = self.early_stop and (self.topk is None or max(self.topk) == 1)  # top-k ranks need the final iterate
+        defaults |= {"early_stop": early, "memory_format": self.memory_format, "precision": self.precision}
         return {spec: attack_from_spec(spec, seed=self.seed, **defaults) for spec in specs}
 
     def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,6 +281,7 @@ def _evaluate(
         results=entries, config={**settings(config, exclude=("attacks", "extra", "surrogate")), **config.extra},
         protocol="nested" if config.nested else "separate", adaptive=plan.to_dict(),
         judgement={"predictions": plan.predictions, "vote": config.vote}, min_eps=_min_eps_counts(entries, min_eps),
+        runtime={name: runtime_of(a) for name, a in attacks.items() if runtime_of(a)},
     )  # fmt: skip
 
 
