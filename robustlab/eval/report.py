@@ -175,7 +175,9 @@ class EvalReport:
     def protocol_text(self) -> str:
         if self.protocol == "nested":
             return ("Eps protocol: nested (ascending eps; a sample broken at a smaller eps counts as broken at every "
-                    "larger one, with the example that broke it, and only the others are attacked).")  # fmt: skip
+                    "larger one, with the example that broke it, and only the others are attacked; never above "
+                    "separate eps for robustlab's gradient attacks, whose random starts are keyed by sample; attacks "
+                    "drawing for the whole batch, AutoAttack and torchattacks, can differ by their own noise).")  # fmt: skip
         return "Eps protocol: separate (each eps evaluated from scratch)."
 
     def judgement_text(self) -> str:
