@@ -177,7 +177,7 @@ class EvalReport:
             return ("Eps protocol: nested (ascending eps; a sample broken at a smaller eps counts as broken at every "
                     "larger one, with the example that broke it, and only the others are attacked; never above "
                     "separate eps for robustlab's gradient attacks, whose random starts are keyed by sample; attacks "
-                    "drawing for the whole batch, AutoAttack and torchattacks, can differ by their own noise).")  # fmt: skip
+                    "drawing for the whole batch (AutoAttack, torchattacks) can differ by own noise).")  # fmt: skip
         return "Eps protocol: separate (each eps evaluated from scratch)."
 
     def judgement_text(self) -> str:
