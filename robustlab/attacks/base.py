@@ -165,7 +165,7 @@ class GradientAttack:
         step_size = self.resolve_step_size(threat)
         x, generator = x.detach(), self._generator(x.device)
         with frozen_parameters(model):
-            run = self._resolve(model, x)
+            run = self._resolve(model, x, inside=False)
             with run.layout(model, x):
                 start = run.inputs(self._start(x, threat, generator, keyed=False))
                 early = self.early_stop and self.eot_samples == 1
@@ -198,9 +198,9 @@ class GradientAttack:
         best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size, **self.runtime}
         return best
 
-    def _resolve(self, model: nn.Module, x: Tensor) -> Runtime:
+    def _resolve(self, model: nn.Module, x: Tensor, inside: bool = True) -> Runtime:
         """The layout and precision of this call (a probe leaves no trace on the model); recorded in ``runtime``."""
-        with untouched(model, x.device):
+        with contextlib.nullcontext() if inside else untouched(model, x.device):
             run = runtime.resolve(model, x, self.memory_format, self.precision)
         self.runtime = run.to_dict()
         return run
@@ -217,7 +217,7 @@ class GradientAttack:
         tr = target.repeat(rows, *([1] * (target.dim() - 1))) if target is not None else None
         early = self.early_stop and self.eot_samples == 1
         x_adv, left, hit, hit_logits = self._run(model, xr, starts, yr, tr, threat, step_size, criterion, generator,
-                                                 run, early, samples=x.shape[0])  # fmt: skip
+                                                 run, early, x.shape[0] if rows > 1 else None)  # fmt: skip
         rest = (~left).nonzero().squeeze(1)
         with torch.no_grad():
             parts = [hit_logits, model_logits(model, x_adv[rest]) if rest.numel() else None]
@@ -240,10 +240,13 @@ class GradientAttack:
             return threat.random_start(x, generator, self.l2_start_radius)
         salt = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
         own = torch.Generator(device=x.device)
-        starts = []
-        for i, key in enumerate(sample_keys(x).tolist()):
-            own.manual_seed((key ^ salt) % (2**63))
-            starts.append(threat.random_start(x[i : i + 1], own, self.l2_start_radius))
+        keys = [(key ^ salt) % (2**63) for key in sample_keys(x).tolist()]
+        if threat.norm == "linf" and x.dtype not in LOW_PRECISION and keys:  # random_start's draws, one clip (speed)
+            u = torch.stack([torch.rand(x.shape[1:], generator=own.manual_seed(k), device=x.device, dtype=x.dtype)
+                             for k in keys])  # fmt: skip
+            return threat.clip(x + (2 * u - 1) * threat.eps)
+        radius = self.l2_start_radius
+        starts = [threat.random_start(x[i : i + 1], own.manual_seed(k), radius) for i, k in enumerate(keys)]
         return torch.cat(starts) if starts else x.clone()
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -275,44 +278,45 @@ class GradientAttack:
         left = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         hits: list[Tensor] = [active[:0]]
         hit_logits: list[Tensor] = []
-
-        def subset(t: Tensor | None) -> Tensor | None:  # with early stopping only the rows still active
-            return t[active] if early and t is not None else t
-
+        # with early stopping the rows still active, compacted only at a step where some leave (x_adv keeps those)
+        current, xs, ys, ts = x_adv, x, y, target
         for step in range(self.steps):
-            xa = subset(x_adv).detach().requires_grad_(True)
-            ya, ta = subset(y), subset(target)
+            xa = current.detach().requires_grad_(True)
             with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
                 grad = torch.zeros_like(xa)
                 for _ in range(self.eot_samples):  # EOT: the mean gradient over passes with fresh randomness
                     with run.autocast(xa.device):
                         logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
                         if step == 0:
-                            _check_first_logits(logits, ya, ta, criterion)
-                        objective = self._loss(logits, ya, ta).sum() * run.loss_scale
+                            _check_first_logits(logits, ys, ts, criterion)
+                        objective = self._loss(logits, ys, ts).sum() * run.loss_scale
                     grad += torch.autograd.grad(objective if sign > 0 else -objective, xa)[0] / self.eot_samples
             xa, grad = xa.detach(), grad.float() if grad.dtype in LOW_PRECISION else grad  # no underflow in norms
-            if early:
-                leave, hit, judged = stop_rows(model, criterion, run, xa, ya, ta, logits, active % (samples or len(x)))
+            stop = stop_rows(model, criterion, run, xa, ys, ts, logits, active, samples) if early else _NONE
+            leave, hit, judged = stop
+            if leave is not None:
                 hits.append(active[hit])
                 hit_logits.append(judged)
                 left[active[leave]] = True
-                active, xa, grad = active[~leave], xa[~leave], grad[~leave]
+                x_adv[active[leave]] = xa[leave]
+                keep = ~leave
+                active, xa, grad, xs, ys = active[keep], xa[keep], grad[keep], xs[keep], ys[keep]
+                ts = ts[keep] if ts is not None else None
+                velocity = velocity[keep] if velocity is not None else None
                 if active.numel() == 0:
                     break
             if velocity is not None:
                 l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-                grad = self.momentum * subset(velocity) + grad / l1
-                if early:
-                    velocity[active] = grad
-                else:
-                    velocity = grad
-            xa = threat.project(threat.step(xa, grad, step_size), subset(x))
-            if early:
-                x_adv[active] = xa
-            else:
-                x_adv = xa
+                grad = velocity = self.momentum * velocity + grad / l1
+            current = threat.project(threat.step(xa, grad, step_size), xs)
+        if not early:
+            x_adv = current
+        elif active.numel():
+            x_adv[active] = current
         return x_adv.detach(), left, torch.cat(hits), torch.cat(hit_logits) if hit_logits else None
+
+
+_NONE = (None, None, None)
 
 
 def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:

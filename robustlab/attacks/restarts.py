@@ -54,24 +54,32 @@ def stop_rows(
     ya: Tensor,
     ta: Tensor | None,
     logits: Tensor,
-    sample: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Early stopping at one iterate: ``(leave, hit, hit_logits)`` over the active rows.
+    active: Tensor,
+    samples: int | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Early stopping at one iterate: ``(leave, hit, hit_logits)`` over the active rows, ``None`` if no row leaves.
 
     ``hit`` rows break at this iterate; under low precision a float32 pass confirms them (a bf16 verdict alone could
     stop a sample the judge still finds robust), and ``hit_logits`` are float32 logits the result reuses. ``leave``
-    adds the other rows of a sample one of whose restarts broke (``sample``: the sample of each active row).
+    adds the other rows of a sample one of whose restarts broke (row ``r`` holds sample ``r % samples``).
     """
     hit = criterion(logits.detach(), ya, ta)
+    if not bool(hit.any()):
+        return None, None, None
     hit_logits = logits.detach()[hit]
-    if runtime.precision != "fp32" and bool(hit.any()):
+    if runtime.precision != "fp32":
         idx = hit.nonzero().squeeze(1)
         with torch.no_grad():
             hit_logits = model_logits(model, xa[idx])
         confirmed = criterion(hit_logits, ya[idx], ta[idx] if ta is not None else None)
         hit = torch.zeros_like(hit).index_fill_(0, idx[confirmed], True)
         hit_logits = hit_logits[confirmed]
-    broken = torch.zeros(int(sample.max().item()) + 1 if sample.numel() else 0, dtype=torch.bool, device=hit.device)
+        if not bool(confirmed.any()):
+            return None, None, None
+    if samples is None:  # one restart per batch: a row is a sample
+        return hit, hit, hit_logits
+    sample = active % samples
+    broken = torch.zeros(samples, dtype=torch.bool, device=hit.device)
     broken[sample[hit]] = True
     return broken[sample], hit, hit_logits
 
