@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--resnet-batch-size", type=int, default=None, help="default: 32 on the CPU, else --batch-size")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--resnet-repeats", type=int, default=None, help="default: half of --repeats, at least 3")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
     parser.add_argument("--precision-check", type=int, default=1000, help="test images for bf16 vs fp32 (0: skip)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -177,7 +178,8 @@ def main() -> None:
     n = args.resnet_batch_size or (args.batch_size if device.type == "cuda" else 32)
     xc = torch.rand(n, 3, 32, 32, generator=g).to(device)
     yc = torch.randint(0, 10, (n,), generator=g).to(device)
-    rows.append(bench_model("preact-resnet18 (cifar shape)", resnet, xc, yc, 8 / 255, max(3, args.repeats // 2)))
+    resnet_repeats = args.resnet_repeats or max(3, args.repeats // 2)
+    rows.append(bench_model("preact-resnet18 (cifar shape)", resnet, xc, yc, 8 / 255, resnet_repeats))
     checks = []
     if args.precision_check and "bf16" in offered_precisions(device):
         xs = (test.images[: args.precision_check].float() / 255).to(device)
