@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--resnet-repeats", type=int, default=None, help="default: half of --repeats, at least 3")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
     parser.add_argument("--precision-check", type=int, default=1000, help="test images for bf16 vs fp32 (0: skip)")
+    parser.add_argument("--models", default="cnn,mlp,resnet", help="which of cnn, mlp, resnet to time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attack_speed.json"))
     args = parser.parse_args()
@@ -168,18 +169,20 @@ def main() -> None:
     test = load_dataset("fashion-mnist", "test")
     x = (test.images[: args.batch_size].float() / 255).to(device)
     y = test.labels[: args.batch_size].to(device)
+    models = args.models.split(",")
     rows = [
-        bench_model("zoo:fmnist-cnn", load_model("zoo:fmnist-cnn", device=device), x, y, 0.03, args.repeats),
-        bench_model("zoo:fmnist-mlp", load_model("zoo:fmnist-mlp", device=device), x, y, 0.03, args.repeats),
+        bench_model(f"zoo:fmnist-{m}", load_model(f"zoo:fmnist-{m}", device=device), x, y, 0.03, args.repeats)
+        for m in ("cnn", "mlp")
+        if m in models
     ]
-    # a CIFAR-sized PreActResNet-18 (random weights: speed only) on random 32x32 images
-    resnet = build_model("preact-resnet18", "cifar10").to(device).eval()
-    g = torch.Generator().manual_seed(0)
-    n = args.resnet_batch_size or (args.batch_size if device.type == "cuda" else 32)
-    xc = torch.rand(n, 3, 32, 32, generator=g).to(device)
-    yc = torch.randint(0, 10, (n,), generator=g).to(device)
-    resnet_repeats = args.resnet_repeats or max(3, args.repeats // 2)
-    rows.append(bench_model("preact-resnet18 (cifar shape)", resnet, xc, yc, 8 / 255, resnet_repeats))
+    if "resnet" in models:  # a CIFAR-sized PreActResNet-18 (random weights: speed only) on random 32x32 images
+        resnet = build_model("preact-resnet18", "cifar10").to(device).eval()
+        g = torch.Generator().manual_seed(0)
+        n = args.resnet_batch_size or (args.batch_size if device.type == "cuda" else 32)
+        xc = torch.rand(n, 3, 32, 32, generator=g).to(device)
+        yc = torch.randint(0, 10, (n,), generator=g).to(device)
+        resnet_repeats = args.resnet_repeats or max(3, args.repeats // 2)
+        rows.append(bench_model("preact-resnet18 (cifar shape)", resnet, xc, yc, 8 / 255, resnet_repeats))
     checks = []
     if args.precision_check and "bf16" in offered_precisions(device):
         xs = (test.images[: args.precision_check].float() / 255).to(device)
