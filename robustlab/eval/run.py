@@ -73,7 +73,8 @@ class EvalConfig:
     ``"majority"``).
 
     ``early_stop`` (default on) lets gradient attacks built from specs drop a sample at the first iterate that breaks
-    it (never weaker than the final iterate; off when ``topk`` asks for ranks beyond 1). ``memory_format`` and
+    it (never weaker than the final iterate; off when ``topk`` asks for ranks beyond 1 or ``predictions`` > 1).
+    ``memory_format`` and
     ``precision`` are those attacks' layout and gradient-step precision (:mod:`robustlab.attacks.runtime`); the
     choice each attack ran with is in the report's ``runtime``.
     """
@@ -144,7 +145,8 @@ class EvalConfig:
         if repeated:
             raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
         defaults = {"steps": self.steps, "step_size": self.step_size, "loss": self.loss, "restarts": self.restarts}
-        early = self.early_stop and (self.topk is None or max(self.topk) == 1)  # top-k ranks need the final iterate
+        # top-k ranks need the final iterate; a randomised model's one pass is no verdict to stop on
+        early = self.early_stop and (self.topk is None or max(self.topk) == 1) and self.predictions == 1
         defaults |= {"early_stop": early, "memory_format": self.memory_format, "precision": self.precision}
         return {spec: attack_from_spec(spec, seed=self.seed, **defaults) for spec in specs}
 
