@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from robustlab.attacks import options, runtime
 from robustlab.attacks.inputs import diverse_inputs
 from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
-from robustlab.attacks.restarts import pick, pick_rows, restart_groups, stop_rows
+from robustlab.attacks.restarts import pick, pick_rows, restart_groups, stack_rows, stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
@@ -213,8 +213,8 @@ class GradientAttack:
         float32 forward pass (reusing the logits early stopping already judged a leaving row by)."""
         sign = -1.0 if target is not None else 1.0
         starts = run.inputs(torch.cat([self._start(x, threat, generator, self.keyed_start) for _ in range(rows)]))
-        xr, yr = _stack(x, rows), _stack(y, rows)  # labels may be float features (DeACL)
-        tr = _stack(target, rows) if target is not None else None
+        xr, yr = stack_rows(x, rows), stack_rows(y, rows)  # labels may be float features (DeACL)
+        tr = stack_rows(target, rows) if target is not None else None
         early = self.early_stop and self.eot_samples == 1
         x_adv, left, hit, hit_logits = self._run(model, xr, starts, yr, tr, threat, step_size, criterion, generator,
                                                  run, early, x.shape[0] if rows > 1 else None)  # fmt: skip
@@ -317,11 +317,6 @@ class GradientAttack:
 
 
 _NONE = (None, None, None)
-
-
-def _stack(t: Tensor, rows: int) -> Tensor:
-    """``rows`` copies of ``t`` along the batch dimension (restart ``r``'s rows ``r * N ... r * N + N - 1``)."""
-    return t if rows == 1 else t.repeat(rows, *([1] * (t.dim() - 1)))
 
 
 def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:

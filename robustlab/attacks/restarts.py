@@ -22,6 +22,11 @@ def restart_groups(restarts: int, samples: int, restart_batch: int) -> list[int]
     return [min(per_batch, restarts - done) for done in range(0, restarts, per_batch)]
 
 
+def stack_rows(t: Tensor, rows: int) -> Tensor:
+    """``rows`` copies of ``t`` along the batch dimension (restart ``r``'s rows ``r * N ... r * N + N - 1``)."""
+    return t if rows == 1 else t.repeat(rows, *([1] * (t.dim() - 1)))
+
+
 def pick(best: AttackResult, run: AttackResult, sign: float) -> AttackResult:
     """Per sample: the first success wins; between failures, the higher attack objective (``best`` on a tie), so a
     sample's pick does not depend on whether the others succeeded."""
@@ -84,4 +89,4 @@ def stop_rows(
     return broken[sample], hit, hit_logits
 
 
-__all__ = ["pick", "pick_rows", "restart_groups", "stop_rows"]
+__all__ = ["pick", "pick_rows", "restart_groups", "stack_rows", "stop_rows"]
