@@ -57,8 +57,9 @@ def sync(device: torch.device) -> None:
 
 
 def default_pgd(**options: object) -> PGD:
-    """robustlab's PGD-10 as the evaluator builds it (early stopping on, memory format auto, fp32)."""
-    return attack_from_spec("pgd", steps=STEPS, early_stop=True, **options)  # type: ignore[return-value]
+    """robustlab's PGD-10 as the evaluator builds it (early stopping on, fp32), with the opt-in layout probe
+    (memory format auto)."""
+    return attack_from_spec("pgd", steps=STEPS, early_stop=True, **{"memory_format": "auto", **options})  # type: ignore[return-value]
 
 
 def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> dict:
@@ -66,7 +67,7 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     device = x.device
     threat = ThreatModel("linf", eps)
     ours = default_pgd()
-    final_iterate = PGD(steps=STEPS)  # no early stopping, memory format auto
+    final_iterate = PGD(steps=STEPS, memory_format="auto")  # no early stopping
     before = PGD(steps=STEPS, memory_format="contiguous")  # robustlab before issue 15
     theirs = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=STEPS, random_start=True)
     methods = {

@@ -50,8 +50,10 @@ class GradientAttack:
         keyed_start: draw each sample's random start from a generator keyed by the sample's content and the seed,
             so a sample's start, and thus its result, does not depend on the other samples in the batch (batch size,
             only-robust subsets, nested eps, shards). Evaluation calls only; :meth:`perturb` keeps batch draws.
-        memory_format: ``"contiguous"``, ``"channels_last"`` (model and inputs, for the call only) or ``"auto"`` (a
-            short timed probe, once per model and input shape); see :mod:`robustlab.attacks.runtime`.
+        memory_format: ``"contiguous"`` (default), ``"channels_last"`` (model and inputs, for the call only) or
+            ``"auto"`` (a short timed probe, once per model and input shape; see :mod:`robustlab.attacks.runtime`).
+            Opt-in because the probe's choice depends on the machine's load, and the two layouts round differently:
+            a resumed run could otherwise pick another layout than the run it continues.
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast for the gradient steps (where the device offers
             it), or ``"auto"`` (bf16 where offered and faster). ``x_adv`` is always judged in float32.
         restart_batch: the most rows one batch holds when restarts run as one batch of restarts x samples.
@@ -79,7 +81,7 @@ class GradientAttack:
         seed: int = 0,
         eot_samples: int = 1,
         keyed_start: bool = True,
-        memory_format: str = "auto",
+        memory_format: str = "contiguous",
         precision: str = "fp32",
         restart_batch: int = 1024,
     ) -> None:

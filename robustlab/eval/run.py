@@ -102,7 +102,7 @@ class EvalConfig:
     eot_samples: int = 10
     adaptive_queries: int = 1000
     early_stop: bool = True
-    memory_format: str = "auto"
+    memory_format: str = "contiguous"
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
 
