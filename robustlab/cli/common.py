@@ -22,14 +22,20 @@ if TYPE_CHECKING:
     from robustlab.training.run import TrainingSetup
 
 
-def positive_int(text: str) -> int:
+def _whole(text: str, minimum: int) -> int:
+    """``text`` as a whole number >= ``minimum``, or the argparse error naming it."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    return _whole(text, 1)
 
 
 def eps_value(text: str) -> float:
@@ -57,13 +63,7 @@ def nonnegative_float(text: str) -> float:
 
 def nonnegative_int(text: str) -> int:
     """A whole number >= 0 (0 usually means off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _whole(text, 0)
 
 
 def _number(text: str) -> float:
