@@ -42,3 +42,15 @@ def noisy_cnn(sigma: float = 0.3) -> nn.Module:
     from robustlab.models.preprocess import GaussianNoise, defended
 
     return defended(load_model("zoo:fmnist-cnn"), GaussianNoise(sigma))
+
+
+class KillAfterEpoch:
+    """A training callback that simulates a kill: raises KeyboardInterrupt after epoch ``at`` ended (its records
+    are written, its checkpoint is not), so a test can resume and compare with an uninterrupted run."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def on_epoch_end(self, ctx):
+        if ctx.epoch == self.at:
+            raise KeyboardInterrupt

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from fixture_models import KillAfterEpoch
 
 from robustlab.cli import main
 from robustlab.data import first_n, load_dataset
@@ -123,17 +124,6 @@ def test_train_cli_user_errors(capsys):
     assert "does not take noise_sigma" in capsys.readouterr().err
 
 
-class _Kill:
-    """Simulates a kill after epoch ``at`` ended (before its checkpoint is written)."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_epoch_end(self, ctx):
-        if ctx.epoch == self.at:
-            raise KeyboardInterrupt
-
-
 class CollapseAtThirdCheck(COMonitor):
     """The real monitor, told that its third check (step 6, epoch 2) finds CO (so a step-level stop acts mid-epoch)."""
 
@@ -152,7 +142,7 @@ def test_resume_with_monitor_every_3_equals_the_uninterrupted_run(small_train, t
         monitor = monitor_cls(x_mon[:32], y_mon[:32], THREAT, every_steps=3, on_co="stop", pgd_steps=2)
         config = TrainConfig(epochs=3, batch_size=128, lr=0.05, best_metric="monitor_pgd_acc")
         result = train(_model(), make_method("fgsm-rs", THREAT), data, config, out, resume=resume,
-                       callbacks=[monitor, _Kill(kill_at)])  # fmt: skip
+                       callbacks=[monitor, KillAfterEpoch(kill_at)])  # fmt: skip
         return result, monitor
 
     full, full_monitor = run(tmp_path / "full")

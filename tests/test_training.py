@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixture_models import KillAfterEpoch
 
 from robustlab.data import first_n, load_dataset
 from robustlab.defenses.methods import METHODS, NoiseAug, make_method
@@ -101,24 +102,14 @@ def test_lr_schedules():
         TrainConfig(lr_schedule="linear").validate()
 
 
-class _Kill:
-    """Simulates a kill: raises after epoch ``at`` ended (before its checkpoint is written)."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_epoch_end(self, ctx):
-        if ctx.epoch == self.at:
-            raise KeyboardInterrupt
-
-
 def _run(out, kill_at=None, resume=False, optimizer="sgd"):
     data = first_n(load_dataset("fashion-mnist", "train"), 384)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build_model("cnn")
     config = TrainConfig(epochs=3, batch_size=128, lr=0.05, optimizer=optimizer, seed=3)
-    return train(model, make_method("fgsm-rs", THREAT), data, config, out, resume=resume, callbacks=[_Kill(kill_at)])
+    method = make_method("fgsm-rs", THREAT)
+    return train(model, method, data, config, out, resume=resume, callbacks=[KillAfterEpoch(kill_at)])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

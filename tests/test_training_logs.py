@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from fixture_models import KillAfterEpoch
 
 from robustlab.cli import main
 from robustlab.data import first_n, load_dataset
@@ -24,17 +25,6 @@ event_accumulator = pytest.importorskip(
 )
 
 
-class _Kill:
-    """Simulates a kill after epoch ``at`` ended (its records are written, its checkpoint is not)."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_epoch_end(self, ctx):
-        if ctx.epoch == self.at:
-            raise KeyboardInterrupt
-
-
 def _run(out, kill_at=None, resume=False):
     data = first_n(load_dataset("fashion-mnist", "train"), 384)  # 3 steps per epoch
     with torch.random.fork_rng():
@@ -44,7 +34,7 @@ def _run(out, kill_at=None, resume=False):
     monitor = COMonitor(x_mon, y_mon, THREAT, every_steps=2, on_co="continue", pgd_steps=2)
     config = TrainConfig(epochs=3, batch_size=128, lr=0.05, seed=3, tensorboard=True)
     method = make_method("fgsm-rs", THREAT)
-    return train(model, method, data, config, out, resume=resume, callbacks=[monitor, _Kill(kill_at)])
+    return train(model, method, data, config, out, resume=resume, callbacks=[monitor, KillAfterEpoch(kill_at)])
 
 
 def _scalars(out):
