@@ -102,12 +102,13 @@ def test_lr_schedules():
         TrainConfig(lr_schedule="linear").validate()
 
 
-def _run(out, kill_at=None, resume=False, optimizer="sgd"):
+def _run(out, kill_at=None, resume=False, optimizer="sgd", memory_format="contiguous", precision="fp32"):
     data = first_n(load_dataset("fashion-mnist", "train"), 384)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build_model("cnn")
-    config = TrainConfig(epochs=3, batch_size=128, lr=0.05, optimizer=optimizer, seed=3)
+    config = TrainConfig(epochs=3, batch_size=128, lr=0.05, optimizer=optimizer, seed=3, memory_format=memory_format,
+                         precision=precision)  # fmt: skip
     method = make_method("fgsm-rs", THREAT)
     return train(model, method, data, config, out, resume=resume, callbacks=[KillAfterEpoch(kill_at)])
 
@@ -123,6 +124,31 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, optimizer):
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_channels_last_training_resumes_bit_for_bit_and_gives_the_model_back_contiguous(tmp_path):
+    """The layout option changes how convolutions run, not what is learned (float tolerance), resumes exactly and
+    leaves no trace on the model."""
+    plain = _run(tmp_path / "plain", optimizer="adam")
+    full = _run(tmp_path / "full", optimizer="adam", memory_format="channels_last")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "killed", kill_at=2, optimizer="adam", memory_format="channels_last")
+    resumed = _run(tmp_path / "killed", resume=True, optimizer="adam", memory_format="channels_last")
+    for (name, a), b, c in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
+                               plain.model.state_dict().values()):  # fmt: skip
+        assert torch.equal(a, b), name
+        assert (a - c).norm() <= 0.05 * c.norm() + 1e-6, name  # rounding differences grow over 9 steps, no more
+        assert a.is_contiguous(), name
+    assert full.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=0.02)
+
+
+def test_training_precision_is_checked_against_the_device(tmp_path):
+    with pytest.raises(RobustlabError, match="precision 'fp16' is not offered on cpu"):
+        _run(tmp_path / "fp16", precision="fp16")
+    with pytest.raises(RobustlabError, match="unknown precision"):
+        TrainConfig(precision="fp8").validate()
+    with pytest.raises(RobustlabError, match="unknown memory format"):
+        TrainConfig(memory_format="nhwc").validate()
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

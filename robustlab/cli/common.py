@@ -219,7 +219,7 @@ OPTIM_DEFAULTS = {
 def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str | None) -> None:
     """Data, threat model (``eps``: True required, a string its default, None optional, False none), optimisation
     and run-folder arguments of a training command."""
-    from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS
+    from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TRAIN_MEMORY_FORMATS, TRAIN_PRECISIONS
 
     p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
@@ -246,6 +246,10 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
     o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
+                   help="bf16/fp16 autocast (fp16: CUDA; bf16: CUDA or a CPU with native bf16) (default: fp32)")
+    p.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, default="contiguous",
+                   help="channels_last trains convolutional nets faster on many CPUs and GPUs (default: contiguous)")
     p.add_argument("--out", default=f"runs/{command}", metavar="DIR", help=f"run folder (default: runs/{command})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -287,7 +291,7 @@ def train_config(args: argparse.Namespace, best_metric: str | None = None) -> Tr
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-        amp=getattr(args, "amp", False), num_workers=getattr(args, "num_workers", 0), progress=not args.no_progress,
+        precision=args.precision, memory_format=args.memory_format, num_workers=getattr(args, "num_workers", 0), progress=not args.no_progress,
         best_metric=best_metric, max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
         tensorboard=getattr(args, "tensorboard", False),
     )  # fmt: skip

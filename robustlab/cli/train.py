@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--k", dest="noise_multiple", type=c.nonnegative_float, help=argparse.SUPPRESS)  # the old name
     g.add_argument("--gradalign-lambda", type=c.nonnegative_float, help="gradalign: regulariser weight (default: 0.2)")
     g.add_argument("--pgd-steps", type=c.positive_int, help="pgd: steps of the inner PGD (default: 10)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", dest="precision", action="store_const", const="fp16", help=argparse.SUPPRESS)  # old name
     p.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers (default: 0)")
     m = p.add_argument_group("catastrophic-overfitting monitor and evaluation")
     m.add_argument(

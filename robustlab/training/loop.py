@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Decision = Literal["continue", "stop", "rollback"]
 DECISIONS = ("continue", "stop", "rollback")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Callback(Protocol):
@@ -100,7 +101,7 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Any
-    use_amp: bool
+    precision: str  # the resolved one: "fp32", "bf16" or "fp16"
     out: Path | None
     start_epoch: int = 0
     best_epoch: int | None = None
@@ -147,9 +148,12 @@ class _Loop:
             from tqdm.auto import tqdm
 
             bar = tqdm(bar, total=len(self.batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        channels_last = config.memory_format == "channels_last"
         for x, y in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.precision), enabled=self.precision != "fp32"):
                 loss, stats = self.method.training_loss(self.trained, x, y)
             self.check_finite(loss.item(), epoch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -251,9 +255,9 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
     shard = current_shard()
     rank, world_size = shard.as_tuple()
     model.to(device)
-    use_amp = bool(config.amp and device.type == "cuda")
-    if config.amp and not use_amp:
-        log.info("mixed precision asked for, but the device is %s: training in float32", device.type)
+    if config.memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)  # undone when train() returns
+    precision = _precision(config, device)
     ctx = TrainContext(model, method, config, device, rank, world_size, config.seed, out_dir=out)
     if hasattr(method, "setup"):
         method.setup(ctx)
@@ -270,14 +274,32 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(config, (step + 1) / total_steps) / config.lr
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     trained = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if world_size > 1
         else model
     )
     return _Loop(model, trained, method, callbacks, config, ctx, shard, batches, optimizer, scheduler, scaler,
-                 use_amp, out)  # fmt: skip
+                 precision, out)  # fmt: skip
+
+
+def _precision(config: TrainConfig, device: torch.device) -> str:
+    """The precision the run trains in: ``config.precision`` (``amp`` is the old fp16 switch, fp32 off CUDA),
+    refused with one line where the device does not compute it natively."""
+    from robustlab.attacks.runtime import offered_precisions
+
+    if config.amp and config.precision == "fp32":
+        if device.type != "cuda":
+            log.info("mixed precision asked for, but the device is %s: training in float32", device.type)
+            return "fp32"
+        return "fp16"
+    offered = offered_precisions(device)
+    if config.precision not in offered:
+        raise RobustlabError(
+            f"precision {config.precision!r} is not offered on {device.type} here; choose one of {', '.join(offered)}"
+        )
+    return config.precision
 
 
 def train(
@@ -319,6 +341,8 @@ def train(
     finally:
         if loop.metrics is not None:
             loop.metrics.close()
+        if config.memory_format == "channels_last":
+            model.to(memory_format=torch.contiguous_format)
     model.eval()
     return TrainResult(
         model, loop.ctx.history, epoch, loop.best_epoch, loop.best_value, loop.stop_reason, loop.train_seconds, out
