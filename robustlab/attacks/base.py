@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -338,10 +339,24 @@ def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> 
 
 
 def sample_keys(x: Tensor) -> Tensor:
-    """A 62-bit integer per sample from its content (exact integer arithmetic: independent of the batch)."""
-    q = (x.detach().flatten(1).double() * 65536).round().long().cpu()
-    weights = torch.randint(1, 2**31, (q.shape[1],), generator=torch.Generator().manual_seed(12345))
-    return ((q * weights).sum(1) * 2654435761 + q.sum(1)) % (2**62)
+    """A 62-bit integer per sample from its content, by exact arithmetic, so independent of the batch: the pixels
+    quantised to 1/65536, two weighted sums (a float64 matrix product while every partial sum is an integer below
+    2**53, else int64), mixed."""
+    q = (x.detach().flatten(1).float() * 65536).round().cpu()
+    weights = _key_weights(q.shape[1])
+    if q.numel() and float(q.abs().max()) * _KEY_WEIGHT_MAX * q.shape[1] < 2.0**53:
+        sums = (q.double() @ weights.double()).long()
+    else:
+        sums = (q.long()[:, :, None] * weights[None]).sum(1)
+    return (sums[:, 0] * 2654435761 + sums[:, 1]) % (2**62)
+
+
+_KEY_WEIGHT_MAX = 2**18
+
+
+@functools.cache
+def _key_weights(dim: int) -> Tensor:
+    return torch.randint(1, _KEY_WEIGHT_MAX, (dim, 2), generator=torch.Generator().manual_seed(12345))
 
 
 def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:
