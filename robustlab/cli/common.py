@@ -291,7 +291,8 @@ def train_config(args: argparse.Namespace, best_metric: str | None = None) -> Tr
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         lr_schedule=args.lr_schedule, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-        precision=args.precision, memory_format=args.memory_format, num_workers=getattr(args, "num_workers", 0), progress=not args.no_progress,
+        precision=args.precision, memory_format=args.memory_format, num_workers=getattr(args, "num_workers", 0),
+        progress=not args.no_progress,
         best_metric=best_metric, max_steps_per_epoch=getattr(args, "max_steps_per_epoch", None),
         tensorboard=getattr(args, "tensorboard", False),
     )  # fmt: skip
