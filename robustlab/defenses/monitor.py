@@ -51,7 +51,7 @@ class COMonitor:
         if on_co not in ON_CO:
             raise RobustlabError(f"unknown --on-co {on_co!r}; choose one of: {', '.join(ON_CO)}")
         self.x, self.y, self.threat = x, y, threat
-        self.pgd = PGD(steps=pgd_steps, step_size=threat.eps / 4, seed=seed)
+        self.pgd = PGD(steps=pgd_steps, step_size=threat.eps / 4, seed=seed, early_stop=True)
         self.fgsm = FGSM()
         self.on_co, self.every_steps = on_co, int(every_steps)
         self.drop, self.gap, self.floor, self.ratio = drop, gap, floor, ratio

@@ -86,7 +86,7 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor, max_fraction: float 
 
 def check_eps_zero(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int = 5) -> Flag:
     """Fires if an attack at eps = 0 changes accuracy (it can only do so through randomness or a bug)."""
-    acc = _robust(model, x, y, threat.with_eps(0), {"pgd": PGD(steps=steps)})
+    acc = _robust(model, x, y, threat.with_eps(0), {"pgd": PGD(steps=steps, early_stop=True)})
     fired = acc["pgd"] != acc["clean"]
     message = f"at eps = 0: robust {100 * acc['pgd']:.2f} % vs clean {100 * acc['clean']:.2f} %"
     return Flag("eps_zero_not_clean", fired, message, {"robust_accuracy_eps0": acc["pgd"], "clean": acc["clean"]})
@@ -105,9 +105,9 @@ def check_more_steps(
 ) -> Flag:
     """Fires if PGD with ``factor`` x more steps, or with ``restarts`` restarts, leaves more samples robust."""
     attacks = {
-        f"pgd-{steps}": PGD(steps=steps, seed=seed),
-        f"pgd-{steps * factor}": PGD(steps=steps * factor, seed=seed),
-        f"pgd-{steps}x{restarts}": PGD(steps=steps, restarts=restarts, seed=seed),
+        f"pgd-{steps}": PGD(steps=steps, seed=seed, early_stop=True),
+        f"pgd-{steps * factor}": PGD(steps=steps * factor, seed=seed, early_stop=True),
+        f"pgd-{steps}x{restarts}": PGD(steps=steps, restarts=restarts, seed=seed, early_stop=True),
     }
     acc = {}
     for name, attack in attacks.items():  # one at a time: stateful defences see the attacks in this order
@@ -138,7 +138,10 @@ def check_eps_monotone(
         top = min(2 * threat.eps, threat.bounds[1] - threat.bounds[0]) if threat.norm == "linf" else 2 * threat.eps
         eps_list = [threat.eps / 2, threat.eps, top]
     eps_list = sorted(set(eps_list))
-    acc = [_robust(model, x, y, threat.with_eps(e), {"pgd": PGD(steps=steps, seed=seed)})["pgd"] for e in eps_list]
+    acc = [
+        _robust(model, x, y, threat.with_eps(e), {"pgd": PGD(steps=steps, seed=seed, early_stop=True)})["pgd"]
+        for e in eps_list
+    ]
     return eps_curve_flag(eps_list, acc, tolerance)
 
 
@@ -168,7 +171,7 @@ def check_blackbox(
 ) -> Flag:
     """Fires if a black-box attack (Square, ``queries`` queries) beats white-box PGD by more than ``tolerance``."""
     square = AutoAttack(attacks=["square"], n_queries=queries, seed=seed)
-    attacks = {"pgd": PGD(steps=steps, seed=seed), "square": square}
+    attacks = {"pgd": PGD(steps=steps, seed=seed, early_stop=True), "square": square}
     acc = _robust(model, x, y, threat, attacks)
     fired = acc["square"] < acc["pgd"] - tolerance
     message = f"black-box Square {100 * acc['square']:.1f} % vs white-box PGD {100 * acc['pgd']:.1f} % robust"

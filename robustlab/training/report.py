@@ -56,7 +56,7 @@ def final_evaluation(
     from robustlab.eval import Evaluator
 
     name = f"pgd-{pgd_steps}-{pgd_restarts}"
-    attacks: dict[str, Any] = {name: PGD(steps=pgd_steps, restarts=pgd_restarts, seed=seed)}
+    attacks: dict[str, Any] = {name: PGD(steps=pgd_steps, restarts=pgd_restarts, seed=seed, early_stop=True)}
     if autoattack:
         from robustlab.attacks.registry import attack_from_spec
 
