@@ -6,16 +6,23 @@ accuracy collapses while FGSM accuracy stays high) and NoiseAug at the same sett
 
 Rerun: ``python bench/fast_at.py`` (about 12 minutes on 2 idle CPU cores, 23 on a loaded pair; ``--quick`` for a
 smoke run). Time ratios use this single-threaded process's CPU time, which other processes' load barely moves.
-Writes ``bench/results/fast_at.json`` and ``bench/results/fast_at_curves.png``.
+Writes ``bench/results/fast_at.json`` and ``bench/results/fast_at_curves.png``; it also times every method with the
+contiguous and the channels_last memory format (interleaved) and compares NoiseAug's and N-FGSM's training inputs
+(``--memory-format-timing`` / ``--noise-compare`` run one part alone and update fast_at.json).
+
+``--sweep`` runs the catastrophic-overfitting sweep (bench/fast_at_sweep.py: eps x step x method, the CO monitor,
+PGD-50-10, a rollback demo) into ``bench/results/fast_at_sweep.json`` / ``.png``, resumable through a run cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +34,9 @@ from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
 from robustlab.training import TrainConfig, final_evaluation, train
 
+sys.path.insert(0, str(Path(__file__).parent))  # bench/fast_at_sweep.py, when imported from elsewhere (tests)
+import fast_at_sweep as sweep  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 METHODS = ["standard", "fgsm", "fgsm-rs", "noiseaug", "n-fgsm", "gradalign", "pgd"]
 MAIN = {"eps": 0.1, "n_train": 3000, "epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 3e-3}
@@ -35,6 +45,10 @@ CO = {"eps": 0.3, "alpha": 2.0, "n_train": 5000, "epochs": 6, "optimizer": "adam
 # AutoAttack's two APGD attacks (the bulk of its strength) on the points PGD-50-10 left robust, for these methods
 EVAL = {"n_test": 200, "autoattack": "autoattack:apgd-ce,apgd-t", "autoattack_methods": ["fgsm-rs", "noiseaug", "pgd"]}
 EVAL["monitor_n"] = 128
+# the memory-format timing: each method, `rounds` x (contiguous, channels_last) in alternating order, `steps` steps each
+TIMING = {"rounds": 3, "steps": 12, "n_train": 3000}
+FORMATS = ("contiguous", "channels_last")
+NOISE = {"n": 512, "eps": 0.1, "model": "zoo:fmnist-cnn"}
 
 
 def fresh_model(seed: int = 0) -> torch.nn.Module:
@@ -59,6 +73,103 @@ def run_method(name, threat, data, monitor_batch, setting, step_size=None, every
     return model, result, monitor
 
 
+def time_memory_formats(methods: list[str], threat: ThreatModel, data, rounds: int, steps: int) -> dict[str, Any]:
+    """Seconds per training step of each method with the contiguous and the channels_last layout (issue 15), the two
+    interleaved in this process (order alternating by round) so that load drift hits both; medians over rounds."""
+    cpu: dict = {m: {f: [] for f in FORMATS} for m in methods}
+    wall: dict = {m: {f: [] for f in FORMATS} for m in methods}
+    for r in range(rounds):
+        for name in methods:
+            for fmt in FORMATS if r % 2 == 0 else FORMATS[::-1]:
+                config = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                     memory_format=fmt, max_steps_per_epoch=steps)  # fmt: skip
+                epoch = train(fresh_model(), make_method(name, threat), data, config, None).history[0]
+                cpu[name][fmt].append(epoch["epoch_cpu_seconds"] / epoch["steps"])
+                wall[name][fmt].append(epoch["epoch_seconds"] / epoch["steps"])
+    steps_60k = -(-60000 // 128)
+    out: dict[str, Any] = {"rounds": rounds, "steps_per_measure": steps, "batch_size": 128, "threads": 1}
+    for name in methods:
+        med = {f: statistics.median(cpu[name][f]) for f in FORMATS}
+        out[name] = {
+            **{f"{f}_cpu_s_per_step": round(med[f], 4) for f in FORMATS},
+            **{f"{f}_cpu_s_per_60k_epoch": round(med[f] * steps_60k, 1) for f in FORMATS},
+            **{f"{f}_wall_s_per_step": round(statistics.median(wall[name][f]), 4) for f in FORMATS},
+            "speedup_channels_last": round(med["contiguous"] / med["channels_last"], 3),
+            "samples_cpu_s_per_step": cpu[name],
+        }
+    return out
+
+
+def memory_format_table(timing: dict[str, Any]) -> str:
+    """CPU seconds per step with each layout and the speed-up, a row per method."""
+    rows = [
+        [
+            m,
+            f"{t['contiguous_cpu_s_per_step']:.4f}",
+            f"{t['channels_last_cpu_s_per_step']:.4f}",
+            f"{t['contiguous_cpu_s_per_60k_epoch']:.0f} / {t['channels_last_cpu_s_per_60k_epoch']:.0f}",
+            f"{t['speedup_channels_last']:.2f}x",
+        ]  # fmt: skip
+        for m, t in timing.items()
+        if isinstance(t, dict)
+    ]
+    headers = ["method", "contiguous s/step", "channels_last s/step", "s per 60k epoch", "speed-up"]
+    return markdown_table(headers, rows)
+
+
+def input_stats(x: torch.Tensor, x_train: torch.Tensor, eps: float) -> dict[str, float]:
+    """How far a training input lies from x, and how much of it sits on the bounds [0, 1]."""
+    d = (x_train - x).flatten(1)
+    return {
+        "mean_linf_distance": round(d.abs().amax(1).mean().item(), 4),
+        "mean_l2_distance": round(d.norm(dim=1).mean().item(), 4),
+        "fraction_pixels_beyond_eps": round((d.abs() > eps * (1 + 1e-5)).float().mean().item(), 4),
+        "fraction_pixels_on_bounds": round(((x_train <= 0) | (x_train >= 1)).float().mean().item(), 4),
+    }
+
+
+def noise_compare(n: int = NOISE["n"], eps: float = NOISE["eps"], model: torch.nn.Module | None = None) -> dict:
+    """NoiseAug and N-FGSM training inputs on the first ``n`` training images at Linf ``eps``, each method's noise
+    drawn from its own generator seeded alike: with the defaults they coincide (max difference 0); Gaussian noise
+    or a step above eps (N-FGSM takes it in full, NoiseAug projects it to eps) makes them differ."""
+    from robustlab.models import load_model
+    from robustlab.models.mode import temporary_mode
+
+    given = model is not None
+    model = model if model is not None else load_model(NOISE["model"])
+    data = load_dataset("fashion-mnist", "train")
+    x, y = data.images[:n].float() / 255, data.labels[:n].clone()
+    threat = ThreatModel("linf", eps)
+    variants = {
+        "noiseaug (uniform, sigma 2, step 1.25 eps)": make_method("noiseaug", threat),
+        "n-fgsm (k 2, step eps)": make_method("n-fgsm", threat),
+        "noiseaug (gaussian, sigma 2, step 1.25 eps)": make_method("noiseaug", threat, noise="gaussian"),
+        "noiseaug (uniform, sigma 2, step 2 eps)": make_method("noiseaug", threat, 2 * eps),
+        "n-fgsm (k 2, step 2 eps)": make_method("n-fgsm", threat, 2 * eps),
+    }
+    with temporary_mode(model, training=False):
+        inputs = {name: method.training_input(model, x, y) for name, method in variants.items()}
+    names = list(inputs)
+    diff = lambda a, b: (inputs[names[a]] - inputs[names[b]]).abs().max().item()  # noqa: E731
+    return {
+        "setting": {"n": n, "eps": eps, "norm": "linf", "model": "given" if given else NOISE["model"]},
+        "inputs": {name: input_stats(x, xt, eps) for name, xt in inputs.items()},
+        "max_abs_difference": {
+            "noiseaug uniform vs n-fgsm (defaults)": diff(0, 1),
+            "noiseaug gaussian vs n-fgsm (defaults)": diff(2, 1),
+            "noiseaug step 2 eps vs noiseaug step 1.25 eps": diff(3, 0),
+            "n-fgsm step 2 eps vs n-fgsm step eps": diff(4, 1),
+        },
+    }
+
+
+def update_json(path: Path, key: str, value: Any) -> None:
+    """Set one part of a results file, keeping the rest (a part run alone)."""
+    data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fast_at"}
+    data[key] = value
+    write_json(path, data)
+
+
 def plot(main_runs: dict, co_runs: dict, path: Path) -> None:
     fig, axes = subplots(1, 3, figsize=(14, 3.8))
     ax = axes[0]
@@ -80,18 +191,70 @@ def plot(main_runs: dict, co_runs: dict, path: Path) -> None:
     save_png(fig, path, dpi=80)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (numbers meaningless)")
     parser.add_argument("--out", default=str(RESULTS / "fast_at.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--noise-compare", action="store_true", help="only NoiseAug vs N-FGSM inputs (seconds)")
+    parser.add_argument("--memory-format-timing", action="store_true", help="only the layout timing (minutes)")
+    parser.add_argument("--timing-rounds", type=int, default=TIMING["rounds"])
+    parser.add_argument("--timing-steps", type=int, default=TIMING["steps"])
+    sw = parser.add_argument_group("the catastrophic-overfitting sweep")
+    sw.add_argument("--sweep", action="store_true", help="the eps x step x method grid, then the rollback demo")
+    sw.add_argument("--rollback-demo", action="store_true", help="only the rollback demo (FGSM-RS grid runs first)")
+    sw.add_argument("--sweep-n", type=int, default=15000, help="training images (the full set is 60000)")
+    sw.add_argument("--sweep-epochs", type=int, default=10)
+    sw.add_argument("--sweep-eval-n", type=int, default=500, help="first test images for clean and PGD-50-10")
+    sw.add_argument("--sweep-monitor-n", type=int, default=512, help="the CO monitor's fixed training batch")
+    sw.add_argument("--sweep-eps", type=float, nargs="+", default=list(sweep.SWEEP_EPS))
+    sw.add_argument("--sweep-steps", type=float, nargs="+", default=list(sweep.SWEEP_STEPS), help="in units of eps")
+    sw.add_argument("--sweep-methods", nargs="+", default=list(sweep.SWEEP_METHODS), choices=list(sweep.SWEEP_METHODS))
+    sw.add_argument("--no-rollback-demo", action="store_true")
+    sw.add_argument("--jobs", type=int, default=2, help="runs trained in parallel (one thread each)")
+    sw.add_argument("--sweep-out", default=str(RESULTS / "fast_at_sweep.json"))
+    sw.add_argument("--cache", default=str(RESULTS / "fast_at_sweep_cache.json"), help="finished runs by settings")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.sweep:
+        result = sweep.run_sweep(args, log)
+        print(sweep.summary(result))
+        return 0
+    if args.rollback_demo:
+        cache = sweep.RunCache(Path(args.cache))
+        cells = sweep.grid(args, labels=["fgsm-rs"])
+        sweep.run_all([c["settings"] for c in cells], cache, args.jobs, log)
+        demo = sweep.rollback_demo(cells, sweep.sweep_base(args), cache, args.jobs, log)
+        write_json(Path(args.sweep_out).with_name("fast_at_rollback.json"), demo)
+        print(json.dumps({k: demo[k] for k in ("setting", "why")}))
+        return 0
+    out = Path(args.out)
+    if args.noise_compare:
+        result = noise_compare()
+        update_json(out, "noise_compare", result)
+        print(json.dumps(result, indent=1))
+        return 0
     if args.quick:
         MAIN.update(n_train=256, epochs=1)
         CO.update(n_train=256, epochs=1, every_steps=1)
         EVAL.update(n_test=32, autoattack_methods=["noiseaug"], monitor_n=32)
+        args.timing_rounds, args.timing_steps = 1, 2
     torch.set_num_threads(1)  # on a small shared CPU one thread is faster and timings are steadier
     started = time.time()
     train_full = load_dataset("fashion-mnist", "train")
+    timing_data = first_n(train_full, TIMING["n_train"])
+    if args.memory_format_timing:
+        timing = time_memory_formats(METHODS, ThreatModel("linf", MAIN["eps"]), timing_data, args.timing_rounds,
+                                     args.timing_steps)  # fmt: skip
+        update_json(out, "memory_format", timing)
+        print(memory_format_table(timing))
+        return 0
     test_full = load_dataset("fashion-mnist", "test")
     mon_x = train_full.images[-EVAL["monitor_n"] :].float() / 255  # a fixed training batch outside the subset
     mon_y = train_full.labels[-EVAL["monitor_n"] :].clone()
@@ -172,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(
         ["method", "time / standard (CPU)", "(wall)", "clean %", "PGD-50-10 %", "AutoAttack %"], rows
     )
-    out = Path(args.out)
+    timing = time_memory_formats(METHODS, threat, timing_data, args.timing_rounds, args.timing_steps)
+    noise = noise_compare(n=64 if args.quick else NOISE["n"])
     write_json(
         out,
         {
@@ -182,12 +346,16 @@ def main(argv: list[str] | None = None) -> int:
             "main": main_runs,
             "co": co_runs,
             "table_markdown": table,
+            "memory_format": timing,
+            "noise_compare": noise,
             "wall_time_s": round(time.time() - started, 1),
             "environment": environment(" ".join(["python", *sys.argv])),
         },
     )
     plot(main_runs, co_runs, out.with_name(out.stem + "_curves.png"))
     print(table)
+    print(memory_format_table(timing))
+    print(f"NoiseAug vs N-FGSM, max |difference| of the training inputs: {noise['max_abs_difference']}")
     print(
         f"CO setting eps {CO['eps']}, alpha {CO['alpha']} eps: "
         + ", ".join(f"{n} CO={r['co_detected']}" for n, r in co_runs.items())
