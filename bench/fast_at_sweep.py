@@ -76,7 +76,9 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
     method = make_method(s["method"], threat, s["step_eps"] * s["eps"], **s["options"])
     result = train(model, method, first_n(train_full, s["n_train"]), config, None, callbacks=[monitor])
     test = first_n(load_dataset("fashion-mnist", "test"), s["eval_n"])
+    started = time.perf_counter()
     evaluation = final_evaluation(model, test, threat, batch_size=250)
+    eval_seconds = time.perf_counter() - started
     epochs = [
         {k: c[k] for k in ("epoch", "monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc", "co")}
         for c in monitor.checks
@@ -92,6 +94,7 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
         "pgd_50_10_accuracy": evaluation["pgd_accuracy"],
         "evaluation_n": evaluation["n"],
         "train_seconds": round(result.train_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
     }
 
 

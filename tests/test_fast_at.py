@@ -180,3 +180,117 @@ def test_python_api_runs_what_robustlab_train_does_in_one_call(small_train, tmp_
     assert "pgd-2-1" in report.markdown() and report.to_dict()["co_events"] == []
     with pytest.raises(RobustlabError, match="different epochs"):
         run_training("train", {**settings, "epochs": 2}, build, tmp_path / "run", resume=True)
+
+
+# --- NoiseAug and N-FGSM, and bench/fast_at.py's CO sweep --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_fast_at():
+    """bench/fast_at.py as a module (it imports bench/fast_at_sweep.py from its own folder)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        yield importlib.import_module("fast_at")
+    finally:
+        sys.path.remove(bench)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_noiseaug_and_n_fgsm_train_on_the_same_input_in_linf_with_the_defaults(small_train, eps):
+    """Same noise U(-2 eps, 2 eps) (each method's generator is seeded alike), clipped to the bounds; NoiseAug's step
+    of 1.25 eps projected onto the eps-ball around the noisy point is N-FGSM's unprojected step of eps."""
+    data, x, y = small_train
+    model, threat = _model().eval(), ThreatModel("linf", eps)
+    noiseaug = make_method("noiseaug", threat).training_input(model, x, y)
+    assert torch.equal(noiseaug, make_method("n-fgsm", threat).training_input(model, x, y))
+    assert (noiseaug - x).abs().max() > eps * 2  # the noise took it well outside the eps-ball around x
+    # why the sweep trains FGSM and NoiseAug once for every step >= eps: the projection makes them one step of eps
+    for name in ("noiseaug", "fgsm"):
+        at_eps = make_method(name, threat, eps).training_input(model, x, y)
+        for step in (1.25 * eps, 2 * eps):
+            assert torch.equal(make_method(name, threat, step).training_input(model, x, y), at_eps)
+
+
+def test_noiseaug_and_n_fgsm_differ_with_gaussian_noise_or_a_step_above_eps(bench_fast_at):
+    """bench/fast_at.py --noise-compare: 0 difference with the defaults; Gaussian noise reaches further; N-FGSM takes
+    a 2 eps step in full (the official code: no projection) where NoiseAug's projection keeps it at eps."""
+    result = bench_fast_at.noise_compare(n=64, eps=0.1, model=_model().eval())
+    diff, inputs = result["max_abs_difference"], result["inputs"]
+    assert diff["noiseaug uniform vs n-fgsm (defaults)"] == 0.0
+    assert diff["noiseaug step 2 eps vs noiseaug step 1.25 eps"] == 0.0
+    assert diff["noiseaug gaussian vs n-fgsm (defaults)"] > 0.1
+    assert diff["n-fgsm step 2 eps vs n-fgsm step eps"] == pytest.approx(0.1, abs=1e-5)  # one more eps, where unclipped
+    uniform, gaussian = (
+        inputs["noiseaug (uniform, sigma 2, step 1.25 eps)"],
+        inputs["noiseaug (gaussian, sigma 2, step 1.25 eps)"],
+    )
+    assert uniform["mean_linf_distance"] <= 0.3 + 1e-5 < gaussian["mean_linf_distance"]  # 2 eps noise + eps step
+    big_step = inputs["n-fgsm (k 2, step 2 eps)"]
+    assert big_step["mean_linf_distance"] > uniform["mean_linf_distance"] + 0.05
+    assert big_step["fraction_pixels_beyond_eps"] > uniform["fraction_pixels_beyond_eps"]
+
+
+def _sweep_args(bench_fast_at, tmp_path, *extra):
+    args = ["--sweep", "--sweep-n", "256", "--sweep-epochs", "1", "--sweep-eval-n", "16", "--sweep-monitor-n", "32"]
+    args += ["--sweep-eps", "0.3", "--sweep-steps", "2", "--sweep-methods", "fgsm-rs", "noiseaug-uniform"]
+    args += ["--jobs", "1", "--no-rollback-demo", "--cache", str(tmp_path / "cache.json")]
+    return bench_fast_at.parse_args([*args, "--sweep-out", str(tmp_path / "sweep.json"), *extra])
+
+
+def test_sweep_writes_its_table_and_figure_and_serves_finished_runs_from_the_cache(
+    bench_fast_at, tmp_path, monkeypatch
+):
+    sweep = bench_fast_at.sweep
+    result = sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path), log=lambda message: None)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert (
+        [r["label"] for r in saved["runs"]] == ["fgsm-rs", "noiseaug-uniform"] == [r["label"] for r in result["runs"]]
+    )
+    for run in saved["runs"]:
+        assert run["eps"] == 0.3 and run["step"] == 2.0 and run["settings"]["on_co"] == "continue"
+        assert [e["epoch"] for e in run["epochs"]] == [1]  # the monitor checked the one epoch
+        assert {"monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc", "co"} <= set(run["epochs"][0])
+        assert isinstance(run["co_flagged"], bool) and run["evaluation_n"] == 16 and run["train_seconds"] >= 0
+        assert 0 <= run["pgd_50_10_accuracy"] <= run["clean_accuracy"] <= 1
+    assert saved["runs"][1]["settings"]["step_eps"] == 1.0  # NoiseAug's 2 eps step is projected to eps: one training
+    assert "| 0.3 | 2 eps |" in saved["table_markdown"] and " / " in saved["table_markdown"]
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+    def no_training(settings):
+        raise AssertionError(f"trained again: {settings}")
+
+    monkeypatch.setattr(sweep, "train_one", no_training)
+    again = sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path), log=lambda message: None)
+    assert again["runs"] == saved["runs"]  # the same records, from the cache
+
+    trained = []
+    monkeypatch.setattr(sweep, "train_one", lambda s: trained.append(s) or {**saved["runs"][0], "settings": s})
+    sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path, "--sweep-epochs", "2"), log=lambda message: None)
+    assert [s["epochs"] for s in trained] == [2, 2]  # another setting: nothing served from the cache
+
+
+def test_rollback_demo_retrains_the_first_collapsed_fgsm_rs_setting_with_rollback(bench_fast_at, tmp_path, monkeypatch):
+    sweep, trained = bench_fast_at.sweep, []
+
+    def fake(settings):  # FGSM-RS collapses at eps 0.25 and 0.3 (step 2 eps) in this scripted grid
+        trained.append(settings)
+        co = settings["method"] == "fgsm-rs" and settings["eps"] >= 0.25 and settings["step_eps"] == 2.0
+        return {"settings": settings, "co_flagged": co, "co_epochs": [3] if co else [], "epochs": [],
+                "stop_reason": None, "best_epoch": 2, "clean_accuracy": 0.5, "pgd_50_10_accuracy": 0.1,
+                "train_seconds": 1.0, "evaluation_n": 16}  # fmt: skip
+
+    monkeypatch.setattr(sweep, "train_one", fake)
+    args = _sweep_args(bench_fast_at, tmp_path, "--sweep-eps", "0.2", "0.25", "0.3", "--sweep-steps", "1.25", "2")
+    args.no_rollback_demo = False
+    result = sweep.run_sweep(args, log=lambda message: None)
+    demo = result["rollback_demo"]
+    assert demo["setting"] == {"eps": 0.25, "step_eps": 2.0} and "flagged" in demo["why"]
+    assert (
+        trained[-1]["on_co"] == "rollback" and trained[-1]["eps"] == 0.25 and len(trained) == 10
+    )  # 9 distinct grid runs + 1
+    assert demo["continue"]["co_epochs"] == [3]
