@@ -222,6 +222,8 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sweep or args.rollback_demo:
+        torch.set_num_threads(1)  # as each worker process does
     if args.sweep:
         result = sweep.run_sweep(args, log)
         print(sweep.summary(result))
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rollback_demo:
         cache = sweep.RunCache(Path(args.cache))
         cells = sweep.grid(args, labels=["fgsm-rs"])
+        sweep.check(cells, args.jobs)
         sweep.run_all([c["settings"] for c in cells], cache, args.jobs, log)
         demo = sweep.rollback_demo(cells, sweep.sweep_base(args), cache, args.jobs, log)
         write_json(Path(args.sweep_out).with_name("fast_at_rollback.json"), demo)
@@ -365,4 +368,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robustlab.errors import RobustlabError
+
+    try:
+        sys.exit(main())
+    except RobustlabError as error:  # a bad setting: one line, before any training
+        print(f"fast_at.py: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import json
-import logging
 import multiprocessing
 import sys
 import time
@@ -212,6 +211,20 @@ def grid(args: Any, labels: Sequence[str] | None = None) -> list[dict[str, Any]]
     ]
 
 
+def check(cells: list[dict[str, Any]], jobs: int) -> None:
+    """Every run's threat model and method built once, so a bad setting fails before hours of training."""
+    from robustlab.defenses import make_method
+    from robustlab.errors import RobustlabError
+    from robustlab.threat import ThreatModel
+
+    if jobs < 1 or not cells:
+        raise RobustlabError(f"the sweep needs --jobs >= 1 and at least one run; got jobs {jobs}, {len(cells)} runs")
+    for s in (c["settings"] for c in cells):
+        if min(s["n_train"], s["epochs"], s["eval_n"], s["monitor_n"]) < 1:
+            raise RobustlabError("--sweep-n, --sweep-epochs, --sweep-eval-n and --sweep-monitor-n must be >= 1")
+        make_method(s["method"], ThreatModel("linf", s["eps"]), s["step_eps"] * s["eps"], **s["options"])
+
+
 def records(cells: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The grid cells with their run's record (a shared training says which step it ran with)."""
     return [
@@ -242,10 +255,10 @@ def rollback_demo(
 
 def run_sweep(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The grid, its table and figure, and the rollback demo; written to ``args.sweep_out`` (and a PNG next to it)."""
-    logging.getLogger("robustlab").setLevel(logging.ERROR)  # the monitor's CO warnings are in the records
     started = time.time()
     cache = RunCache(Path(args.cache))
     cells = grid(args)
+    check(cells, args.jobs)
     runs = records(cells, run_all([c["settings"] for c in cells], cache, args.jobs, log))
     table = sweep_table(runs, args.sweep_methods)
     demo = rollback_demo(cells, sweep_base(args), cache, args.jobs, log) if not args.no_rollback_demo else None

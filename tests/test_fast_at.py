@@ -272,6 +272,9 @@ def test_sweep_writes_its_table_and_figure_and_serves_finished_runs_from_the_cac
     monkeypatch.setattr(sweep, "train_one", lambda s: trained.append(s) or {**saved["runs"][0], "settings": s})
     sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path, "--sweep-epochs", "2"), log=lambda message: None)
     assert [s["epochs"] for s in trained] == [2, 2]  # another setting: nothing served from the cache
+    with pytest.raises(RobustlabError, match="eps 1.5"):  # refused before any run trains
+        sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path, "--sweep-eps", "0.3", "1.5"), log=lambda message: None)
+    assert len(trained) == 2
 
 
 def test_rollback_demo_retrains_the_first_collapsed_fgsm_rs_setting_with_rollback(bench_fast_at, tmp_path, monkeypatch):
