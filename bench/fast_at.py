@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.noise_compare:
         result = noise_compare()
-        update_json(out, "noise_compare", result)
+        update_json(out, "noise_compare", {"command": "python " + " ".join(sys.argv), **result})
         print(json.dumps(result, indent=1))
         return 0
     if args.quick:
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_format_timing:
         timing = time_memory_formats(METHODS, ThreatModel("linf", MAIN["eps"]), timing_data, args.timing_rounds,
                                      args.timing_steps)  # fmt: skip
-        update_json(out, "memory_format", timing)
+        update_json(out, "memory_format", {"command": "python " + " ".join(sys.argv), **timing})
         print(memory_format_table(timing))
         return 0
     test_full = load_dataset("fashion-mnist", "test")
