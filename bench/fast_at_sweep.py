@@ -61,7 +61,7 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
     from robustlab.threat import ThreatModel
     from robustlab.training import TrainConfig, final_evaluation, train
 
-    s = settings
+    s, run_cpu_started = settings, time.process_time()
     threat = ThreatModel("linf", s["eps"])
     train_full = load_dataset("fashion-mnist", "train")
     x_mon = train_full.images[-s["monitor_n"] :].float() / 255  # fixed; outside the first n_train unless n is ~60000
@@ -96,6 +96,7 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
         "train_cpu_seconds": round(sum(h["epoch_cpu_seconds"] for h in result.history), 1),
         "eval_seconds": round(eval_seconds, 1),
         "eval_cpu_seconds": round(eval_cpu_seconds, 1),  # one thread: CPU time, which the machine's load barely moves
+        "run_cpu_seconds": round(time.process_time() - run_cpu_started, 1),  # training, monitor, evaluation, loading
     }
 
 
