@@ -4,7 +4,7 @@ Every inner attack is a gradient attack at a :class:`ThreatModel` (gradients w.r
 just ``x_adv`` (``attack.perturb``: no forward pass at ``x_adv``). The noisy single-step methods are composed, not
 re-implemented: NoiseAug and N-FGSM call FGSM with the *noisy* image as its centre, so FGSM's projection is onto the
 eps-ball around the noisy point (NoiseAug), and with step = eps that projection is a no-op, leaving only the clip to
-the bounds (N-FGSM).
+the bounds (N-FGSM; a larger N-FGSM step is taken in a ball of its own radius, so it too is only clipped).
 """
 
 from __future__ import annotations
