@@ -1,4 +1,5 @@
-"""DeACL: its loss, its feature-space PGD target, the student's initialisation, label-free training; pseudo-AT."""
+"""DeACL: its loss, its feature-space PGD target, the student's initialisation, label-free training, its options
+(ProFeAT's projector, DynACL's annealed augmentation, a wider student); pseudo-AT."""
 
 from __future__ import annotations
 
@@ -8,19 +9,26 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Subset
+from fixture_models import KillAfterEpoch
+from torch.utils.data import Subset, TensorDataset
 
+from robustlab.data import load_dataset
 from robustlab.errors import RobustlabError
-from robustlab.ssl.augment import Augment
+from robustlab.models import load_model, save_model, seeded_weights
+from robustlab.ssl import SimCLR, SSLModel
+from robustlab.ssl.augment import AnnealedAugment, Augment
 from robustlab.ssl.deacl import (
     DeACL,
+    LevelCosine,
     Shifted,
+    arch_kwargs_of,
     deacl_loss,
     feature_pgd,
     frozen_teacher,
     make_student,
     negative_cosine,
 )
+from robustlab.ssl.encoder import load_projector
 from robustlab.ssl.pseudo import PseudoAT, PseudoLabeler, kmeans, kmeans_labeler, make_pseudo_student
 from robustlab.threat import ThreatModel
 from robustlab.training import TrainConfig, train
@@ -181,3 +189,181 @@ def test_pseudo_at_with_kmeans_and_linear_targets(zoo_cnn, fmnist_batch):
     assert -1 <= stats["cos_teacher_adv"] < 1
     with pytest.raises(RobustlabError, match="pseudo-targets"):
         PseudoAT("clusters", THREAT)
+
+
+# ---- issue 17: DeACL's options (ProFeAT's projector, DynACL's annealed augmentation, a wider student) ----
+
+
+def ssl_projector(zoo_cnn, seed: int = 0) -> torch.nn.Module:
+    """A projector of the teacher's feature size, as an SSL run leaves it (BatchNorm statistics included)."""
+    with seeded_weights(seed):
+        model = SSLModel(copy.deepcopy(zoo_cnn))
+    with torch.no_grad():
+        model.train()(torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(seed)))
+    return model.projector.eval()
+
+
+def test_level_cosine_is_the_sum_of_the_feature_and_projection_cosines():
+    g = torch.Generator().manual_seed(2)
+    out, target = torch.randn(6, 12, generator=g), torch.randn(6, 12, generator=g)
+    both = LevelCosine(8)(out, target)
+    expected = negative_cosine(out[:, :8], target[:, :8]) + negative_cosine(out[:, 8:], target[:, 8:])
+    assert torch.allclose(both, expected) and not torch.allclose(both, negative_cosine(out, target))
+
+
+def test_projector_distillation_adds_the_projector_level_and_keeps_the_projector_frozen(zoo_cnn, fmnist_test):
+    projector = ssl_projector(zoo_cnn)
+    before = {k: v.clone() for k, v in projector.state_dict().items()}
+    teacher = frozen_teacher(zoo_cnn)
+    x = fmnist_test.images[:32].float() / 255
+    method = DeACL(teacher, THREAT, steps=2, augment=Augment("none"), center=True, projector=projector, seed=1)
+    assert isinstance(method.attack.loss_fn, LevelCosine) and method.attack.loss_fn.split == teacher.feature_dim
+    student = make_student(zoo_cnn, "random")
+    loss, stats = method.training_loss(student, x, torch.zeros(32, dtype=torch.long))
+    # the loss is DeACL's at the feature level plus DeACL's at the projector output
+    levels = -stats["cos_teacher"] - 2 * stats["cos_adv_clean"] - stats["cos_teacher_proj"] - 2 * stats[
+        "cos_adv_clean_proj"]  # fmt: skip
+    assert math.isclose(loss.item(), levels, rel_tol=1e-5, abs_tol=1e-6) and stats["loss"] == loss.item()
+    plain, plain_stats = DeACL(teacher, THREAT, steps=2, augment=Augment("none"), center=True, seed=1).training_loss(
+        student, x, torch.zeros(32, dtype=torch.long)
+    )
+    # the same clean feature-level term; the projector level is what the option adds
+    assert "cos_teacher_proj" not in plain_stats and plain.item() != loss.item()
+    assert math.isclose(plain_stats["cos_teacher"], stats["cos_teacher"], rel_tol=1e-5)
+    # training moves the student, never the projector (kept frozen, in eval mode: its BatchNorm statistics too)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-2, lr_schedule="constant", max_steps_per_epoch=2)
+    train(student, method, Subset(fmnist_test, range(32)), config)
+    assert all(torch.equal(v, before[k]) for k, v in method.projector.state_dict().items())
+    assert not method.projector.training and not any(p.requires_grad for p in method.projector.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in projector.state_dict().items())  # the caller's copy too
+
+
+def test_profeat_teacher_sees_its_own_weak_view_and_the_student_a_strong_one(zoo_cnn, fmnist_batch):
+    x, _ = fmnist_batch(16)
+    same = DeACL(frozen_teacher(zoo_cnn), THREAT, augment=Augment("strong"), seed=0)
+    student_view, teacher_view = same.views(x)
+    assert teacher_view is student_view
+    profeat = DeACL(frozen_teacher(zoo_cnn), THREAT, augment=Augment("strong"), teacher_augment=Augment("weak"))
+    student_view, teacher_view = profeat.views(x)
+    assert not torch.allclose(student_view, teacher_view)
+    # weak = crop + flip: the teacher's view keeps each image's brightness far better than the jittered one
+    shift = lambda v: (v.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().mean()  # noqa: E731
+    assert shift(teacher_view) < shift(student_view)
+
+
+def test_a_teacher_without_a_projector_is_refused_and_an_ssl_run_gives_its_own(zoo_cnn, tmp_path, cli_error):
+    with seeded_weights(0):
+        ssl_model = SSLModel(copy.deepcopy(zoo_cnn))
+    data = Subset(load_dataset("fashion-mnist", "test"), range(32))
+    config = TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=1)
+    train(ssl_model, SimCLR(augment=Augment("weak")), data, config, tmp_path / "ssl")
+    projector = load_projector(tmp_path / "ssl")
+    assert not projector.training
+    assert all(torch.equal(v, ssl_model.projector.state_dict()[k]) for k, v in projector.state_dict().items())
+    for spec in ("zoo:fmnist-cnn", tmp_path / "nothing-here"):
+        with pytest.raises(RobustlabError, match="has no SSL projector"):
+            load_projector(spec)
+    argv = ["deacl", "--teacher", "zoo:fmnist-cnn", "--projector", "--dataset", "fashion-mnist", "--eps", "0.1"]
+    cli_error([*argv, "--out", tmp_path / "run"], "no SSL projector", "ssl run folder")
+    wrong = torch.nn.Sequential(torch.nn.Linear(7, 4))
+    with pytest.raises(RobustlabError, match="projector takes 7 features"):
+        DeACL(frozen_teacher(zoo_cnn), THREAT, projector=wrong)
+
+
+def test_annealed_augmentation_decays_from_strong_at_step_0_to_a_flip_at_the_last_step(zoo_cnn, fmnist_test):
+    anneal = AnnealedAugment(start=1.0, end=0.0, crop_min=0.3)
+    first, last = anneal.at(0.0), anneal.at(1.0)
+    assert (
+        first.crop_scale == pytest.approx((0.3, 1.0)) and first.jitter_prob == 0.8 and math.isclose(first.jitter, 0.4)
+    )
+    assert last.crop_scale == (1.0, 1.0) and last.jitter_prob == last.gray_prob == 0.0
+    x = fmnist_test.images[:16].float() / 255
+    out = anneal(x, torch.Generator().manual_seed(0), progress=1.0)
+    as_is = (out - x).abs().amax((1, 2, 3)) < 1e-5
+    flipped = (out - x.flip(-1)).abs().amax((1, 2, 3)) < 1e-5
+    assert (as_is | flipped).all() and as_is.any() and flipped.any()  # strength 0: a horizontal flip only
+    assert (anneal(x, torch.Generator().manual_seed(0), progress=0.0) - x).abs().amax() > 0.1
+
+    seen = []
+
+    class Recording(AnnealedAugment):
+        def __call__(self, x, generator, progress=0.0):
+            seen.append(self.strength(progress))
+            return super().__call__(x, generator, progress)
+
+    method = DeACL(frozen_teacher(zoo_cnn), THREAT, steps=1, augment=Recording(), seed=0)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, max_steps_per_epoch=3)
+    train(make_student(zoo_cnn, "random"), method, Subset(fmnist_test, range(64)), config)
+    # a function of the global step: 1 at step 0, 0 at the last of 6 steps, linear in between
+    assert seen == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+
+
+def test_an_annealed_projector_run_resumes_bit_for_bit(zoo_cnn, fmnist_test, tmp_path):
+    data = Subset(fmnist_test, range(64))
+    config = TrainConfig(epochs=2, batch_size=16, optimizer="adam", lr=1e-3, max_steps_per_epoch=2, seed=4)
+
+    def run(out, kill_at=None, resume=False):
+        method = DeACL(frozen_teacher(zoo_cnn), THREAT, steps=2, augment=AnnealedAugment(crop_min=0.5), seed=3,
+                       center=True, projector=ssl_projector(zoo_cnn), teacher_augment=Augment("weak"))  # fmt: skip
+        student = make_student(zoo_cnn, "random", seed=2)
+        try:
+            train(student, method, data, config, out, resume=resume, callbacks=[KillAfterEpoch(kill_at)])
+        except KeyboardInterrupt:
+            return None
+        return student
+
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "killed", kill_at=2) is None  # killed after epoch 2 ended, before its checkpoint
+    resumed = run(tmp_path / "killed", resume=True)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+    fresh = make_student(zoo_cnn, "random", seed=2).net.model.embed[1].weight
+    assert not torch.equal(whole.net.model.embed[1].weight, fresh)  # it trained: the equality above is no accident
+
+
+def test_a_wider_student_trains_and_maps_its_features_to_the_teachers(zoo_cnn, zoo_mlp, fmnist_batch, tmp_path):
+    x, _ = fmnist_batch(8)
+    state = torch.random.get_rng_state()
+    wide = make_student(zoo_cnn, "random", seed=0, width_factor=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert wide.net.model.features[0].out_channels == 2 * zoo_cnn.model.features[0].out_channels
+    assert wide(x).shape == (8, frozen_teacher(zoo_cnn).feature_dim) and wide.align is None  # same feature size
+    # an MLP twice as wide has twice the features: a trained linear map brings them to the teacher's size
+    mlp = copy.deepcopy(zoo_mlp)
+    wide_mlp = make_student(mlp, "random", seed=0, width_factor=2)
+    teacher_dim = frozen_teacher(mlp).feature_dim
+    assert wide_mlp.own_dim == 2 * teacher_dim and wide_mlp.align.weight.shape == (teacher_dim, 2 * teacher_dim)
+    assert wide_mlp(x).shape == (8, teacher_dim) and wide_mlp.align.weight.requires_grad
+    method = DeACL(frozen_teacher(mlp), THREAT, steps=1, augment=Augment("none"), seed=0)
+    align_before = wide_mlp.align.weight.clone()
+    config = TrainConfig(epochs=1, batch_size=8, lr=1e-2, lr_schedule="constant", max_steps_per_epoch=2)
+    train(wide_mlp, method, TensorDataset(*fmnist_batch(16)), config)
+    assert not torch.equal(wide_mlp.align.weight, align_before)
+    # the saved classifier is the wide network alone, and a model file rebuilds it
+    save_model(tmp_path / "wide.pt", wide.net, "cnn", dataset="fashion-mnist", arch_kwargs=arch_kwargs_of(wide.net))
+    with torch.no_grad():
+        assert torch.allclose(load_model(str(tmp_path / "wide.pt"))(x), wide.net.eval()(x), atol=1e-6)
+
+
+def test_bad_option_values_are_one_line_errors(zoo_cnn, tmp_path, cli_error):
+    for factor in (0, 1.5, True):
+        with pytest.raises(RobustlabError, match="width factor must be a whole number"):
+            make_student(zoo_cnn, "random", width_factor=factor)
+    with pytest.raises(RobustlabError, match="cannot start as a copy of the teacher"):
+        make_student(zoo_cnn, "teacher", width_factor=2)
+    for kwargs, words in (({"start": 1.5}, "start strength"), ({"end": -0.1}, "end strength"),
+                          ({"crop_min": float("nan")}, "crop")):  # fmt: skip
+        with pytest.raises(RobustlabError, match=words):
+            AnnealedAugment(**kwargs)
+    base = [
+        "deacl",
+        "--teacher",
+        "zoo:fmnist-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--eps",
+        "0.1",
+        "--out",
+        tmp_path / "run",
+    ]
+    cli_error([*base, "--width-factor", "2"], "--init random")
+    cli_error([*base, "--width-factor", "0"], "--width-factor")

@@ -1,4 +1,5 @@
-"""Batched SSL augmentations on [0, 1] tensors, every random draw from a passed generator."""
+"""Batched SSL augmentations on [0, 1] tensors, every random draw from a passed generator; DynACL's annealed
+strength (a function of the training progress, so a resumed run draws what an uninterrupted one would)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Augment:
         jitter: float = 0.4,
         jitter_prob: float = 0.8,
         gray_prob: float = 0.2,
+        log_ratio: tuple[float, float] = (math.log(3 / 4), math.log(4 / 3)),
     ) -> None:
         if strength not in AUGMENT_STRENGTHS:
             raise RobustlabError(
@@ -35,6 +37,7 @@ class Augment:
         self.strength = strength
         self.crop_scale = crop_scale or ((0.2, 1.0) if strength == "strong" else (0.6, 1.0))
         self.jitter, self.jitter_prob, self.gray_prob = jitter, jitter_prob, gray_prob
+        self.log_ratio = log_ratio  # the crop's log aspect-ratio range
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.strength == "none":
@@ -52,7 +55,8 @@ class Augment:
         n, dev = x.shape[0], x.device
         lo, hi = self.crop_scale
         area = lo + (hi - lo) * self._rand(n, generator, dev)
-        log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * self._rand(n, generator, dev)
+        lo_ratio, hi_ratio = self.log_ratio
+        log_ratio = lo_ratio + (hi_ratio - lo_ratio) * self._rand(n, generator, dev)
         ratio = log_ratio.exp()
         w = (area * ratio).sqrt().clamp(max=1.0)
         h = (area / ratio).sqrt().clamp(max=1.0)
@@ -80,4 +84,53 @@ class Augment:
         return x
 
 
-__all__ = ["AUGMENT_STRENGTHS", "Augment"]
+def augment_at(strength: float, crop_min: float = 0.2) -> Augment:
+    """DynACL's augmentation of ``strength`` s in [0, 1] (Luo et al., ICLR 2023): crop area in
+    ``(1 - (1 - crop_min) s, 1)``, aspect-ratio range, brightness/contrast jitter (0.4 s, probability 0.8 s) and
+    grayscale (probability 0.2 s) scaled by s, horizontal flip always. s = 1: the strong augmentation with crop
+    area ``(crop_min, 1)``; s = 0: a horizontal flip only."""
+    check_strength("the augmentation strength", strength)
+    return Augment(
+        "strong", (1 - (1 - crop_min) * strength, 1.0), jitter=0.4 * strength, jitter_prob=0.8 * strength,
+        gray_prob=0.2 * strength, log_ratio=(math.log(3 / 4) * strength, math.log(4 / 3) * strength),
+    )  # fmt: skip
+
+
+def check_strength(name: str, value: float) -> None:
+    """Refuse a strength outside [0, 1] with one line."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise RobustlabError(f"{name} must be a number in [0, 1], got {value}")
+
+
+class AnnealedAugment:
+    """DynACL's annealed augmentation: the strength decays linearly from ``start`` to ``end`` over training,
+    ``s(p) = start + (end - start) p`` at progress p in [0, 1] (the global step over the run's last step), so it
+    is a function of the step and a resumed run draws exactly what an uninterrupted one would.
+
+    DynACL anneals from strong to weak because strong augmentation helps early (diverse views) and hurts late
+    (the adversarial task on heavily distorted views is too hard to fit); ``crop_min`` is the crop area at s = 1.
+    """
+
+    def __init__(self, start: float = 1.0, end: float = 0.0, crop_min: float = 0.2) -> None:
+        check_strength("the annealing's start strength", start)
+        check_strength("the annealing's end strength", end)
+        check_strength("the crop's smallest area (crop_min)", crop_min)
+        self.start, self.end, self.crop_min = start, end, crop_min
+
+    def strength(self, progress: float) -> float:
+        """The strength at ``progress`` in [0, 1] (clamped)."""
+        p = min(max(progress, 0.0), 1.0)
+        return self.start + (self.end - self.start) * p
+
+    def at(self, progress: float) -> Augment:
+        """The :class:`Augment` used at ``progress``."""
+        return augment_at(self.strength(progress), self.crop_min)
+
+    def __call__(self, x: Tensor, generator: torch.Generator, progress: float = 0.0) -> Tensor:
+        return self.at(progress)(x, generator)
+
+    def config(self) -> dict[str, float]:
+        return {"start": self.start, "end": self.end, "crop_min": self.crop_min}
+
+
+__all__ = ["AUGMENT_STRENGTHS", "AnnealedAugment", "Augment", "augment_at", "check_strength"]

@@ -8,6 +8,7 @@ checkpoint is also a classifier checkpoint and fine-tuning only swaps the head.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -95,6 +96,31 @@ class SSLModel(nn.Module):
         return self.projector(self.encoder(x))
 
 
+def load_projector(spec: str | os.PathLike, trust_checkpoint: bool = False) -> Projector:
+    """The SSL projector of a ``robustlab ssl`` run (``spec``: its run folder or its model.pt), in eval mode, read
+    from the run's training checkpoint ``last.pt`` (model.pt holds the encoder's classifier only); one line where
+    there is none (a zoo model, a lone model file, a supervised run)."""
+    from robustlab.io import safe_load
+
+    path = Path(spec)
+    ckpt = path / "last.pt" if path.is_dir() else path.parent / "last.pt"
+    state: dict[str, Any] = {}
+    if path.exists() and ckpt.is_file():
+        saved = safe_load(ckpt, trust_checkpoint, what="the teacher's training checkpoint")
+        model = saved.get("model") if isinstance(saved, dict) else None
+        prefix = "projector."
+        state = {k[len(prefix) :]: v for k, v in (model or {}).items() if k.startswith(prefix)}
+    if not {"0.weight", "3.weight"} <= set(state):
+        raise RobustlabError(
+            f"teacher {str(spec)!r} has no SSL projector (a robustlab ssl run folder keeps it in last.pt); give the "
+            "teacher's ssl run folder, or drop the projector option"
+        )
+    hidden_dim, in_dim = state["0.weight"].shape
+    projector = Projector(in_dim, hidden_dim, state["3.weight"].shape[0])
+    projector.load_state_dict(state)
+    return projector.eval()
+
+
 def save_classifier(
     path: str | os.PathLike, net: nn.Module, arch: str | None, dataset: str | None, **meta: Any
 ) -> None:
@@ -104,4 +130,12 @@ def save_classifier(
     save_model(path, net, arch, dataset=dataset, **meta)
 
 
-__all__ = ["Encoder", "Projector", "SSLModel", "classifier_head", "replace_head", "save_classifier"]
+__all__ = [
+    "Encoder",
+    "Projector",
+    "SSLModel",
+    "classifier_head",
+    "load_projector",
+    "replace_head",
+    "save_classifier",
+]

@@ -63,6 +63,7 @@ class TrainContext:
     seed: int = 0
     epoch: int = 0  # 1-based number of the epoch that is running or just ended
     step: int = 0  # optimizer steps so far (global, over the whole run)
+    total_steps: int = 0  # optimizer steps the whole run takes (epochs x steps per epoch), set before step 1
     stats: dict[str, float] = field(default_factory=dict)  # this epoch's (or step's) numbers; callbacks add
     history: list[dict[str, float]] = field(default_factory=list)
     out_dir: Path | None = None
@@ -271,6 +272,7 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
     if len(batches) == 0:
         raise RobustlabError("the training set gives no batch; use a smaller --batch-size or more data")
     total_steps = config.epochs * len(batches)
+    ctx.total_steps = total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(config, (step + 1) / total_steps) / config.lr
     )
