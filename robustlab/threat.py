@@ -74,24 +74,27 @@ class ThreatModel:
     def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
         """One ascent step: ``sign(g)`` for Linf, ``g / ||g||_2`` for L2 (no projection)."""
         if self.norm == "linf":
+            if grad.dtype == x_adv.dtype and grad.shape == x_adv.shape:  # s * sign(g) is exact: the same bits as
+                return grad.sign().mul_(step_size).add_(x_adv)  # x + s * sign(g), with one allocation, not three
             return x_adv + step_size * grad.sign()
         grad = grad.float() if grad.dtype in LOW_PRECISION else grad  # a float16 norm underflows to 0
         return x_adv + (step_size * grad / _per_sample_norm(grad, 2).clamp_min(_TINY)).to(x_adv.dtype)
 
-    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+    def project(self, x_adv: Tensor, x: Tensor, *, inplace: bool = False) -> Tensor:
         """Project ``x_adv`` onto the eps-ball around ``x``, then clip to the bounds.
 
-        In float16/bfloat16 the result lies in the ball and the bounds exactly, in the input's dtype.
+        In float16/bfloat16 the result lies in the ball and the bounds exactly, in the input's dtype. ``inplace``:
+        ``x_adv`` is a temporary the caller gives up, and may be overwritten (an attack's step; the same result).
         """
         if x.dtype in LOW_PRECISION:
             return self._project_low_precision(x_adv, x)
-        delta = x_adv - x
+        own = inplace and x_adv.dtype == x.dtype and x_adv.shape == x.shape and not x_adv.requires_grad
+        delta = x_adv.sub_(x) if own else x_adv - x  # then in place on delta: fewer allocations, the same bits
         if self.norm == "linf":
-            delta = delta.clamp(-self.eps, self.eps)
+            delta.clamp_(-self.eps, self.eps)
         else:
-            norms = _per_sample_norm(delta, 2)
-            delta = delta * (self.eps / norms.clamp_min(_TINY)).clamp(max=1.0)
-        return self.clip(x + delta)
+            delta = delta * (self.eps / _per_sample_norm(delta, 2).clamp_min(_TINY)).clamp(max=1.0)
+        return delta.add_(x).clamp_(self.bounds[0], self.bounds[1])
 
     def _project_low_precision(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project in float32, round back to ``x``'s dtype, and pull back what rounding pushed outside."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robustlab import ThreatModel
 from robustlab.attacks import PGD, attack_from_spec
@@ -144,3 +145,106 @@ def rows_of(rows, r: int, n: int = 3):
 
     part = slice(r * n, (r + 1) * n)
     return AttackResult(rows.x_adv[part], rows.success[part], rows.loss[part], rows.logits[part])
+
+
+def plain_pgd(model, x, y, threat, *, steps, step_size, seed, restarts=1, target=None, momentum=0.0, start=True):
+    """A textbook PGD loop (Madry et al. 2018) written out: the same keyed random starts as robustlab's (a salt per
+    restart from the attack's seeded generator, each sample's draw from a generator keyed by its content and the
+    salt), then signed (Linf) or normalised (L2) steps, each projected; restarts one after another, per sample the
+    first success, else the highest loss. It shares no code with the gradient loop but the sample keys."""
+    from robustlab.attacks.restarts import sample_keys
+
+    lo, hi = threat.bounds
+    linf, eps, sign = threat.norm == "linf", threat.eps, 1.0 if target is None else -1.0
+    generator = torch.Generator().manual_seed(seed)
+    keys = sample_keys(x).tolist()
+
+    def l2(t):  # per-sample L2 norm, shaped to broadcast
+        return t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+    best = None
+    for _ in range(restarts):
+        x_adv = x.clone()
+        if start:
+            salt = int(torch.randint(0, 2**62, (), generator=generator).item())
+            for i, key in enumerate(keys):
+                g = torch.Generator().manual_seed((key ^ salt) % 2**63)
+                if linf:
+                    delta = (2 * torch.rand(x.shape[1:], generator=g) - 1) * eps
+                else:  # a uniform direction, radius eps * U (PGD's L2 start)
+                    direction = torch.randn((1, *x.shape[1:]), generator=g)
+                    direction = direction / l2(direction)
+                    delta = direction[0] * (eps * torch.rand((1,), generator=g))
+                x_adv[i] = (x[i] + delta).clamp(lo, hi)
+        velocity = torch.zeros_like(x)
+        for _ in range(steps):
+            xa = x_adv.clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xa), y if target is None else target, reduction="none").sum()
+            (grad,) = torch.autograd.grad(-loss if target is not None else loss, xa)
+            if momentum:
+                l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                grad = velocity = momentum * velocity + grad / l1
+            if linf:
+                x_adv = x_adv + step_size * grad.sign()
+            else:
+                x_adv = x_adv + step_size * grad / l2(grad)
+            delta = x_adv - x
+            if linf:
+                delta = delta.clamp(-eps, eps)
+            else:
+                delta = delta * (eps / l2(delta)).clamp(max=1.0)
+            x_adv = (x + delta).clamp(lo, hi)
+        with torch.no_grad():
+            logits = model(x_adv)
+        if target is None:
+            success = (logits > logits.gather(1, y[:, None])).any(1)
+        else:
+            success = logits.argmax(1) == target
+        objective = sign * F.cross_entropy(logits, y if target is None else target, reduction="none")
+        if best is None:
+            best = (x_adv, success, objective)
+            continue
+        better = (success & ~best[1]) | (~success & ~best[1] & (objective > best[2]))
+        best = tuple(torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old) for new, old in
+                     zip((x_adv, success, objective), best))  # fmt: skip
+    return best[0], best[1]
+
+
+@pytest.mark.parametrize(
+    ("case", "norm", "eps", "options"),
+    [
+        ("pgd", "linf", 0.03, {}),
+        ("pgd-targeted", "linf", 0.05, {}),
+        ("pgd-restarts", "linf", 0.02, {"restarts": 3}),
+        ("pgd-l2", "l2", 1.0, {}),
+        ("pgd-l2-restarts", "l2", 0.5, {"restarts": 2}),
+        ("mifgsm", "linf", 0.03, {"momentum": 1.0}),
+        ("mifgsm-l2", "l2", 1.0, {"momentum": 1.0}),
+    ],
+)
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_the_gradient_loop_is_bit_identical_to_a_plain_pgd_loop(which, case, norm, eps, options, zoo_mlp, zoo_cnn,
+                                                                 fmnist_batch):  # fmt: skip
+    """The speed work in the loop (fewer allocations, in-place steps, per-sample starts drawn in place) changes no
+    bit: x_adv and success equal a plain PGD loop's exactly (early stopping off, so every row runs every step)."""
+    from robustlab.attacks import MIFGSM
+
+    model = {"mlp": zoo_mlp, "cnn": zoo_cnn}[which]
+    x, y = fmnist_batch(48)
+    threat = ThreatModel(norm, eps)
+    target = (y + 1) % 10 if case == "pgd-targeted" else None
+    restarts = options.get("restarts", 1)
+    if "momentum" in options:
+        attack = MIFGSM(steps=6, seed=7)
+    else:  # restarts one after another (restart_batch = N), the plain loop's batch of N rows
+        attack = PGD(steps=6, seed=7, restarts=restarts, restart_batch=x.shape[0])
+    out = attack(model, x, y, threat, target=target)
+    step_size = attack.resolve_step_size(threat)
+    x_ref, success_ref = plain_pgd(model, x, y, threat, steps=6, step_size=step_size, seed=7, restarts=restarts,
+                                   target=target, momentum=options.get("momentum", 0.0),
+                                   start=attack.random_start)  # fmt: skip
+    assert torch.equal(out.x_adv, x_ref)
+    assert torch.equal(out.success, success_ref)
+    assert 0 < int(success_ref.sum()) < x.shape[0]  # a case where the verdict is not trivial
+    if not attack.random_start:  # training's path (perturb) draws batch starts; with none it is the same loop
+        assert torch.equal(attack.perturb(model, x, y, threat, target=target), x_ref)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 from robustlab.attacks import options, runtime
 from robustlab.attacks.inputs import diverse_inputs
 from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
-from robustlab.attacks.restarts import pick, pick_rows, restart_groups, stack_rows, stop_rows
+from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, stack_rows, stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
@@ -215,7 +214,8 @@ class GradientAttack:
         """``rows`` restarts as one batch of ``rows * N``; per sample a success, else the highest loss, judged by a
         float32 forward pass (reusing the logits early stopping already judged a leaving row by)."""
         sign = -1.0 if target is not None else 1.0
-        starts = run.inputs(torch.cat([self._start(x, threat, generator, self.keyed_start) for _ in range(rows)]))
+        draws = [self._start(x, threat, generator, self.keyed_start) for _ in range(rows)]
+        starts = run.inputs(draws[0] if rows == 1 else torch.cat(draws))
         xr, yr = stack_rows(x, rows), stack_rows(y, rows)  # labels may be float features (DeACL)
         tr = stack_rows(target, rows) if target is not None else None
         early = self.early_stop and self.eot_samples == 1
@@ -242,15 +242,7 @@ class GradientAttack:
         if not keyed:
             return threat.random_start(x, generator, self.l2_start_radius)
         salt = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
-        own = torch.Generator(device=x.device)
-        keys = [(key ^ salt) % (2**63) for key in sample_keys(x).tolist()]
-        if threat.norm == "linf" and x.dtype not in LOW_PRECISION and keys:  # random_start's draws, one clip (speed)
-            u = torch.stack([torch.rand(x.shape[1:], generator=own.manual_seed(k), device=x.device, dtype=x.dtype)
-                             for k in keys])  # fmt: skip
-            return threat.clip(x + (2 * u - 1) * threat.eps)
-        radius = self.l2_start_radius
-        starts = [threat.random_start(x[i : i + 1], own.manual_seed(k), radius) for i, k in enumerate(keys)]
-        return torch.cat(starts) if starts else x.clone()
+        return keyed_starts(x, threat, salt, self.l2_start_radius)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = torch.Generator(device=device)
@@ -276,7 +268,6 @@ class GradientAttack:
         first iterate that breaks it (``hit``: those rows, ``hit_logits``: their float32 logits there), or when another
         restart of its sample (rows ``i % samples``) broke; the others end at the final iterate."""
         velocity = torch.zeros_like(x) if self.momentum else None
-        sign = -1.0 if target is not None else 1.0
         active = torch.arange(x.shape[0], device=x.device)
         left = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         hits: list[Tensor] = [active[:0]]
@@ -285,41 +276,66 @@ class GradientAttack:
         current, xs, ys, ts = x_adv, x, y, target
         for step in range(self.steps):
             xa = current.detach().requires_grad_(True)
-            with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
-                grad = torch.zeros_like(xa)
-                for _ in range(self.eot_samples):  # EOT: the mean gradient over passes with fresh randomness
-                    with run.autocast(xa.device):
-                        logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
-                        if step == 0:
-                            _check_first_logits(logits, ys, ts, criterion)
-                        objective = self._loss(logits, ys, ts).sum() * run.loss_scale
-                    grad += torch.autograd.grad(objective if sign > 0 else -objective, xa)[0] / self.eot_samples
-            xa, grad = xa.detach(), grad.float() if grad.dtype in LOW_PRECISION else grad  # no underflow in norms
+            grad, logits = self._gradient(model, xa, ys, ts, criterion, generator, run, step == 0)
+            xa = xa.detach()
             stop = stop_rows(model, criterion, run, xa, ys, ts, logits, active, samples) if early else _NONE
             leave, hit, judged = stop
-            if leave is not None:
+            stay: Tensor | None = None  # rows that go on, where they are compacted after the step
+            if leave is not None:  # the leaving rows keep this iterate; the others go on, compacted by one index
+                gone, stay = leave.nonzero().squeeze(1), (~leave).nonzero().squeeze(1)
                 hits.append(active[hit])
                 hit_logits.append(judged)
-                left[active[leave]] = True
-                x_adv[active[leave]] = xa[leave]
-                keep = ~leave
-                active, xa, grad, xs, ys = active[keep], xa[keep], grad[keep], xs[keep], ys[keep]
-                ts = ts[keep] if ts is not None else None
-                velocity = velocity[keep] if velocity is not None else None
+                rows, active = active[gone], active[stay]
+                left[rows] = True
+                x_adv[rows] = xa.index_select(0, gone)
                 if active.numel() == 0:
                     break
+                ys, ts = _rows(stay, ys, ts)
+                if velocity is not None or threat.norm != "linf":  # steps that reduce over a row see the same rows
+                    xa, grad, xs, velocity = _rows(stay, xa, grad, xs, velocity)
+                    stay = None
             if velocity is not None:
                 l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
                 grad = velocity = self.momentum * velocity + grad / l1
-            current = threat.project(threat.step(xa, grad, step_size), xs)
+            current = threat.project(threat.step(xa, grad, step_size), xs, inplace=True)
+            if stay is not None:  # an elementwise step (Linf): compact after it, one gather fewer (not xa and grad)
+                current, xs = _rows(stay, current, xs)
         if not early:
             x_adv = current
         elif active.numel():
             x_adv[active] = current
         return x_adv.detach(), left, torch.cat(hits), torch.cat(hit_logits) if hit_logits else None
 
+    def _gradient(
+        self, model: nn.Module, xa: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion,
+        generator: torch.Generator, run: Runtime, first: bool,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The input gradient of the attack objective at ``xa`` (under EOT the mean over passes with fresh randomness),
+        in float32 where the step ran in low precision (no underflow in norms), and the last pass's logits."""
+        grad: Tensor | None = None
+        with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
+            for _ in range(self.eot_samples):
+                with run.autocast(xa.device):
+                    logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
+                    if first:
+                        _check_first_logits(logits, y, target, criterion)
+                    objective = self._loss(logits, y, target).sum()
+                    objective = objective * run.loss_scale if run.loss_scale != 1 else objective
+                g = torch.autograd.grad(objective if target is None else -objective, xa)[0]
+                if self.eot_samples > 1:
+                    grad = (torch.zeros_like(xa) if grad is None else grad).add_(g / self.eot_samples)
+                else:  # one pass: its gradient as it is (0 + g / 1 is g; only the sign of a zero could differ)
+                    grad = g
+        assert grad is not None
+        return grad.float() if grad.dtype in LOW_PRECISION else grad, logits
+
 
 _NONE = (None, None, None)
+
+
+def _rows(index: Tensor, *tensors: Tensor | None) -> tuple:
+    """The rows ``index`` of each tensor (``None`` stays ``None``)."""
+    return tuple(t.index_select(0, index) if t is not None else None for t in tensors)
 
 
 def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:
@@ -336,27 +352,6 @@ def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> 
             yield
 
     return forked()
-
-
-def sample_keys(x: Tensor) -> Tensor:
-    """A 62-bit integer per sample from its content, by exact arithmetic, so independent of the batch: the pixels
-    quantised to 1/65536, two weighted sums (a float64 matrix product while every partial sum is an integer below
-    2**53, else int64), mixed."""
-    q = (x.detach().flatten(1).float() * 65536).round().cpu()
-    weights = _key_weights(q.shape[1])
-    if q.numel() and float(q.abs().max()) * _KEY_WEIGHT_MAX * q.shape[1] < 2.0**53:
-        sums = (q.double() @ weights.double()).long()
-    else:
-        sums = (q.long()[:, :, None] * weights[None]).sum(1)
-    return (sums[:, 0] * 2654435761 + sums[:, 1]) % (2**62)
-
-
-_KEY_WEIGHT_MAX = 2**18
-
-
-@functools.cache
-def _key_weights(dim: int) -> Tensor:
-    return torch.randint(1, _KEY_WEIGHT_MAX, (dim, 2), generator=torch.Generator().manual_seed(12345))
 
 
 def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:

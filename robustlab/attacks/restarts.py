@@ -4,9 +4,12 @@ R restarts of N samples run as one batch of R * N rows where ``restart_batch`` a
 overhead is paid once, which is what small models spend their time on); per sample the same choice as restarts
 run one after another: the first success, else the higher attack objective (an earlier restart on a tie). With
 early stopping all rows of a sample leave once one of them breaks, so the success kept is the first in time.
+Each restart's keyed random starts: a sample's start depends on its content and the restart's salt alone.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from robustlab.attacks.protocol import AttackResult, model_logits
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion
+from robustlab.threat import LOW_PRECISION, ThreatModel
 
 
 def restart_groups(restarts: int, samples: int, restart_batch: int) -> list[int]:
@@ -89,4 +93,39 @@ def stop_rows(
     return broken[sample], hit, hit_logits
 
 
-__all__ = ["pick", "pick_rows", "restart_groups", "stack_rows", "stop_rows"]
+def keyed_starts(x: Tensor, threat: ThreatModel, salt: int, l2_radius: str) -> Tensor:
+    """One random start per sample, drawn from a generator seeded by the sample's content and ``salt`` (one draw of
+    the attack's generator per restart), so a sample's start does not depend on the rest of the batch."""
+    own = torch.Generator(device=x.device)
+    keys = [(key ^ salt) % (2**63) for key in sample_keys(x).tolist()]
+    if threat.norm == "linf" and x.dtype not in LOW_PRECISION and keys:  # random_start's draws, one clip (speed)
+        u = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        for row, key in zip(u.unbind(0), keys):  # torch.rand per sample, drawn in place (no stack)
+            row.uniform_(generator=own.manual_seed(key))
+        return threat.clip(u.mul_(2).sub_(1).mul_(threat.eps).add_(x))  # x + (2u - 1) eps, in place
+    starts = [threat.random_start(x[i : i + 1], own.manual_seed(k), l2_radius) for i, k in enumerate(keys)]
+    return torch.cat(starts) if starts else x.clone()
+
+
+def sample_keys(x: Tensor) -> Tensor:
+    """A 62-bit integer per sample from its content, by exact arithmetic, so independent of the batch: the pixels
+    quantised to 1/65536, two weighted sums (a float64 matrix product while every partial sum is an integer below
+    2**53, else int64), mixed."""
+    q = (x.detach().flatten(1).float() * 65536).round_().cpu()
+    weights = _key_weights(q.shape[1])
+    if q.numel() and float(torch.stack(torch.aminmax(q)).abs().max()) * _KEY_WEIGHT_MAX * q.shape[1] < 2.0**53:
+        sums = (q.double() @ weights.double()).long()
+    else:
+        sums = (q.long()[:, :, None] * weights[None]).sum(1)
+    return (sums[:, 0] * 2654435761 + sums[:, 1]) % (2**62)
+
+
+_KEY_WEIGHT_MAX = 2**18
+
+
+@functools.cache
+def _key_weights(dim: int) -> Tensor:
+    return torch.randint(1, _KEY_WEIGHT_MAX, (dim, 2), generator=torch.Generator().manual_seed(12345))
+
+
+__all__ = ["keyed_starts", "pick", "pick_rows", "restart_groups", "sample_keys", "stack_rows", "stop_rows"]
