@@ -189,6 +189,26 @@ def deacl_variant(teacher_net, projector, variant: dict, s: dict, data, threat) 
     return student.net, timed_train(student, method, data, robust_config(s))
 
 
+def goal_of(rows: dict, variants: dict) -> dict:
+    """The goals (issue 6: DeACL >= 25 points above its teacher and within 10 of PGD-AT; issue 17: a DeACL variant
+    within 10 of PGD-AT), from the rows measured so far."""
+    aa = {name: r["autoattack_accuracy"] for name, r in rows.items()}
+    if not {"deacl_slf", "simclr_teacher_slf", "supervised_pgd_at"} <= set(aa):
+        return {}
+    goal: dict = {
+        "deacl_slf_minus_teacher_slf": round(aa["deacl_slf"] - aa["simclr_teacher_slf"], 4),
+        "pgd_at_minus_deacl_slf": round(aa["supervised_pgd_at"] - aa["deacl_slf"], 4),
+    }
+    goal["met"] = goal["deacl_slf_minus_teacher_slf"] >= 0.25 and goal["pgd_at_minus_deacl_slf"] <= 0.10
+    done = [name for name in variants if name in aa]
+    if done:
+        best = max(done, key=lambda name: aa[name])
+        goal["best_variant"] = best
+        goal["pgd_at_minus_best_variant"] = round(aa["supervised_pgd_at"] - aa[best], 4)
+        goal["variant_met"] = goal["pgd_at_minus_best_variant"] <= 0.10
+    return goal
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", action="store_true", help="export the teacher and DeACL SLF classifiers to the zoo")
@@ -207,6 +227,7 @@ def main() -> int:
     slf_set = Subset(train_full, range(s["slf_train_n"]))
     adv_ft_set = Subset(train_full, range(s["adv_ft_train_n"]))
     rows: dict[str, dict] = {}
+    knn: list[float] = []
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
@@ -220,7 +241,31 @@ def main() -> int:
             **evaluate(clf, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
         }
         log(f"{name}: {rows[name]}")
+        save()
         return clf
+
+    def save(complete: bool = False) -> dict:
+        """The report so far, written after every row (``complete`` false until the last): a loaded CPU may not
+        finish the run, and a partial JSON says so."""
+        report = {
+            "benchmark": "ssl_robust",
+            "command": "python bench/ssl_robust.py"
+            + ("" if args.budget == "small" else f" --budget {args.budget}")
+            + (" --zoo" if args.zoo else ""),
+            "budget": args.budget,
+            "complete": complete,
+            "dataset": "fashion-mnist",
+            "threat": threat.to_dict(),
+            "settings": s,
+            "ssl_knn_accuracy_per_epoch": knn,
+            "results": rows,
+            "goal": goal_of(rows, s["variants"]),
+            "wall_time_s": round(time.time() - started, 1),
+            "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
+            "environment": environment(),
+        }
+        write_json(out, report)
+        return report
 
     # Stage 1: SimCLR teacher (labels unused; the kNN monitor only reports)
     teacher_net = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
@@ -238,25 +283,38 @@ def main() -> int:
         callbacks=[monitor],
     )
     ssl_seconds = time.perf_counter() - start
-    knn = [round(h["knn_accuracy"], 4) for h in ssl_result.history]
+    knn.extend(round(h["knn_accuracy"], 4) for h in ssl_result.history)
     log(f"SimCLR teacher: {ssl_seconds:.0f}s, kNN accuracy per epoch {knn}")
     teacher_slf = finetune(teacher_net, "slf", "simclr_teacher_slf", ssl_seconds)
 
-    # Stage 2: DeACL student (labels never used), then the three fine-tuning protocols
-    paper_net, paper_seconds = deacl_student(teacher_net, s["deacl_paper"], s, robust_set, threat)
-    log(f"DeACL student {s['deacl_paper']}: {paper_seconds:.0f}s")
-    finetune(paper_net, "slf", "deacl_paper_slf", ssl_seconds + paper_seconds)
+    # Stage 2: DeACL student (labels never used) and the reference first, so a partial JSON already compares them
     student_net, deacl_seconds = deacl_student(teacher_net, s["deacl"], s, robust_set, threat)
     log(f"DeACL student {s['deacl']}: {deacl_seconds:.0f}s")
     deacl_slf = finetune(student_net, "slf", "deacl_slf", ssl_seconds + deacl_seconds)
-    # ALF and AFF start from the SLF head (warm start: a fresh head does not learn from PGD inputs in this budget)
-    slf_seconds = rows["deacl_slf"]["train_seconds"]
-    finetune(deacl_slf, "alf", "deacl_alf", slf_seconds, keep_head=True)
-    finetune(deacl_slf, "aff", "deacl_aff", slf_seconds, keep_head=True)
+
+    # Supervised PGD-AT for reference (issue-5's PGD-AT method, same inner steps and budget, from scratch)
+    supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
+    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config(s))
+    rows["supervised_pgd_at"] = {
+        "train_seconds": round(pgd_seconds, 1),
+        **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
+    }
+    log(f"supervised PGD-AT: {rows['supervised_pgd_at']}")
+    save()
+
     for name, variant in s["variants"].items():  # DeACL's options, each -> SLF
         net, seconds = deacl_variant(teacher_net, ssl_model.projector, variant, s, robust_set, threat)
         log(f"DeACL {name} {variant}: {seconds:.0f}s")
         finetune(net, "slf", name, ssl_seconds + seconds)
+
+    # The paper's recipe, then ALF and AFF from the SLF head (warm start: a fresh head does not learn from PGD inputs
+    # in this budget)
+    paper_net, paper_seconds = deacl_student(teacher_net, s["deacl_paper"], s, robust_set, threat)
+    log(f"DeACL student {s['deacl_paper']}: {paper_seconds:.0f}s")
+    finetune(paper_net, "slf", "deacl_paper_slf", ssl_seconds + paper_seconds)
+    slf_seconds = rows["deacl_slf"]["train_seconds"]
+    finetune(deacl_slf, "alf", "deacl_alf", slf_seconds, keep_head=True)
+    finetune(deacl_slf, "aff", "deacl_aff", slf_seconds, keep_head=True)
 
     # Pseudo-supervised AT: hard pseudo-labels from k-means on the teacher's features (no labels), then SLF
     p = s["pseudo"]
@@ -269,43 +327,8 @@ def main() -> int:
     log(f"pseudo-AT (k-means) {p}: {pseudo_seconds:.0f}s")
     finetune(pseudo_student, "slf", "pseudo_at_kmeans_slf", ssl_seconds + pseudo_seconds)
 
-    # Supervised PGD-AT for reference (issue-5's PGD-AT method, same inner steps and budget, from scratch)
-    supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
-    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config(s))
-    rows["supervised_pgd_at"] = {
-        "train_seconds": round(pgd_seconds, 1),
-        **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
-    }
-    log(f"supervised PGD-AT: {rows['supervised_pgd_at']}")
-
-    aa = {name: r["autoattack_accuracy"] for name, r in rows.items()}
-    goal = {
-        "deacl_slf_minus_teacher_slf": round(aa["deacl_slf"] - aa["simclr_teacher_slf"], 4),
-        "pgd_at_minus_deacl_slf": round(aa["supervised_pgd_at"] - aa["deacl_slf"], 4),
-    }
-    best = max(s["variants"], key=lambda name: aa[name])
-    goal["best_variant"] = best
-    goal["pgd_at_minus_best_variant"] = round(aa["supervised_pgd_at"] - aa[best], 4)
-    goal["met"] = goal["deacl_slf_minus_teacher_slf"] >= 0.25 and goal["pgd_at_minus_deacl_slf"] <= 0.10
-    goal["variant_met"] = goal["pgd_at_minus_best_variant"] <= 0.10
-    report = {
-        "benchmark": "ssl_robust",
-        "command": "python bench/ssl_robust.py"
-        + ("" if args.budget == "small" else f" --budget {args.budget}")
-        + (" --zoo" if args.zoo else ""),
-        "budget": args.budget,
-        "dataset": "fashion-mnist",
-        "threat": threat.to_dict(),
-        "settings": s,
-        "ssl_knn_accuracy_per_epoch": knn,
-        "results": rows,
-        "goal": goal,
-        "wall_time_s": round(time.time() - started, 1),
-        "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
-        "environment": environment(),
-    }
-    write_json(out, report)
-    log(f"goal: {goal}; wrote {out}")
+    report = save(complete=True)
+    log(f"goal: {report['goal']}; wrote {out}")
     if args.zoo:
         meta = {"command": report["command"]}
         save_classifier(ZOO_DIR / "fmnist-simclr-slf.pt", teacher_slf, "cnn", "fashion-mnist", **meta)
