@@ -367,3 +367,22 @@ def test_bad_option_values_are_one_line_errors(zoo_cnn, tmp_path, cli_error):
     ]
     cli_error([*base, "--width-factor", "2"], "--init random")
     cli_error([*base, "--width-factor", "0"], "--width-factor")
+
+
+@pytest.mark.slow
+def test_deacl_command_with_every_option_writes_a_wide_student_that_loads(tmp_path, capsys):
+    from robustlab.cli import main
+
+    small = ["--dataset", "fashion-mnist", "--n", "64", "--epochs", "1", "--max-steps-per-epoch", "2",
+             "--batch-size", "32", "--no-progress"]  # fmt: skip
+    assert main(["ssl", "--model", "cnn", "--knn-n", "0", *small, "--out", str(tmp_path / "ssl")]) == 0
+    argv = ["deacl", "--teacher", str(tmp_path / "ssl"), "--eps", "0.1", "--steps", "1", "--projector",
+            "--anneal-augment", "--width-factor", "2", "--init", "random", "--center", *small]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "deacl")]) == 0
+    out = capsys.readouterr().out
+    assert "projector (ProFeAT)" in out and "annealed augmentation (DynACL)" in out and "2x wider student" in out
+    student = load_model(str(tmp_path / "deacl"))
+    assert student.model.features[0].out_channels == 64  # the model file rebuilds the wide student
+    teacher = load_model(str(tmp_path / "ssl"))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert frozen_teacher(student)(x).shape == frozen_teacher(teacher)(x).shape == (4, 128)

@@ -188,9 +188,15 @@ def frozen_teacher(teacher_net: nn.Module) -> Encoder:
     return teacher
 
 
-def frozen_projector(projector: nn.Module) -> nn.Module:
+def frozen_projector(projector: nn.Module, feature_dim: int) -> nn.Module:
     """A frozen copy of the teacher's SSL projector in eval mode (its BatchNorm uses the teacher's statistics, so
-    it is one fixed function for teacher and student)."""
+    it is one fixed function for teacher and student); refused where it does not take ``feature_dim`` features."""
+    first = next((m for m in projector.modules() if isinstance(m, nn.Linear)), None)
+    if first is not None and first.in_features != feature_dim:
+        raise RobustlabError(
+            f"the projector takes {first.in_features} features but the teacher gives {feature_dim}; give the "
+            "projector of this teacher's SSL run"
+        )
     frozen = copy.deepcopy(projector).eval()
     frozen.requires_grad_(False)
     return frozen
@@ -263,16 +269,8 @@ class DeACL(Method):
         self.center = center
         self.threat = threat
         self.beta = beta
-        self.projector = None if projector is None else frozen_projector(projector)
-        if self.projector is not None:
-            first = next((m for m in self.projector.modules() if isinstance(m, nn.Linear)), None)
-            dim = getattr(teacher, "feature_dim", None)
-            if first is not None and dim is not None and first.in_features != dim:
-                raise RobustlabError(
-                    f"the projector takes {first.in_features} features but the teacher gives {dim}; give the "
-                    "projector of this teacher's SSL run"
-                )
-        self.attack = feature_pgd(steps, step_size, seed, getattr(teacher, "feature_dim", None) if projector else None)
+        self.projector = None if projector is None else frozen_projector(projector, teacher.feature_dim)
+        self.attack = feature_pgd(steps, step_size, seed, None if projector is None else teacher.feature_dim)
         self.augment = augment or Augment("weak")
         self.teacher_augment = teacher_augment
         self.seed = seed
@@ -286,8 +284,7 @@ class DeACL(Method):
                 "teacher_augment": getattr(self.teacher_augment, "strength", None)}  # fmt: skip
 
     def setup(self, ctx: TrainContext) -> None:
-        """Move the teacher (and projector) to the training device; seed this rank's generator; keep the loop's
-        context for the global step (annealed augmentation)."""
+        """Teacher (and projector) to the device; this rank's generator; the loop's context (its global step)."""
         super().setup(ctx)
         self._ctx = ctx
         self.teacher.to(ctx.device)
