@@ -78,6 +78,20 @@ def test_nested_with_autoattack_is_never_higher(zoo_mlp, fmnist_batch, tmp_path)
     pytest.importorskip("pyautoattack")
     x, y = fmnist_batch(40)
     runs = _both(zoo_mlp, (x, y), "autoattack:apgd-ce(n_iter=5,n_restarts=1)", tmp_path, batch_size=40)
-    by_eps = {e.eps: e.robust_accuracy for e in runs["separate"].results}
-    assert all(e.robust_accuracy <= by_eps[e.eps] for e in runs["nested"].results)
+    by_eps = {e.eps: e for e in runs["separate"].results}
+    assert all(e.robust_accuracy <= by_eps[e.eps].robust_accuracy for e in runs["nested"].results)
     assert runs["nested"].results[-1].carried > 0
+    name = next(iter(by_eps[EPS[0]].attacks))
+    assert [e.attacks[name].attacked for e in runs["nested"].results] == [
+        by_eps[e].attacks[name].attacked for e in sorted(EPS)
+    ]  # no saving with such an attack: the same samples as separate
+    # AutoAttack draws for its whole batch, so nested runs it on what a separate evaluation would: sample by sample,
+    # nested robust = separate robust and not broken at a smaller eps
+    nested = dict(zip(sorted(EPS), load_results(tmp_path / "nested")))
+    separate = dict(zip(EPS, load_results(tmp_path / "separate")))
+    ordered = sorted(EPS)
+    for i, eps in enumerate(ordered):
+        expected = separate[eps].robust.clone()
+        for smaller in ordered[:i]:
+            expected &= separate[smaller].robust | ~separate[smaller].clean_correct
+        assert torch.equal(nested[eps].robust, expected & separate[eps].clean_correct)

@@ -106,6 +106,12 @@ class GradientAttack:
         self.restart_batch = options.whole("restart_batch", restart_batch)
         self.runtime: dict[str, str] = {}  # the layout and precision the last call ran with (``auto`` resolved)
 
+    @property
+    def per_sample(self) -> bool:
+        """Whether a sample's result is independent of the rest of its batch (keyed or no random start, no input
+        diversity or EOT draws): what lets nested eps attack only the still-robust samples and stay exact."""
+        return (self.keyed_start or not self.random_start) and self.diversity_prob == 0 and self.eot_samples == 1
+
     def config(self) -> dict:
         """The attack's configuration, for reports."""
         return {

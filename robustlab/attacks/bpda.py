@@ -23,6 +23,11 @@ class BPDAAttack:
         self.attack, self.modules, self.backward = attack, list(modules), backward
         self.name = f"bpda-{getattr(attack, 'name', 'attack')}"
 
+    @property
+    def per_sample(self) -> bool:
+        """The inner attack's: whether a sample's result is independent of its batch."""
+        return bool(getattr(self.attack, "per_sample", False))
+
     def config(self) -> dict:
         """The inner attack's configuration and where BPDA sits."""
         backward = "identity" if self.backward is None else type(self.backward).__name__

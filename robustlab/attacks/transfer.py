@@ -63,6 +63,11 @@ class TransferAttack:
         self.criterion = criterion
         self.name = name or f"transfer-{getattr(attack, 'name', 'attack')}"
 
+    @property
+    def per_sample(self) -> bool:
+        """The inner attack's: whether a sample's result is independent of its batch."""
+        return bool(getattr(self.attack, "per_sample", False))
+
     def config(self) -> dict:
         """The crafting attack's configuration, for reports."""
         return {**self.attack.config(), "transfer": True}

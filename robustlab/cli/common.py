@@ -247,9 +247,9 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
-                   help="bf16/fp16 autocast (fp16: CUDA; bf16: CUDA or a CPU with native bf16) (default: fp32)")
+                   help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a bf16 CPU; default: fp32)")  # fmt: skip
     p.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, default="contiguous",
-                   help="channels_last trains convolutional nets faster on many CPUs and GPUs (default: contiguous)")
+                   help="channels_last: faster convolutions on many CPUs and GPUs (default: contiguous)")  # fmt: skip
     p.add_argument("--out", default=f"runs/{command}", metavar="DIR", help=f"run folder (default: runs/{command})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")

@@ -165,19 +165,24 @@ class Evaluator:
         return torch.where(torch.isfinite(passes).all(2).all(0)[:, None], shares, float("nan"))
 
     def run_batch(self, model: nn.Module, x: Tensor, y: Tensor, prior: EvalResult | None = None) -> EvalResult:
-        """Evaluate one batch: clean pass, then each attack on the still-robust samples (with ``prior``, a result of
-        this batch at a smaller eps, the samples it broke are carried over, not attacked)."""
+        """Evaluate one batch: clean pass, then each attack on the still-robust samples. With ``prior``, a result of
+        this batch at a smaller eps, the samples it broke are carried over (broken here too, with that example):
+        not attacked when every attack's per-sample result is independent of its batch (``per_sample``), else
+        attacked as a separate evaluation would (the same batches, so the same draws) and carried after, so nested
+        is never above separate either way."""
         self.threat.check_inputs(x)
         clean_logits = self.predict(model, x, y) if prior is None else prior.clean_logits.to(x.device)
         check_labels(y, clean_logits.shape[1])
         correct = top1_correct(clean_logits, y)
         result = EvalResult(y.cpu(), clean_logits.cpu(), correct.cpu())
-        robust = correct.clone()
+        robust = correct.clone()  # the attacks' chain: what each attack is run on
+        carried = torch.zeros_like(robust)
         x_adv = x.clone() if self.keep_adv else None
         if prior is not None:
             carried = (prior.clean_correct & ~prior.robust).to(robust.device)
             result.carried, result.carried_logits = carried.cpu(), prior.breaking_logits()
-            robust &= ~carried
+            if self.per_sample:
+                robust &= ~carried
             if x_adv is not None and prior.x_adv is not None:
                 x_adv[carried] = prior.x_adv.to(x_adv.device, x_adv.dtype)[carried]
         for name, attack in self.attacks.items():
@@ -195,18 +200,24 @@ class Evaluator:
                 criterion[idx] = out.success.to(success.device) & correct[idx]
                 logits[idx] = judged.to(logits.dtype)
                 if x_adv is not None:
-                    # keep the first adversarial input that breaks a sample, else the latest attempt
-                    replace = robust[idx] | ~correct[idx]
+                    # keep the first adversarial input that breaks a sample (a carried one keeps its own), else the
+                    # latest attempt
+                    replace = (robust[idx] & ~carried[idx]) | ~correct[idx]
                     x_adv[idx[replace]] = out.x_adv[replace].to(x_adv.dtype)
             result.seconds[name] = time.perf_counter() - start
             robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
-            result.success[name] = success.cpu()
-            result.criterion[name] = criterion.cpu()
+            result.success[name] = (success & ~carried).cpu()
+            result.criterion[name] = (criterion & ~carried).cpu()
             result.adv_logits[name] = logits.cpu()
-            result.robust_after[name] = robust.cpu()
+            result.robust_after[name] = (robust & ~carried).cpu()
         result.x_adv = x_adv.cpu() if x_adv is not None else None
         return result
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every attack's result for a sample is independent of its batch (see :meth:`run_batch`)."""
+        return all(getattr(attack, "per_sample", False) for attack in self.attacks.values())
 
 
 def top1_correct(logits: Tensor, labels: Tensor) -> Tensor:

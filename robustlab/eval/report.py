@@ -175,9 +175,11 @@ class EvalReport:
     def protocol_text(self) -> str:
         if self.protocol == "nested":
             return ("Eps protocol: nested (ascending eps; a sample broken at a smaller eps counts as broken at every "
-                    "larger one, with the example that broke it, and only the others are attacked; never above "
-                    "separate eps for robustlab's gradient attacks, whose random starts are keyed by sample; attacks "
-                    "drawing for the whole batch (AutoAttack, torchattacks) can differ by own noise).")  # fmt: skip
+                    "larger one, with the example that broke it; only the others are attacked when every attack's "
+                    "result is independent of its batch (robustlab's gradient attacks: random starts keyed by "
+                    "sample); with attacks that draw for the whole batch (AutoAttack, torchattacks) each eps attacks "
+                    "what a separate evaluation would and only the verdicts carry over: never above separate eps)."
+                    )  # fmt: skip
         return "Eps protocol: separate (each eps evaluated from scratch)."
 
     def judgement_text(self) -> str:
