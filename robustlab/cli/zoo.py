@@ -25,7 +25,9 @@ def robust_figure(meta: dict[str, Any]) -> str:
     """The recorded robust accuracy in a few words (attack, norm, eps, n), or '-'."""
     robust, other = meta.get("robust_accuracy"), meta.get("robustness")
     if isinstance(robust, dict):
-        return f"{100 * robust['value']:.1f} % ({robust['attack']}, {robust['norm']} {robust['eps']}, n={robust['n']})"
+        text = f"{100 * robust['value']:.1f} % ({robust['attack']}, {robust['norm']} {robust['eps']}, n={robust['n']})"
+        aa = meta.get("autoattack")
+        return text + (f"; {100 * aa['robust_accuracy']:.1f} % after AutoAttack" if isinstance(aa, dict) else "")
     if isinstance(other, dict) and "autoattack_accuracy" in other:
         attack = "APGD-CE + APGD-T after PGD-10"  # zoo.json names the reduced AutoAttack it ran
         return f"{100 * other['autoattack_accuracy']:.1f} % ({attack}, eps {other['eps']}, n={other['eval_n']})"
