@@ -256,9 +256,9 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
     shard = current_shard()
     rank, world_size = shard.as_tuple()
     model.to(device)
+    precision = _precision(config, device)  # refused before the model is touched
     if config.memory_format == "channels_last":
         model.to(memory_format=torch.channels_last)  # undone when train() returns
-    precision = _precision(config, device)
     ctx = TrainContext(model, method, config, device, rank, world_size, config.seed, out_dir=out)
     if hasattr(method, "setup"):
         method.setup(ctx)
