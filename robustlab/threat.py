@@ -67,9 +67,9 @@ class ThreatModel:
         """The same threat model at another eps."""
         return ThreatModel(self.norm, eps, self.bounds)
 
-    def clip(self, x: Tensor) -> Tensor:
-        """Clip to the input bounds."""
-        return x.clamp(self.bounds[0], self.bounds[1])
+    def clip(self, x: Tensor, *, inplace: bool = False) -> Tensor:
+        """Clip to the input bounds (``inplace``: overwrite ``x``, a temporary the caller gives up)."""
+        return x.clamp_(self.bounds[0], self.bounds[1]) if inplace else x.clamp(self.bounds[0], self.bounds[1])
 
     def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
         """One ascent step: ``sign(g)`` for Linf, ``g / ||g||_2`` for L2 (no projection)."""
@@ -94,7 +94,7 @@ class ThreatModel:
             delta.clamp_(-self.eps, self.eps)
         else:
             delta = delta * (self.eps / _per_sample_norm(delta, 2).clamp_min(_TINY)).clamp(max=1.0)
-        return delta.add_(x).clamp_(self.bounds[0], self.bounds[1])
+        return self.clip(delta.add_(x), inplace=True)
 
     def _project_low_precision(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project in float32, round back to ``x``'s dtype, and pull back what rounding pushed outside."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustlab.attacks.options import number
 from robustlab.errors import RobustlabError
 
 AUGMENT_STRENGTHS = ("strong", "weak", "none")
@@ -89,17 +90,11 @@ def augment_at(strength: float, crop_min: float = 0.2) -> Augment:
     ``(1 - (1 - crop_min) s, 1)``, aspect-ratio range, brightness/contrast jitter (0.4 s, probability 0.8 s) and
     grayscale (probability 0.2 s) scaled by s, horizontal flip always. s = 1: the strong augmentation with crop
     area ``(crop_min, 1)``; s = 0: a horizontal flip only."""
-    check_strength("the augmentation strength", strength)
+    number("the augmentation strength", strength, low=0, high=1)
     return Augment(
         "strong", (1 - (1 - crop_min) * strength, 1.0), jitter=0.4 * strength, jitter_prob=0.8 * strength,
         gray_prob=0.2 * strength, log_ratio=(math.log(3 / 4) * strength, math.log(4 / 3) * strength),
     )  # fmt: skip
-
-
-def check_strength(name: str, value: float) -> None:
-    """Refuse a strength outside [0, 1] with one line."""
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise RobustlabError(f"{name} must be a number in [0, 1], got {value}")
 
 
 class AnnealedAugment:
@@ -112,9 +107,9 @@ class AnnealedAugment:
     """
 
     def __init__(self, start: float = 1.0, end: float = 0.0, crop_min: float = 0.2) -> None:
-        check_strength("the annealing's start strength", start)
-        check_strength("the annealing's end strength", end)
-        check_strength("the crop's smallest area (crop_min)", crop_min)
+        number("the annealing's start strength", start, low=0, high=1)
+        number("the annealing's end strength", end, low=0, high=1)
+        number("the crop's smallest area (crop_min)", crop_min, low=0, high=1)
         self.start, self.end, self.crop_min = start, end, crop_min
 
     def strength(self, progress: float) -> float:
@@ -133,4 +128,4 @@ class AnnealedAugment:
         return {"start": self.start, "end": self.end, "crop_min": self.crop_min}
 
 
-__all__ = ["AUGMENT_STRENGTHS", "AnnealedAugment", "Augment", "augment_at", "check_strength"]
+__all__ = ["AUGMENT_STRENGTHS", "AnnealedAugment", "Augment", "augment_at"]
