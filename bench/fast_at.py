@@ -211,7 +211,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--sweep-methods", nargs="+", default=list(sweep.SWEEP_METHODS), choices=list(sweep.SWEEP_METHODS))
     sw.add_argument("--no-rollback-demo", action="store_true")
     sw.add_argument("--jobs", type=int, default=2, help="runs trained in parallel (one thread each)")
-    sw.add_argument("--sweep-out", default=str(RESULTS / "fast_at_sweep.json"))
+    sw.add_argument(
+        "--sweep-out",
+        default=str(RESULTS / "fast_at_sweep.json"),
+        help="the sweep's JSON (a PNG next to it); in --out's folder, --out also gets its table",
+    )
     sw.add_argument("--cache", default=str(RESULTS / "fast_at_sweep_cache.json"), help="finished runs by settings")
     return parser.parse_args(argv)
 
@@ -226,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # as each worker process does
     if args.sweep:
         result = sweep.run_sweep(args, log)
+        sweep_out, out = Path(args.sweep_out), Path(args.out)
+        if sweep_out.parent.resolve() == out.parent.resolve():  # the results folder: fast_at.json points to it
+            update_json(out, "sweep", sweep.headline(result, sweep_out.name))
         print(sweep.summary(result))
         return 0
     if args.rollback_demo:

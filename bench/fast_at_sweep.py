@@ -295,6 +295,13 @@ def run_sweep(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     return result
 
 
+def headline(result: dict[str, Any], file: str) -> dict[str, Any]:
+    """The sweep's command, setting, table and rollback demo without the per-run records (those stay in ``file``),
+    for ``fast_at.json``."""
+    keys = ("command", "setting", "table_markdown", "rollback_demo", "wall_time_s")
+    return {"file": file, "figure": str(Path(file).with_suffix(".png")), **{k: result[k] for k in keys}}
+
+
 def summary(result: dict[str, Any]) -> str:
     """The table and the rollback demo's two runs, for the terminal."""
     lines = [result["table_markdown"]]

@@ -297,3 +297,24 @@ def test_rollback_demo_retrains_the_first_collapsed_fgsm_rs_setting_with_rollbac
         trained[-1]["on_co"] == "rollback" and trained[-1]["eps"] == 0.25 and len(trained) == 10
     )  # 9 distinct grid runs + 1
     assert demo["continue"]["co_epochs"] == [3]
+
+
+def test_sweep_in_the_results_folder_puts_its_table_into_fast_at_json(bench_fast_at, tmp_path, monkeypatch, capsys):
+    def fake(settings):
+        return {"settings": settings, "co_flagged": False, "co_epochs": [], "epochs": [], "stop_reason": None,
+                "best_epoch": 1, "clean_accuracy": 0.5, "pgd_50_10_accuracy": 0.25, "train_seconds": 1.0,
+                "evaluation_n": 16}  # fmt: skip
+
+    monkeypatch.setattr(bench_fast_at.sweep, "train_one", fake)
+    base = ["--sweep", "--sweep-eps", "0.3", "--sweep-steps", "2", "--sweep-methods", "fgsm-rs", "--jobs", "1"]
+    base += ["--no-rollback-demo", "--cache", str(tmp_path / "cache.json")]
+    (tmp_path / "fast_at.json").write_text(json.dumps({"benchmark": "fast_at", "main": {"kept": 1}}))
+    elsewhere = tmp_path / "other"
+    bench_fast_at.main([*base, "--out", str(tmp_path / "fast_at.json"), "--sweep-out", str(elsewhere / "s.json")])
+    assert "sweep" not in json.loads((tmp_path / "fast_at.json").read_text())  # not the results folder: untouched
+    bench_fast_at.main([*base, "--out", str(tmp_path / "fast_at.json"), "--sweep-out", str(tmp_path / "s.json")])
+    saved = json.loads((tmp_path / "fast_at.json").read_text())
+    assert saved["main"] == {"kept": 1} and saved["sweep"]["file"] == "s.json" and saved["sweep"]["figure"] == "s.png"
+    assert "| 0.3 | 2 eps | 50.0 / 25.0 (no CO) |" in saved["sweep"]["table_markdown"]
+    assert "runs" not in saved["sweep"]  # the per-run records stay in the sweep's own file
+    capsys.readouterr()
