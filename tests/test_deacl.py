@@ -15,12 +15,10 @@ from torch.utils.data import Subset, TensorDataset
 from robustlab.data import load_dataset
 from robustlab.errors import RobustlabError
 from robustlab.models import load_model, save_model, seeded_weights
-from robustlab.ssl import SimCLR, SSLModel
-from robustlab.ssl.augment import AnnealedAugment, Augment
-from robustlab.ssl.deacl import (
+from robustlab.ssl import (
     DeACL,
-    LevelCosine,
-    Shifted,
+    SimCLR,
+    SSLModel,
     arch_kwargs_of,
     deacl_loss,
     feature_pgd,
@@ -28,6 +26,8 @@ from robustlab.ssl.deacl import (
     make_student,
     negative_cosine,
 )
+from robustlab.ssl.augment import AnnealedAugment, Augment
+from robustlab.ssl.deacl import LevelCosine, Shifted
 from robustlab.ssl.encoder import load_projector
 from robustlab.ssl.pseudo import PseudoAT, PseudoLabeler, kmeans, kmeans_labeler, make_pseudo_student
 from robustlab.threat import ThreatModel

@@ -52,9 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab deacl`` trains: a student encoder of the teacher with DeACL's loss; model.pt is its
     classifier."""
-    from robustlab.ssl import Augment, DeACL, frozen_teacher, make_student
+    from robustlab.ssl import Augment, DeACL, arch_kwargs_of, check_width, frozen_teacher, make_student
     from robustlab.ssl.augment import AnnealedAugment
-    from robustlab.ssl.deacl import arch_kwargs_of, check_width
     from robustlab.ssl.encoder import load_projector
     from robustlab.training import TrainingSetup
 

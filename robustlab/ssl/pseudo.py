@@ -21,9 +21,10 @@ from robustlab.attacks.presets import PGD
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.ssl.augment import Augment
-from robustlab.ssl.deacl import deacl_loss, feature_pgd, frozen_teacher, make_student, student_copy
+from robustlab.ssl.deacl import deacl_loss, feature_pgd
 from robustlab.ssl.encoder import classifier_head, replace_head
 from robustlab.ssl.knn import embed
+from robustlab.ssl.student import frozen_teacher, make_student, student_copy
 from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
 from robustlab.training.loop import TrainContext
