@@ -18,7 +18,7 @@ from robustlab.attacks.presets import FGSM, PGD
 from robustlab.errors import RobustlabError
 from robustlab.models.mode import temporary_mode
 from robustlab.threat import ThreatModel
-from robustlab.training.loop import Decision, TrainContext
+from robustlab.training.context import Decision, TrainContext
 
 log = logging.getLogger(__name__)
 ON_CO = ("stop", "rollback", "continue")

@@ -25,7 +25,7 @@ from robustlab.distributed import unwrap
 from robustlab.ssl.augment import AnnealedAugment, Augment
 from robustlab.ssl.student import frozen_projector
 from robustlab.threat import ThreatModel
-from robustlab.training.loop import TrainContext
+from robustlab.training.context import TrainContext
 from robustlab.training.method import Method, check_number
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from robustlab.distributed import unwrap
 from robustlab.models.mode import temporary_mode
 from robustlab.ssl.encoder import SSLModel
-from robustlab.training.loop import TrainContext
+from robustlab.training.context import TrainContext
 
 
 @torch.no_grad()

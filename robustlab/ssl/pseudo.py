@@ -27,7 +27,7 @@ from robustlab.ssl.knn import embed
 from robustlab.ssl.student import frozen_teacher, make_student, student_copy
 from robustlab.ssl.trades import trades_attack, trades_loss
 from robustlab.threat import ThreatModel
-from robustlab.training.loop import TrainContext
+from robustlab.training.context import TrainContext
 from robustlab.training.method import Method, check_number
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The one training loop and the one training run shared by adversarial and self-supervised training."""
 
-from robustlab.training.loop import Callback, Decision, TrainConfig, TrainContext, TrainResult, lr_at, train
+from robustlab.training.context import Callback, Decision, TrainContext
+from robustlab.training.loop import TrainConfig, TrainResult, lr_at, train
 from robustlab.training.method import Method
 from robustlab.training.report import FinalEvaluation, TrainReport, final_evaluation
 from robustlab.training.run import TrainingSetup, run_training

@@ -3,14 +3,7 @@ inside a loop that owns seeding, the optimizer and LR schedule, atomic per-epoch
 callbacks that may stop or roll back, and DistributedDataParallel. In the PyTorch reference scripts' shape:
 :meth:`_Loop.train_one_epoch`, :meth:`_Loop.end_epoch` and the checkpoint functions, each a screen.
 
-Callbacks (the catastrophic-overfitting monitor, the kNN monitor, ...):
-
-- ``callback.on_epoch_end(ctx) -> Decision | None``: runs on rank 0 after each epoch; may add numbers to
-  ``ctx.stats``; returns ``"continue"`` (or ``None``), ``"stop"`` (keep the current weights) or ``"rollback"``
-  (restore the best weights, then stop). The decision is broadcast to every rank.
-- optional ``callback.every_steps`` (int > 0) and ``callback.on_step_end(ctx)``: the same, every ``every_steps``
-  optimizer steps, counted over the whole run (a resumed run checks at the same steps).
-- optional ``callback.state_dict()`` / ``callback.load_state_dict(state)``.
+Callbacks and what they see: :mod:`robustlab.training.context`.
 """
 
 from __future__ import annotations
@@ -21,9 +14,9 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,43 +27,13 @@ from robustlab.distributed import Shard, broadcast_ints, current_shard
 from robustlab.errors import RobustlabError
 from robustlab.training.batches import Batches
 from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_at, make_optimizer
+from robustlab.training.context import DECISIONS, TrainContext
 from robustlab.training.method import Method
 from robustlab.training.metrics import open_metrics
 
 log = logging.getLogger(__name__)
 
-Decision = Literal["continue", "stop", "rollback"]
-DECISIONS = ("continue", "stop", "rollback")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class Callback(Protocol):
-    """An epoch-end hook (e.g. the catastrophic-overfitting monitor) that may ask to stop or roll back."""
-
-    def on_epoch_end(self, ctx: TrainContext) -> Decision | None: ...
-
-
-@dataclass
-class TrainContext:
-    """What methods' ``setup`` and callbacks see."""
-
-    model: nn.Module  # the unwrapped model being trained
-    method: Any
-    config: TrainConfig
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    seed: int = 0
-    epoch: int = 0  # 1-based number of the epoch that is running or just ended
-    step: int = 0  # optimizer steps so far (global, over the whole run)
-    total_steps: int = 0  # optimizer steps the whole run takes (epochs x steps per epoch), set before step 1
-    stats: dict[str, float] = field(default_factory=dict)  # this epoch's (or step's) numbers; callbacks add
-    history: list[dict[str, float]] = field(default_factory=list)
-    out_dir: Path | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -352,13 +315,9 @@ def train(
 
 
 __all__ = [
-    "DECISIONS",
     "LR_SCHEDULES",
     "OPTIMIZERS",
-    "Callback",
-    "Decision",
     "TrainConfig",
-    "TrainContext",
     "TrainResult",
     "lr_at",
     "make_optimizer",

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 
 if TYPE_CHECKING:
-    from robustlab.training.loop import TrainConfig, TrainContext
+    from robustlab.training.config import TrainConfig
+    from robustlab.training.context import TrainContext
 
 
 class Method:
