@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options, runtime
-from robustlab.attacks.inputs import diverse_inputs
-from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
-from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, stack_rows, stop_rows
+from robustlab.attacks.inputs import diverse_inputs, eot_rng
+from robustlab.attacks.protocol import AttackResult, check_first_logits, frozen_parameters, model_logits, untouched
+from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, select_rows, stack_rows, stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
@@ -296,16 +295,16 @@ class GradientAttack:
                 x_adv[rows] = xa.index_select(0, gone)
                 if active.numel() == 0:
                     break
-                ys, ts = _rows(stay, ys, ts)
+                ys, ts = select_rows(stay, ys, ts)
                 if velocity is not None or threat.norm != "linf":  # steps that reduce over a row see the same rows
-                    xa, grad, xs, velocity = _rows(stay, xa, grad, xs, velocity)
+                    xa, grad, xs, velocity = select_rows(stay, xa, grad, xs, velocity)
                     stay = None
             if velocity is not None:
                 l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
                 grad = velocity = self.momentum * velocity + grad / l1
             current = threat.project(threat.step(xa, grad, step_size), xs, inplace=True)
             if stay is not None:  # an elementwise step (Linf): compact after it, one gather fewer (not xa and grad)
-                current, xs = _rows(stay, current, xs)
+                current, xs = select_rows(stay, current, xs)
         if not early:
             x_adv = current
         elif active.numel():
@@ -319,12 +318,12 @@ class GradientAttack:
         """The input gradient of the attack objective at ``xa`` (under EOT the mean over passes with fresh randomness),
         in float32 where the step ran in low precision (no underflow in norms), and the last pass's logits."""
         grad: Tensor | None = None
-        with torch.enable_grad(), _eot_rng(self.eot_samples, generator, xa.device):
+        with torch.enable_grad(), eot_rng(self.eot_samples, generator, xa.device):
             for _ in range(self.eot_samples):
                 with run.autocast(xa.device):
                     logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
                     if first:
-                        _check_first_logits(logits, y, target, criterion)
+                        check_first_logits(logits, y, target, criterion)
                     objective = self._loss(logits, y, target).sum()
                     objective = objective * run.loss_scale if run.loss_scale != 1 else objective
                 g = torch.autograd.grad(objective if target is None else -objective, xa)[0]
@@ -337,35 +336,3 @@ class GradientAttack:
 
 
 _NONE = (None, None, None)
-
-
-def _rows(index: Tensor, *tensors: Tensor | None) -> tuple:
-    """The rows ``index`` of each tensor (``None`` stays ``None``)."""
-    return tuple(t.index_select(0, index) if t is not None else None for t in tensors)
-
-
-def _eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:
-    """For EOT: fork the global RNG (a randomised model draws from it) and seed it from the attack's generator, so
-    each step's passes see fresh, reproducible randomness and the caller's RNG is untouched."""
-    if samples == 1:
-        return contextlib.nullcontext()
-    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
-
-    @contextlib.contextmanager
-    def forked() -> Iterator[None]:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            yield
-
-    return forked()
-
-
-def _check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:
-    """At the first logits an attack sees: labels and targets in range, a criterion that can hold."""
-    num_classes = logits.shape[1]
-    if not y.is_floating_point():  # float labels: feature-space attacks with their own loss and criterion
-        check_labels(y, num_classes)
-    if target is not None and not target.is_floating_point():
-        check_labels(target, num_classes, what="targets")
-    if hasattr(criterion, "check"):
-        criterion.check(num_classes)

@@ -1,6 +1,10 @@
-"""Input transforms the gradient loop applies before a forward pass (transfer attacks' input diversity)."""
+"""The randomness the gradient loop puts around a forward pass: input transforms applied before it (transfer attacks'
+input diversity) and, for EOT, the forked and seeded global RNG a randomised model draws from."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,4 +26,20 @@ def diverse_inputs(x: Tensor, prob: float, generator: torch.Generator, scale: fl
     return F.interpolate(padded, size=(size, size), mode="nearest")
 
 
-__all__ = ["diverse_inputs"]
+def eot_rng(samples: int, generator: torch.Generator, device: torch.device) -> contextlib.AbstractContextManager:
+    """For EOT: fork the global RNG (a randomised model draws from it) and seed it from the attack's generator, so
+    each step's passes see fresh, reproducible randomness and the caller's RNG is untouched."""
+    if samples == 1:
+        return contextlib.nullcontext()
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
+
+    @contextlib.contextmanager
+    def forked() -> Iterator[None]:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    return forked()
+
+
+__all__ = ["diverse_inputs", "eot_rng"]

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from robustlab.criteria import Criterion
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -108,4 +109,23 @@ def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None
         )
 
 
-__all__ = ["Attack", "AttackResult", "check_labels", "frozen_parameters", "model_logits", "untouched"]
+def check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion) -> None:
+    """At the first logits an attack sees: labels and targets in range, a criterion that can hold."""
+    num_classes = logits.shape[1]
+    if not y.is_floating_point():  # float labels: feature-space attacks with their own loss and criterion
+        check_labels(y, num_classes)
+    if target is not None and not target.is_floating_point():
+        check_labels(target, num_classes, what="targets")
+    if hasattr(criterion, "check"):
+        criterion.check(num_classes)
+
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "check_first_logits",
+    "check_labels",
+    "frozen_parameters",
+    "model_logits",
+    "untouched",
+]

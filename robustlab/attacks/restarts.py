@@ -93,6 +93,11 @@ def stop_rows(
     return broken[sample], hit, hit_logits
 
 
+def select_rows(index: Tensor, *tensors: Tensor | None) -> tuple:
+    """The rows ``index`` of each tensor (``None`` stays ``None``)."""
+    return tuple(t.index_select(0, index) if t is not None else None for t in tensors)
+
+
 def keyed_starts(x: Tensor, threat: ThreatModel, salt: int, l2_radius: str) -> Tensor:
     """One random start per sample, drawn from a generator seeded by the sample's content and ``salt`` (one draw of
     the attack's generator per restart), so a sample's start does not depend on the rest of the batch."""
@@ -128,4 +133,13 @@ def _key_weights(dim: int) -> Tensor:
     return torch.randint(1, _KEY_WEIGHT_MAX, (dim, 2), generator=torch.Generator().manual_seed(12345))
 
 
-__all__ = ["keyed_starts", "pick", "pick_rows", "restart_groups", "sample_keys", "stack_rows", "stop_rows"]
+__all__ = [
+    "keyed_starts",
+    "pick",
+    "pick_rows",
+    "restart_groups",
+    "sample_keys",
+    "select_rows",
+    "stack_rows",
+    "stop_rows",
+]
