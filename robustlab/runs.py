@@ -83,7 +83,8 @@ class RunFolder:
     On entry: the folder is created (or refused: a file, not writable), locked (or refused: another run holds
     it), and checked: a fresh run needs an empty folder or ``overwrite`` (which clears the previous run's files);
     ``resume`` needs the same ``kind`` and fingerprint (the error names the settings that differ). ``run.resumed``
-    says whether there was a previous run to continue. Under DDP only rank 0 (``is_main``) locks and writes;
+    says whether there was a previous run to continue; a kind of run with no partial state (``resumable=False``:
+    attack, transfer) is never told to ``--resume``. Under DDP only rank 0 (``is_main``) locks and writes;
     every rank checks, so every rank fails alike.
     """
 
@@ -95,13 +96,14 @@ class RunFolder:
         *,
         resume: bool = False,
         overwrite: bool = False,
+        resumable: bool = True,
         is_main: bool = True,
         barrier: Callable[[], None] | None = None,
     ) -> None:
         if resume and overwrite:
             raise RobustlabError("--resume and --overwrite contradict each other; give one of them")
         self.path, self.kind, self.fingerprint = Path(path), kind, jsonable(fingerprint)
-        self.resume, self.overwrite, self.is_main = resume, overwrite, is_main
+        self.resume, self.overwrite, self.resumable, self.is_main = resume, overwrite, resumable, is_main
         self.resumed = self._fresh = self._created = False
         self._barrier = barrier or (lambda: None)
         self._lock_fd: int | None = None
@@ -194,9 +196,9 @@ class RunFolder:
         if self.overwrite:
             return "overwrite"
         if not self.resume:
+            hint = "continue it with --resume, " if self.resumable else ""
             raise RobustlabError(
-                f"{self.path} already holds a run; continue it with --resume, replace it with --overwrite, "
-                "or choose another --out"
+                f"{self.path} already holds a run; {hint}replace it with --overwrite, or choose another --out"
             )
         saved = self.saved()
         if saved is None:

@@ -1,6 +1,7 @@
 """``robustlab attack`` end to end, and one clear line + exit code 2 for every user mistake."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from robustlab import ThreatModel
 from robustlab.attacks import PGD
 from robustlab.cli import main
 from robustlab.eval import Evaluator
+from robustlab.runs import RunFolder
 
 BASE = ["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--no-progress"]
 
@@ -45,7 +47,26 @@ def test_attack_writes_report_and_adversarial_examples(tmp_path, capsys):
 def test_fgsm_with_fraction_eps_and_l2(tmp_path):
     assert main([*BASE, "--n", "64", "--attack", "fgsm", "--eps", "8/255", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["threat"]["eps"] == pytest.approx(8 / 255)
-    assert main([*BASE, "--n", "64", "--attack", "pgd", "--norm", "l2", "--eps", "1.0", "--out", str(tmp_path)]) == 0
+    l2 = [*BASE, "--n", "64", "--attack", "pgd", "--norm", "l2", "--eps", "1.0", "--out", str(tmp_path), "--overwrite"]
+    assert main(l2) == 0
+
+
+def test_a_second_run_on_the_same_out_needs_overwrite(tmp_path, cli_error):
+    args = [*BASE, "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = (tmp_path / "report.json").read_text()
+    # refused before the model loads (a model that does not exist is not even looked at)
+    cli_error([*args, "--eps", "0.2", "--model", "zoo:nope"], "already holds a run", "--overwrite")
+    assert (tmp_path / "report.json").read_text() == first
+    assert main([*args, "--eps", "0.2", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["threat"]["eps"] == 0.2
+
+
+def test_a_folder_another_run_holds_is_refused_naming_it(tmp_path, cli_error):
+    with RunFolder(tmp_path, "attack", {}):  # a run in progress on --out
+        args = [*BASE, "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path), "--overwrite"]
+        cli_error(args, "in use by another robustlab run", f"PID {os.getpid()}")
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_targeted_from_cli(tmp_path, capsys):

@@ -176,5 +176,8 @@ def test_python_api_does_in_one_call_what_the_cli_does(tmp_path, zoo_mlp, fmnist
 
     single = run_attack(zoo_mlp, (x, y), AttackConfig("pgd", 0.08, steps=2, topk=(1, 3)), tmp_path / "attack")
     assert single.robust_accuracy < single.clean_accuracy and (tmp_path / "attack" / "report.md").exists()
+    with pytest.raises(RobustlabError, match="already holds a run"):  # one run per folder, as for eval
+        run_attack(zoo_mlp, (x, y), AttackConfig("fgsm", 0.08), tmp_path / "attack")
+    assert run_attack(zoo_mlp, (x, y), AttackConfig("fgsm", 0.08), tmp_path / "attack", overwrite=True).n == 40
     matrix = run_transfer(["zoo:fmnist-cnn"], ["zoo:fmnist-mlp"], (x, y), TransferConfig(0.08, "fgsm"), tmp_path / "t")
     assert set(matrix.files) >= {"json", "markdown", "heatmap", "topk_curves"} and matrix.ks == [1, 2, 3, 5]

@@ -129,7 +129,8 @@ def test_attack_cli_reports_topk_asr_and_icr(tmp_path, capsys):
     assert list(report["topk"]["asr"]) == ["1", "2", "3", "5"]
     assert report["topk"]["asr"]["1"] == pytest.approx(report["attack_success_rate"])
     assert sum(report["topk"]["icr"]["histogram"]) == 64
-    assert main([*args, "--attack", "ifgsm", "--eps", "0.1", "--topk", "1,10", "--n", "8", "--out", str(tmp_path)]) == 2
+    k10 = str(tmp_path / "k10")
+    assert main([*args, "--attack", "ifgsm", "--eps", "0.1", "--topk", "1,10", "--n", "8", "--out", k10]) == 2
     err = capsys.readouterr().err
     assert "10" in err and "class" in err  # k = 10 is impossible for 10 classes
 

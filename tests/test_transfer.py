@@ -14,6 +14,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval import Evaluator
 from robustlab.eval.transfer import transfer_matrix
 from robustlab.models import load_model
+from robustlab.runs import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,16 @@ def test_ifgsm_and_fgsm_rows_come_from_the_same_examples_per_k(zoo_cnn, zoo_mlp,
 def test_transfer_cli_errors_are_one_line(extra, message, cli_error, tmp_path):
     base = ["transfer", "--source", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "8", "--eps", "0.1"]
     cli_error([*base, *extra, "--out", str(tmp_path)], message)  # exit 2, one stderr line, no traceback
+
+
+def test_a_second_transfer_on_the_same_out_needs_overwrite(tmp_path, cli_error):
+    args = ["transfer", "--source", "zoo:fmnist-cnn", "--targets", "zoo:fmnist-mlp", "--dataset", "fashion-mnist",
+            "--n", "8", "--eps", "0.1", "--attacks", "fgsm", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    first = (tmp_path / "report.json").read_text()
+    cli_error([*args, "--eps", "0.2"], "already holds a run", "--overwrite")
+    assert (tmp_path / "report.json").read_text() == first
+    with RunFolder(tmp_path, "transfer", {}, overwrite=True):  # a run in progress on --out
+        cli_error([*args, "--overwrite"], "in use by another robustlab run")
+    assert main([*args, "--eps", "0.2", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["threat"]["eps"] == 0.2

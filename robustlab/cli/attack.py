@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--topk", type=topk_list, help="k's for top-k ASR and robust accuracy (default: 1,2,3,5; 1,5,10 for >10)"
     )
     p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     add_run_args(p, out_default="runs/attack")
     p.set_defaults(run=run)
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_attack(
         model_source(args),
         data_source(args, args.model),
-        config, args.out, save_adv=args.save_adv, progress=not args.no_progress,
+        config, args.out, save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
         device=resolve_device(args.device), command_line=args.command_line,
     )  # fmt: skip
     loss = report.attack.get("loss")

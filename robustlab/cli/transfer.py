@@ -55,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--step-size", type=positive_float, help="step size of the iterative attacks (default: eps/steps)")
     p.add_argument("--topk", type=topk_list, help="k's for the tables (default: 1,2,3,5 for 10 classes, else 1,5,10)")
     p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'}")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     add_run_args(p, out_default="runs/transfer")
     p.set_defaults(run=run)
 
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_transfer(
         [_specs(s) for s in args.source], _specs(args.targets),
         data_source(args, args.targets.split(",")[0]), config, args.out,
-        save_adv=args.save_adv, progress=not args.no_progress, device=resolve_device(args.device),
-        command_line=args.command_line,
+        save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
+        device=resolve_device(args.device), command_line=args.command_line,
     )  # fmt: skip
     print(f"{args.dataset}/{args.split}, n = {result.n}, {result.threat.norm} eps = {result.threat.eps:.4g}")
     print(result.clean_table() + "\n")

@@ -4,6 +4,7 @@ report and, if asked, the adversarial examples -- with every output path checked
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,21 @@ from robustlab.eval.gallery import save_gallery
 from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.eval.report import TopKStats
-from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, resolve_model, settings
+from robustlab.eval.sources import (
+    Data,
+    DataSource,
+    ModelSource,
+    attack_keys,
+    data_fingerprint,
+    model_fingerprint,
+    probe,
+    resolve_data,
+    resolve_model,
+    settings,
+)
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_report
 from robustlab.reports.html import HTML_FILE, write_html
-from robustlab.runs import check_writable_file, check_writable_folder
+from robustlab.runs import RunFolder, check_writable_file
 from robustlab.threat import ThreatModel
 
 
@@ -63,6 +75,11 @@ class AttackConfig:
                 given = ", ".join(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
                 raise RobustlabError(f"attack {attack!r} does not take {given or 'these options'} ({exc})") from None
         return Targeted(attack, self.target, seed=self.seed) if self.target else attack
+
+    def fingerprint(self, runner: Any) -> dict[str, Any]:
+        """Every setting that changes the result, with the attack ``runner`` (built by :meth:`build_attack`)."""
+        attack = self.attack if isinstance(self.attack, str) else attack_keys({runner.name: runner}, as_specs=False)
+        return {**settings(self, exclude=("attack", "extra")), "attack": attack}
 
 
 def with_options(spec: str, options: dict[str, Any]) -> str:
@@ -147,57 +164,62 @@ def run_attack(
     out: str | os.PathLike | None = None,
     *,
     save_adv: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = False,
     device: str | torch.device | None = None,
     command_line: str | None = None,
 ) -> AttackReport:
-    """Attack every sample of ``dataset``; with ``out``, write ``out/report.json`` and ``report.md``; with
-    ``save_adv``, the adversarial examples ``{"x_adv", "y", "index"}``. Outputs, attack, model and data are checked
-    first."""
+    """Attack every sample of ``dataset``; with ``out`` (one run per folder, locked while it runs, an earlier run
+    replaced only with ``overwrite``), write ``out/report.json`` and ``report.md``; with ``save_adv``, the
+    adversarial examples ``{"x_adv", "y", "index"}``. Outputs, attack, model and data are checked first."""
     started = time.time()
     device = torch.device(device) if device is not None else torch.device("cpu")
     threat, runner = config.threat(), config.build_attack()
-    if out is not None:
-        check_writable_folder(out)
-    if save_adv is not None:
-        check_writable_file(save_adv, "--save-adv")
-    module, _, _ = resolve_model(model, device)
-    data, data_name, _, _ = resolve_data(dataset)
-    num_classes = probe(module, data, device, config.topk)
-    ks = list(config.topk or default_topk(num_classes))
-    evaluator = Evaluator(
-        {runner.name: runner}, threat, batch_size=config.batch_size, only_robust=False,
-        keep_adv=save_adv is not None, progress=progress, device=device,
-    )  # fmt: skip
-    result = evaluator.run(module, data)
-    summary = result.summary()
-    correct = max(1, int(result.clean_correct.sum()))
-    report = AttackReport(
-        runner.name, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
-        summary["attack_success_rate"], int(result.criterion[runner.name].sum()) / correct,
-        TopKStats.from_dict(topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)),
-        used_config(runner, threat), threat.to_dict(), summary["attacks"][runner.name]["seconds"], summary["nonfinite"],
-        config={**settings(config, exclude=("attack", "extra")), **config.extra},
-        wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
-        intervals={
-            "clean_accuracy": list(clopper_pearson(int(result.clean_correct.sum()), result.n)),
-            "robust_accuracy": list(clopper_pearson(int(result.robust.sum()), result.n)),
-            "attack_success_rate": list(
-                clopper_pearson(int((result.clean_correct & ~result.robust).sum()), int(result.clean_correct.sum()))
-            ),
-        },
-    )  # fmt: skip
-    if out is not None:
-        report.files.update(
-            save_gallery(out, module, data, runner, threat, result, device=device, dataset_name=data_name)
-        )
-        report.files["html"] = os.path.join(out, HTML_FILE)
-        report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))
-        write_html(out)
-    if save_adv is not None:
-        atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
-        report.files["adversarial_examples"] = str(save_adv)
-    return report
+    folder: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if out is not None:  # held before the model loads: a folder in use or holding a run is refused at once
+        fingerprint = {**model_fingerprint(model), **data_fingerprint(dataset), **config.fingerprint(runner)}
+        folder = RunFolder(out, "attack", fingerprint, overwrite=overwrite, resumable=False)
+    with folder:
+        if save_adv is not None:
+            check_writable_file(save_adv, "--save-adv")
+        module, _, _ = resolve_model(model, device)
+        data, data_name, _, _ = resolve_data(dataset)
+        num_classes = probe(module, data, device, config.topk)
+        ks = list(config.topk or default_topk(num_classes))
+        evaluator = Evaluator(
+            {runner.name: runner}, threat, batch_size=config.batch_size, only_robust=False,
+            keep_adv=save_adv is not None, progress=progress, device=device,
+        )  # fmt: skip
+        result = evaluator.run(module, data)
+        summary = result.summary()
+        correct = max(1, int(result.clean_correct.sum()))
+        report = AttackReport(
+            runner.name, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
+            summary["attack_success_rate"], int(result.criterion[runner.name].sum()) / correct,
+            TopKStats.from_dict(topk_metrics(result.adv_logits[runner.name], result.labels, result.clean_logits, ks)),
+            used_config(runner, threat), threat.to_dict(), summary["attacks"][runner.name]["seconds"],
+            summary["nonfinite"],
+            config={**settings(config, exclude=("attack", "extra")), **config.extra},
+            wall_time_s=round(time.time() - started, 3), environment=environment(command_line),
+            intervals={
+                "clean_accuracy": list(clopper_pearson(int(result.clean_correct.sum()), result.n)),
+                "robust_accuracy": list(clopper_pearson(int(result.robust.sum()), result.n)),
+                "attack_success_rate": list(
+                    clopper_pearson(int((result.clean_correct & ~result.robust).sum()), int(result.clean_correct.sum()))
+                ),
+            },
+        )  # fmt: skip
+        if out is not None:
+            report.files.update(
+                save_gallery(out, module, data, runner, threat, result, device=device, dataset_name=data_name)
+            )
+            report.files["html"] = os.path.join(out, HTML_FILE)
+            report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))
+            write_html(out)
+        if save_adv is not None:
+            atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+            report.files["adversarial_examples"] = str(save_adv)
+        return report
 
 
 __all__ = ["AttackConfig", "AttackReport", "run_attack", "with_options"]

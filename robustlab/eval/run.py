@@ -39,6 +39,7 @@ from robustlab.eval.sources import (
     Data,
     DataSource,
     ModelSource,
+    attack_keys,
     first_batch,
     probe,
     resolve_data,
@@ -154,8 +155,7 @@ class EvalConfig:
         """What the cached per-eps batches depend on (eps has a folder per value; sanity_n its own cache key)."""
         keys = settings(self, exclude=("eps", "sanity_n", "topk", "plots", "extra", "attacks", "surrogate"))
         keys["surrogate"] = _model_name(self.surrogate)
-        configs = {name: getattr(a, "config", dict)() for name, a in attacks.items()}
-        keys["attacks"] = configs if isinstance(self.attacks, Mapping) else list(attacks)  # specs + the defaults
+        keys["attacks"] = attack_keys(attacks, as_specs=not isinstance(self.attacks, Mapping))
         return keys
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -76,17 +76,42 @@ def settings(config: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in exclude}
 
 
+def model_fingerprint(model: nn.Module | str | ModelSource) -> dict[str, Any]:
+    """A model's part of a run's fingerprint, without loading a spec: the spec and its files' content, or a
+    module's class and weights."""
+    if isinstance(model, (str, ModelSource)):
+        return (ModelSource(model) if isinstance(model, str) else model).fingerprint()
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return {"model": type(model).__name__, "model_state_sha256": digest.hexdigest()}
+
+
+def data_fingerprint(data: Data | str | DataSource) -> dict[str, Any]:
+    """Data's part of a run's fingerprint, without loading a name: its name, split and size, or an object's size
+    and first items."""
+    if isinstance(data, (str, DataSource)):
+        return (DataSource(data) if isinstance(data, str) else data).fingerprint()
+    x, y = first_batch(data, 64)
+    digest = hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+    n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
+    return {"dataset": type(data).__name__, "n": n, "first_items_sha256": digest}
+
+
+def attack_keys(attacks: Mapping[str, Any], as_specs: bool) -> list[str] | dict[str, dict]:
+    """Attacks' part of a run's fingerprint: their specs (``as_specs``; the defaults they are built with are
+    settings of their own), or each attack object's configuration."""
+    return list(attacks) if as_specs else {name: getattr(a, "config", dict)() for name, a in attacks.items()}
+
+
 def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | str) -> tuple[nn.Module, str, dict]:
     """``(module, name for reports, fingerprint)`` of a model given as a module, a spec or a :class:`ModelSource`."""
     if isinstance(model, str):
         model = ModelSource(model)
     if isinstance(model, ModelSource):
         return model.load(device), model.spec, model.fingerprint()
-    digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return model, type(model).__name__, {"model": type(model).__name__, "model_state_sha256": digest.hexdigest()}
+    return model, type(model).__name__, model_fingerprint(model)
 
 
 def resolve_data(data: Data | str | DataSource) -> tuple[Data, str, str, dict]:
@@ -96,10 +121,7 @@ def resolve_data(data: Data | str | DataSource) -> tuple[Data, str, str, dict]:
         data = DataSource(data)
     if isinstance(data, DataSource):
         return data.load(), data.name, data.split, data.fingerprint()
-    x, y = first_batch(data, 64)
-    digest = hashlib.sha256(x.cpu().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
-    n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
-    return data, type(data).__name__, "-", {"dataset": type(data).__name__, "n": n, "first_items_sha256": digest}
+    return data, type(data).__name__, "-", data_fingerprint(data)
 
 
 def first_batch(data: Data, n: int) -> tuple[Tensor, Tensor]:
@@ -143,4 +165,15 @@ def probe(model: nn.Module, data: Data, device: torch.device | str, ks: Sequence
     return num_classes
 
 
-__all__ = ["DataSource", "ModelSource", "first_batch", "probe", "resolve_data", "resolve_model", "settings"]
+__all__ = [
+    "DataSource",
+    "ModelSource",
+    "attack_keys",
+    "data_fingerprint",
+    "first_batch",
+    "model_fingerprint",
+    "probe",
+    "resolve_data",
+    "resolve_model",
+    "settings",
+]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -16,11 +17,21 @@ from torch import nn
 
 from robustlab.attacks import Ensemble, attack_from_spec, split_specs
 from robustlab.errors import RobustlabError
-from robustlab.eval.sources import Data, DataSource, ModelSource, probe, resolve_data, settings
+from robustlab.eval.sources import (
+    Data,
+    DataSource,
+    ModelSource,
+    attack_keys,
+    data_fingerprint,
+    model_fingerprint,
+    probe,
+    resolve_data,
+    settings,
+)
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
 from robustlab.io import atomic_torch_save, environment, write_report
 from robustlab.reports.html import write_html
-from robustlab.runs import check_writable_file, check_writable_folder
+from robustlab.runs import RunFolder, check_writable_file
 from robustlab.threat import ThreatModel
 
 DEFAULT_ATTACKS = "fgsm,ifgsm,ifgsm+normalized-ce"
@@ -50,6 +61,11 @@ class TransferConfig:
         if repeated:
             raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
         return {s: attack_from_spec(s, seed=self.seed, steps=self.steps, step_size=self.step_size) for s in specs}
+
+    def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
+        """Every setting that changes the result, with the ``attacks`` built by :meth:`build_attacks`."""
+        keys = settings(self, exclude=("attacks", "extra"))
+        return {**keys, "attacks": attack_keys(attacks, as_specs=not isinstance(self.attacks, Mapping))}
 
 
 Model = nn.Module | str | ModelSource
@@ -88,6 +104,18 @@ def load_models(
     return surrogates, judged
 
 
+def _models_fingerprint(sources: Sequence | Mapping, targets: Sequence | Mapping) -> dict[str, Any]:
+    """The surrogates' and targets' part of a run's fingerprint (:func:`model_fingerprint` of each, an ensemble's
+    members in a list), without loading them."""
+
+    def each(models: Any) -> Any:
+        if isinstance(models, Mapping):
+            return {name: model_fingerprint(m) for name, m in models.items()}
+        return [model_fingerprint(m) if isinstance(m, (str, nn.Module, ModelSource)) else each(m) for m in models]
+
+    return {"sources": each(sources), "targets": each(targets)}
+
+
 def run_transfer(
     sources: Sequence[Model | Sequence[Model]] | Mapping[str, nn.Module],
     targets: Sequence[Model] | Mapping[str, nn.Module],
@@ -96,45 +124,51 @@ def run_transfer(
     out: str | os.PathLike | None = None,
     *,
     save_adv: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = False,
     device: str | torch.device | None = None,
     command_line: str | None = None,
 ) -> TransferResult:
-    """Craft every attack on every surrogate, judge every target; with ``out``, write the report and plots there.
-    Outputs, attacks, models and data are checked before any attack runs."""
+    """Craft every attack on every surrogate, judge every target; with ``out`` (one run per folder, locked while it
+    runs, an earlier run replaced only with ``overwrite``), write the report and plots there. Outputs, attacks,
+    models and data are checked before any attack runs."""
     started = time.time()
     device = torch.device(device) if device is not None else torch.device("cpu")
     threat = ThreatModel(config.norm, config.eps, config.bounds)
     attacks = config.build_attacks()
-    if out is not None:
-        check_writable_folder(out)
-    if save_adv is not None:
-        check_writable_file(save_adv, "--save-adv")
-    surrogates, judged = load_models(sources, targets, device)
-    data, name, split, _ = resolve_data(dataset)
-    for model in [*surrogates.values(), *judged.values()]:
-        probe(model, data, device, config.topk)
-    result = transfer_matrix(
-        surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
-    )
-    result.dataset, result.split = name, split
-    if out is not None:
-        out = Path(out)
-        report = {
-            **result.to_dict(),
-            "config": {**settings(config, exclude=("attacks", "extra")), **config.extra},
-            "wall_time_s": round(time.time() - started, 3),
-            "environment": environment(command_line),
-        }
-        result.files = write_report(out, report, result.to_markdown())
-        result.files.update(heatmap=str(out / "heatmap.png"), topk_curves=str(out / "topk_curves.png"))
-        plot_heatmaps(result, result.files["heatmap"])
-        plot_topk_curves(result, result.files["topk_curves"])
-        result.files["html"] = write_html(out)
-    if save_adv is not None:
-        atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
-        result.files["adversarial_examples"] = str(save_adv)
-    return result
+    folder: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if out is not None:  # held before the models load: a folder in use or holding a run is refused at once
+        models = _models_fingerprint(sources, targets)
+        fingerprint = {**models, **data_fingerprint(dataset), **config.fingerprint(attacks)}
+        folder = RunFolder(out, "transfer", fingerprint, overwrite=overwrite, resumable=False)
+    with folder:
+        if save_adv is not None:
+            check_writable_file(save_adv, "--save-adv")
+        surrogates, judged = load_models(sources, targets, device)
+        data, name, split, _ = resolve_data(dataset)
+        for model in [*surrogates.values(), *judged.values()]:
+            probe(model, data, device, config.topk)
+        result = transfer_matrix(
+            surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
+        )
+        result.dataset, result.split = name, split
+        if out is not None:
+            out = Path(out)
+            report = {
+                **result.to_dict(),
+                "config": {**settings(config, exclude=("attacks", "extra")), **config.extra},
+                "wall_time_s": round(time.time() - started, 3),
+                "environment": environment(command_line),
+            }
+            result.files = write_report(out, report, result.to_markdown())
+            result.files.update(heatmap=str(out / "heatmap.png"), topk_curves=str(out / "topk_curves.png"))
+            plot_heatmaps(result, result.files["heatmap"])
+            plot_topk_curves(result, result.files["topk_curves"])
+            result.files["html"] = write_html(out)
+        if save_adv is not None:
+            atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+            result.files["adversarial_examples"] = str(save_adv)
+        return result
 
 
 __all__ = ["DEFAULT_ATTACKS", "TransferConfig", "load_models", "run_transfer"]
