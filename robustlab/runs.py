@@ -130,6 +130,18 @@ class RunFolder:
         self._fresh = action != "resume"
         return self
 
+    def precheck(self) -> None:
+        """Entering's refusals (not writable, in use, holding a run without ``overwrite``/``resume``) now, without
+        taking or changing the folder: for work that loads models before it enters, so a bad model is refused
+        before ``overwrite`` clears a previous run, and a busy folder before the model loads."""
+        if not self.path.exists():
+            return  # entering creates it
+        check_writable_folder(self.path)
+        if self.is_main and (self.path / LOCK_FILE).exists():
+            self._lock()
+            self._unlock()
+        self._check()
+
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None and self.is_main and self._fresh:
             self._forget_failed_start()

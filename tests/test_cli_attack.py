@@ -58,6 +58,9 @@ def test_a_second_run_on_the_same_out_needs_overwrite(tmp_path, cli_error):
     # refused before the model loads (a model that does not exist is not even looked at)
     cli_error([*args, "--eps", "0.2", "--model", "zoo:nope"], "already holds a run", "--overwrite")
     assert (tmp_path / "report.json").read_text() == first
+    # with --overwrite a bad model is refused before the earlier run is cleared: nothing lost
+    cli_error([*args, "--eps", "0.2", "--model", "zoo:nope", "--overwrite"], "nope")
+    assert (tmp_path / "report.json").read_text() == first
     assert main([*args, "--eps", "0.2", "--overwrite"]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["threat"]["eps"] == 0.2
 

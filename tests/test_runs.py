@@ -128,3 +128,17 @@ def test_run_folder_api(tmp_path):
             RunFolder(tmp_path, "train", {"lr": 0.1}, resume=True).__enter__()
     with pytest.raises(RobustlabError, match="holds a 'train' run, not 'eval'"):
         RunFolder(tmp_path, "eval", {"lr": 0.1}, resume=True).__enter__()
+
+
+def test_precheck_refuses_what_entering_would_without_taking_or_changing_the_folder(tmp_path):
+    missing = tmp_path / "new"
+    RunFolder(missing, "attack", {}).precheck()
+    assert not missing.exists()  # nothing created: entering does that
+    with RunFolder(tmp_path, "attack", {"eps": 0.1}):
+        (tmp_path / "report.json").write_text("{}")
+        with pytest.raises(RobustlabError, match="in use by another robustlab run"):
+            RunFolder(tmp_path, "attack", {}, overwrite=True).precheck()
+    with pytest.raises(RobustlabError, match="already holds a run"):
+        RunFolder(tmp_path, "attack", {}).precheck()
+    RunFolder(tmp_path, "attack", {}, overwrite=True).precheck()
+    assert (tmp_path / "report.json").exists()  # overwrite clears only on entering

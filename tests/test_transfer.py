@@ -145,6 +145,8 @@ def test_a_second_transfer_on_the_same_out_needs_overwrite(tmp_path, cli_error):
     first = (tmp_path / "report.json").read_text()
     cli_error([*args, "--eps", "0.2"], "already holds a run", "--overwrite")
     assert (tmp_path / "report.json").read_text() == first
+    cli_error([*args, "--targets", "zoo:nope", "--overwrite"], "nope")  # refused before the earlier run is cleared
+    assert (tmp_path / "report.json").read_text() == first
     with RunFolder(tmp_path, "transfer", {}, overwrite=True):  # a run in progress on --out
         cli_error([*args, "--overwrite"], "in use by another robustlab run")
     assert main([*args, "--eps", "0.2", "--overwrite"]) == 0

@@ -176,16 +176,17 @@ def run_attack(
     device = torch.device(device) if device is not None else torch.device("cpu")
     threat, runner = config.threat(), config.build_attack()
     folder: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if out is not None:  # held before the model loads: a folder in use or holding a run is refused at once
+    if out is not None:  # checked now; taken (and with overwrite, cleared) once model and data have loaded
         fingerprint = {**model_fingerprint(model), **data_fingerprint(dataset), **config.fingerprint(runner)}
         folder = RunFolder(out, "attack", fingerprint, overwrite=overwrite, resumable=False)
-    with folder:
-        if save_adv is not None:
-            check_writable_file(save_adv, "--save-adv")
-        module, _, _ = resolve_model(model, device)
-        data, data_name, _, _ = resolve_data(dataset)
-        num_classes = probe(module, data, device, config.topk)
-        ks = list(config.topk or default_topk(num_classes))
+        folder.precheck()
+    if save_adv is not None:
+        check_writable_file(save_adv, "--save-adv")
+    module, _, _ = resolve_model(model, device)
+    data, data_name, _, _ = resolve_data(dataset)
+    num_classes = probe(module, data, device, config.topk)
+    ks = list(config.topk or default_topk(num_classes))
+    with folder:  # a bad model, dataset or top-k has been refused before an earlier run is replaced
         evaluator = Evaluator(
             {runner.name: runner}, threat, batch_size=config.batch_size, only_robust=False,
             keep_adv=save_adv is not None, progress=progress, device=device,

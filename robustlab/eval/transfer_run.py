@@ -137,17 +137,18 @@ def run_transfer(
     threat = ThreatModel(config.norm, config.eps, config.bounds)
     attacks = config.build_attacks()
     folder: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if out is not None:  # held before the models load: a folder in use or holding a run is refused at once
+    if out is not None:  # checked now; taken (and with overwrite, cleared) once models and data have loaded
         models = _models_fingerprint(sources, targets)
         fingerprint = {**models, **data_fingerprint(dataset), **config.fingerprint(attacks)}
         folder = RunFolder(out, "transfer", fingerprint, overwrite=overwrite, resumable=False)
-    with folder:
-        if save_adv is not None:
-            check_writable_file(save_adv, "--save-adv")
-        surrogates, judged = load_models(sources, targets, device)
-        data, name, split, _ = resolve_data(dataset)
-        for model in [*surrogates.values(), *judged.values()]:
-            probe(model, data, device, config.topk)
+        folder.precheck()
+    if save_adv is not None:
+        check_writable_file(save_adv, "--save-adv")
+    surrogates, judged = load_models(sources, targets, device)
+    data, name, split, _ = resolve_data(dataset)
+    for model in [*surrogates.values(), *judged.values()]:
+        probe(model, data, device, config.topk)
+    with folder:  # a bad model, dataset or top-k has been refused before an earlier run is replaced
         result = transfer_matrix(
             surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
         )
