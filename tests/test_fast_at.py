@@ -86,6 +86,36 @@ def test_co_is_detected_and_on_co_is_honoured(small_train, tmp_path, on_co):
     assert resumed.epochs_done == 3
 
 
+class ScriptedStepCO(COMonitor):
+    """The real monitor checking every step, fed a scripted PGD accuracy: best at step 2, collapsed at step 3."""
+
+    script = [0.40, 0.50, 0.01, 0.0]
+
+    def measure(self, model):
+        return {"monitor_clean_acc": 0.8, "monitor_fgsm_acc": 0.8, "monitor_pgd_acc": self.script[len(self.checks)]}
+
+
+def test_a_step_check_finds_the_best_state_and_rollback_returns_to_it_inside_the_epoch(small_train, tmp_path):
+    data, x_mon, y_mon = small_train
+    monitor, weights = ScriptedStepCO(x_mon, y_mon, THREAT, on_co="rollback", every_steps=1), []
+
+    class Record:  # the weights after each step, in the order the checks see them
+        every_steps = 1
+
+        def on_step_end(self, ctx):
+            weights.append(ctx.model.model.fc.weight.detach().clone())
+
+    config = TrainConfig(epochs=1, batch_size=128, lr=0.05, best_metric="monitor_pgd_acc")  # 4 steps
+    model = _model()
+    result = train(model, make_method("fgsm", THREAT), data, config, tmp_path, callbacks=[Record(), monitor])
+    assert [c["step"] for c in monitor.checks] == [1, 2, 3] and monitor.events[0]["step"] == 3
+    assert result.stop_reason == "rollback at epoch 1 step 3" and result.best_epoch == 1
+    assert torch.equal(model.model.fc.weight, weights[1])  # step 2's weights, not the epoch's or step 3's
+    assert not torch.equal(weights[1], weights[2])
+    assert torch.equal(torch.load(tmp_path / "best.pt", weights_only=True)["model.fc.weight"], weights[1])
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["best_step"] == 2
+
+
 def test_monitor_measures_a_healthy_noiseaug_run_without_co(small_train):
     data, x_mon, y_mon = small_train
     monitor = COMonitor(x_mon[:64], y_mon[:64], THREAT, every_steps=2)
@@ -274,6 +304,8 @@ def test_sweep_writes_its_table_and_figure_and_serves_finished_runs_from_the_cac
     assert [s["epochs"] for s in trained] == [2, 2]  # another setting: nothing served from the cache
     with pytest.raises(RobustlabError, match="eps 1.5"):  # refused before any run trains
         sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path, "--sweep-eps", "0.3", "1.5"), log=lambda message: None)
+    with pytest.raises(RobustlabError, match="--rollback-every must be >= 0"):
+        sweep.run_sweep(_sweep_args(bench_fast_at, tmp_path, "--rollback-every", "-1"), log=lambda message: None)
     assert len(trained) == 2
 
 
@@ -296,6 +328,8 @@ def test_rollback_demo_retrains_the_first_collapsed_fgsm_rs_setting_with_rollbac
     assert (
         trained[-1]["on_co"] == "rollback" and trained[-1]["eps"] == 0.25 and len(trained) == 10
     )  # 9 distinct grid runs + 1
+    assert trained[-1]["monitor_every"] == 50 == demo["monitor_every_steps"]  # the default: a check every 50 steps
+    assert "monitor_every" not in trained[0]  # grid runs check each epoch (their cache keys are unchanged)
     assert demo["continue"]["co_epochs"] == [3]
 
 

@@ -42,7 +42,8 @@ def save_checkpoint(loop: _Loop, epoch: int) -> None:
             "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
             "method": _state(loop.method), "callbacks": [_state(cb) for cb in loop.callbacks], "epoch": epoch,
             "step": loop.ctx.step, "history": loop.ctx.history, "best_epoch": loop.best_epoch,
-            "best_value": loop.best_value, "stop_reason": loop.stop_reason, "train_seconds": loop.train_seconds,
+            "best_value": loop.best_value, "best_step": loop.best_step, "stop_reason": loop.stop_reason,
+            "train_seconds": loop.train_seconds,
             "steps_per_epoch": len(loop.batches), "config": asdict(loop.config),
         },
         out / "last.pt",
@@ -84,7 +85,7 @@ def resume_from(loop: _Loop, trust: bool = False) -> None:
     loop.start_epoch, loop.ctx.history = ckpt["epoch"], ckpt["history"]
     loop.ctx.step = ckpt.get("step", ckpt["epoch"] * ckpt["steps_per_epoch"])
     loop.best_epoch, loop.best_value, loop.stop_reason = ckpt["best_epoch"], ckpt["best_value"], ckpt["stop_reason"]
-    loop.train_seconds = ckpt["train_seconds"]
+    loop.train_seconds, loop.best_step = ckpt["train_seconds"], ckpt.get("best_step")  # older last.pt: None
     if (out / "best.pt").is_file():
         loop.best_state = safe_load(out / "best.pt", trust, what="best checkpoint")
     log.info("resumed from %s at epoch %d", out / "last.pt", loop.start_epoch)

@@ -71,6 +71,8 @@ class _Loop:
     best_epoch: int | None = None
     best_value: float | None = None
     best_state: dict[str, Tensor] | None = None
+    best_step: int | None = None  # the global step the best state was taken at
+    best_unsaved: bool = False  # a best state taken at a step check, written to best.pt at the epoch's end
     stop_reason: str | None = None
     train_seconds: float = 0.0
     metrics: Any = None  # the run's MetricsLogger (rank 0 with a run folder), else None
@@ -97,6 +99,7 @@ class _Loop:
                 decision = self.decide("on_step_end", c)
                 if self.metrics is not None:
                     self.metrics.monitor(self.ctx.step, self.ctx.stats)
+                self.keep_if_best(self.ctx.stats, at_step=True)  # a rollback can return to a state inside an epoch
                 if decision != "continue":
                     return decision
         return "continue"
@@ -139,6 +142,22 @@ class _Loop:
                 break
         return sums, n_steps, decision
 
+    def keep_if_best(self, stats: dict[str, Any], at_step: bool) -> bool:
+        """Keep the weights as the best state when ``stats`` beat the best ``best_metric`` so far (at an epoch's
+        end without a metric: always); at a step check, best.pt is written at the epoch's end."""
+        metric = self.config.best_metric
+        value = stats.get(metric) if metric else None
+        if metric is None and at_step:
+            return False
+        is_best = self.ctx.is_main and value is not None and (self.best_value is None or value > self.best_value)
+        is_best = _broadcast(None, is_best, self.shard, self.device)[1]
+        if metric is not None and not is_best:
+            return False
+        self.best_epoch, self.best_value, self.best_step = self.ctx.epoch, value, self.ctx.step
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.best_unsaved = at_step
+        return True
+
     def check_finite(self, loss: float, epoch: int) -> None:
         """Stop before a non-finite loss reaches the weights (every rank alike); the last checkpoint stays."""
         ok = torch.tensor([int(math.isfinite(loss))], device=self.device)
@@ -154,7 +173,7 @@ class _Loop:
 
     def end_epoch(self, epoch: int, sums: dict[str, float], n_steps: int, step_decision: str, seconds: tuple) -> None:
         """Epoch stats, the epoch callbacks' decision, the best checkpoint, rollback and the log line."""
-        ctx, config = self.ctx, self.config
+        ctx = self.ctx
         ctx.step = epoch * len(self.batches) if step_decision == "continue" else ctx.step
         ctx.stats = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds[0],
@@ -169,19 +188,16 @@ class _Loop:
         ctx.history.append(stats)
         if self.metrics is not None:
             self.metrics.epoch(epoch, ctx.step, stats)
-        value = stats.get(config.best_metric) if config.best_metric else None
-        is_best = ctx.is_main and value is not None and (self.best_value is None or value > self.best_value)
-        is_best = _broadcast(None, is_best, self.shard, self.device)[1]
-        if config.best_metric is None or is_best:
-            self.best_epoch, self.best_value = epoch, value
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        if self.keep_if_best(stats, at_step=False) or self.best_unsaved:
+            self.best_unsaved = False
             if self.out is not None and ctx.is_main:
                 from robustlab.io import atomic_torch_save
 
                 atomic_torch_save(self.best_state, self.out / "best.pt")
         if decision == "rollback" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            log.warning("epoch %d: rolled back to the best checkpoint (epoch %s)", epoch, self.best_epoch)
+            log.warning("epoch %d: rolled back to the best checkpoint (epoch %s, step %s)", epoch, self.best_epoch,
+                        self.best_step)  # fmt: skip
         if decision != "continue":
             where = f" step {ctx.step}" if step_decision != "continue" else ""
             self.stop_reason = f"{decision} at epoch {epoch}{where}"
