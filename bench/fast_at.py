@@ -210,6 +210,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--sweep-steps", type=float, nargs="+", default=list(sweep.SWEEP_STEPS), help="in units of eps")
     sw.add_argument("--sweep-methods", nargs="+", default=list(sweep.SWEEP_METHODS), choices=list(sweep.SWEEP_METHODS))
     sw.add_argument("--no-rollback-demo", action="store_true")
+    sw.add_argument(
+        "--rollback-every",
+        type=int,
+        default=50,
+        help="the rollback run's monitor also checks every N "
+        "steps (0: epoch ends only); its best state can then lie inside an epoch",
+    )
     sw.add_argument("--jobs", type=int, default=2, help="runs trained in parallel (one thread each)")
     sw.add_argument(
         "--sweep-out",
@@ -238,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rollback_demo:
         cache = sweep.RunCache(Path(args.cache))
         cells = sweep.grid(args, labels=["fgsm-rs"])
-        sweep.check(cells, args.jobs)
+        sweep.check(cells, args.jobs, args.rollback_every)
         sweep.run_all([c["settings"] for c in cells], cache, args.jobs, log)
-        demo = sweep.rollback_demo(cells, sweep.sweep_base(args), cache, args.jobs, log)
+        demo = sweep.rollback_demo(cells, sweep.sweep_base(args), cache, args.jobs, log, args.rollback_every)
         write_json(Path(args.sweep_out).with_name("fast_at_rollback.json"), demo)
         print(json.dumps({k: demo[k] for k in ("setting", "why")}))
         return 0

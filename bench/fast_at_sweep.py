@@ -65,7 +65,8 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
     threat = ThreatModel("linf", s["eps"])
     train_full = load_dataset("fashion-mnist", "train")
     x_mon = train_full.images[-s["monitor_n"] :].float() / 255  # fixed; outside the first n_train unless n is ~60000
-    monitor = COMonitor(x_mon, train_full.labels[-s["monitor_n"] :].clone(), threat, on_co=s["on_co"])
+    y_mon = train_full.labels[-s["monitor_n"] :].clone()
+    monitor = COMonitor(x_mon, y_mon, threat, on_co=s["on_co"], every_steps=s.get("monitor_every", 0))
     config = TrainConfig(
         epochs=s["epochs"], batch_size=s["batch_size"], optimizer="adam", lr=s["lr"], lr_schedule="cyclic",
         weight_decay=0.0, seed=s["seed"], best_metric="monitor_pgd_acc", memory_format=s["memory_format"],
@@ -214,7 +215,7 @@ def grid(args: Any, labels: Sequence[str] | None = None) -> list[dict[str, Any]]
     ]
 
 
-def check(cells: list[dict[str, Any]], jobs: int) -> None:
+def check(cells: list[dict[str, Any]], jobs: int, rollback_every: int = 0) -> None:
     """Every run's threat model and method built once, so a bad setting fails before hours of training."""
     from robustlab.defenses import make_method
     from robustlab.errors import RobustlabError
@@ -222,6 +223,8 @@ def check(cells: list[dict[str, Any]], jobs: int) -> None:
 
     if jobs < 1 or not cells:
         raise RobustlabError(f"the sweep needs --jobs >= 1 and at least one run; got jobs {jobs}, {len(cells)} runs")
+    if rollback_every < 0:
+        raise RobustlabError(f"--rollback-every must be >= 0 steps (0: epochs only), got {rollback_every}")
     for s in (c["settings"] for c in cells):
         if min(s["n_train"], s["epochs"], s["eval_n"], s["monitor_n"]) < 1:
             raise RobustlabError("--sweep-n, --sweep-epochs, --sweep-eval-n and --sweep-monitor-n must be >= 1")
@@ -236,10 +239,11 @@ def records(cells: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dic
 
 
 def rollback_demo(
-    cells: list[dict[str, Any]], base: dict, cache: RunCache, jobs: int, log: Callable[[str], None]
+    cells: list[dict[str, Any]], base: dict, cache: RunCache, jobs: int, log: Callable[[str], None], every: int = 0
 ) -> dict:
     """The first grid setting where FGSM-RS collapsed (else eps 0.3, step 2 eps), trained again with
-    ``on_co="rollback"``; both runs' final clean / PGD-50-10 accuracy."""
+    ``on_co="rollback"`` and the monitor also checking every ``every`` steps (a collapse inside the first epoch
+    still has a state before it to return to); both runs' final clean / PGD-50-10 accuracy."""
     collapsed = [c for c in cells if c["label"] == "fgsm-rs" and (cache.get(c["settings"]) or {}).get("co_flagged")]
     if collapsed:
         chosen, note = collapsed[0]["settings"], "the first grid setting where FGSM-RS was flagged"
@@ -248,12 +252,12 @@ def rollback_demo(
             run_settings("fgsm-rs", 0.3, 2.0, base),
             "FGSM-RS was never flagged in the grid: eps 0.3, step 2 eps",
         )
-    rollback = {**chosen, "on_co": "rollback"}
+    rollback = {**chosen, "on_co": "rollback", **({"monitor_every": every} if every else {})}
     cont, back = run_all([chosen, rollback], cache, jobs, log)
     summary = lambda r: {k: r[k] for k in ("clean_accuracy", "pgd_50_10_accuracy", "co_epochs", "stop_reason",  # noqa: E731
                                            "best_epoch", "epochs", "train_seconds")}  # fmt: skip
     return {"setting": {"eps": chosen["eps"], "step_eps": chosen["step_eps"]}, "why": note,
-            "continue": summary(cont), "rollback": summary(back)}  # fmt: skip
+            "monitor_every_steps": every, "continue": summary(cont), "rollback": summary(back)}  # fmt: skip
 
 
 def run_sweep(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -261,10 +265,12 @@ def run_sweep(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.time()
     cache = RunCache(Path(args.cache))
     cells = grid(args)
-    check(cells, args.jobs)
+    check(cells, args.jobs, args.rollback_every)
     runs = records(cells, run_all([c["settings"] for c in cells], cache, args.jobs, log))
     table = sweep_table(runs, args.sweep_methods)
-    demo = rollback_demo(cells, sweep_base(args), cache, args.jobs, log) if not args.no_rollback_demo else None
+    demo = None
+    if not args.no_rollback_demo:
+        demo = rollback_demo(cells, sweep_base(args), cache, args.jobs, log, args.rollback_every)
     out = Path(args.sweep_out)
     result = {
         "benchmark": "fast_at_sweep",
@@ -308,6 +314,8 @@ def summary(result: dict[str, Any]) -> str:
     demo = result["rollback_demo"]
     if demo:
         where = f"eps {demo['setting']['eps']}, step {demo['setting']['step_eps']} eps"
+        if demo.get("monitor_every_steps"):
+            where += f", the rollback run checked every {demo['monitor_every_steps']} steps"
         lines.append(f"rollback demo at {where} ({demo['why']}):")
         for mode in ("continue", "rollback"):
             r = demo[mode]
