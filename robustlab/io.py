@@ -9,6 +9,7 @@ import pickle
 import pickletools
 import platform
 import secrets
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -58,6 +59,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_no_follow(path: str | os.PathLike, flags: int, what: str = "file") -> int:
+    """``os.open`` that never follows a symbolic link and opens only a regular file with one name: a link, a
+    hard link to another file, a FIFO or a folder planted at ``path`` is refused before one byte is written."""
+    from robustlab.errors import RobustlabError
+
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise RobustlabError(
+                f"{what} {str(path)!r} is a symbolic link; robustlab never writes through a link: remove it"
+            ) from None
+        raise RobustlabError(f"{what} {str(path)!r} cannot be opened ({exc.strerror}); remove it") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        kind = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
+        raise RobustlabError(f"{what} {str(path)!r} is {kind}; robustlab does not write into it: remove it")
+    return fd
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import write_json
+from robustlab.io import open_no_follow, write_json
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -77,6 +77,19 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def check_no_links(folder: str | os.PathLike) -> None:
+    """Refuse a run folder holding a symbolic link anywhere inside (robustlab never makes one): a write into
+    ``OUT/partial/...`` or ``OUT/tensorboard`` would otherwise land wherever the link points."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in [*dirs, *files]:
+            entry = Path(root) / name
+            if entry.is_symlink():
+                raise RobustlabError(
+                    f"{entry} is a symbolic link; robustlab never writes through a link in a run folder: remove "
+                    "it or choose another --out"
+                )
+
+
 class RunFolder:
     """``with RunFolder(out, "eval", fingerprint, resume=..., overwrite=...) as run:`` -- locked for the block.
 
@@ -116,6 +129,7 @@ class RunFolder:
         if self.is_main:
             self._lock()
         try:
+            check_no_links(self.path)
             action = self._check()  # every rank reads and judges before rank 0 writes anything
             self._barrier()
             if self.is_main and action == "overwrite":
@@ -140,6 +154,7 @@ class RunFolder:
         if self.is_main and (self.path / LOCK_FILE).exists():
             self._lock()
             self._unlock()
+        check_no_links(self.path)
         self._check()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -159,7 +174,8 @@ class RunFolder:
     def _lock(self) -> None:
         import fcntl
 
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        # a link, hard link, FIFO or folder planted as the lock is refused before anything is written
+        fd = open_no_follow(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, what="the lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -243,4 +259,12 @@ class RunFolder:
                 entry.unlink()
 
 
-__all__ = ["RunFolder", "check_writable_file", "check_writable_folder", "file_digest", "jsonable", "text_digest"]
+__all__ = [
+    "RunFolder",
+    "check_no_links",
+    "check_writable_file",
+    "check_writable_folder",
+    "file_digest",
+    "jsonable",
+    "text_digest",
+]

@@ -179,3 +179,107 @@ def test_no_unsafe_load_in_the_package():
                 unpickles.append(f"{path}:{node.lineno}")
     assert loads == {"io.py": ["not trust"]}, loads
     assert not unpickles, unpickles
+
+
+# ---------------------------------------------------------------------------------------------- links in run folders
+# A run folder is written only through files robustlab creates itself: a link, hard link or FIFO planted where it
+# writes is refused in one line before any byte is written, and the file it points to is left as it was.
+
+ATTACK_ARGS = ["attack", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--attack", "fgsm", "--eps", "0.1"]
+EVAL_ARGS = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--eps", "0.1", "--attacks", "fgsm",
+             "--sanity-n", "0", "--no-plots"]  # fmt: skip
+TRAIN_ARGS = ["train", "--model", "cnn", "--method", "fgsm", "--eps", "0.1", "--monitor-n", "0", "--no-eval",
+              *SMALL_TRAIN]  # fmt: skip
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    return victim
+
+
+@pytest.mark.parametrize("argv", [ATTACK_ARGS, EVAL_ARGS, TRAIN_ARGS], ids=["attack", "eval", "train"])
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["fresh", "overwrite"])
+def test_a_lock_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path, cli_error, argv, extra):
+    victim, out = _victim(tmp_path), tmp_path / "x"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    cli_error([*argv, "--out", out, *extra], ".lock", "link")
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("plant", ["hardlink", "fifo", "folder"])
+def test_a_lock_that_is_not_a_plain_file_is_refused(tmp_path, cli_error, plant):
+    victim, out = _victim(tmp_path), tmp_path / "x"
+    out.mkdir()
+    lock = out / ".lock"
+    if plant == "hardlink":
+        os.link(victim, lock)
+    elif plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    cli_error([*ATTACK_ARGS, "--out", out], ".lock")
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["partial", "report.json", "metrics.jsonl", "tensorboard"])
+def test_a_link_anywhere_in_a_run_folder_is_refused(tmp_path, cli_error, name):
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_text("precious\n")
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / name).symlink_to(victim_dir if name in ("partial", "tensorboard") else victim_dir / "keep.txt")
+    cli_error([*EVAL_ARGS, "--out", out, "--overwrite"], name, "link")
+    assert [p.name for p in victim_dir.iterdir()] == ["keep.txt"]
+    assert (victim_dir / "keep.txt").read_text() == "precious\n"
+
+
+def test_the_metrics_log_is_appended_without_following_a_link(tmp_path):
+    from robustlab.errors import RobustlabError
+    from robustlab.training.metrics import MetricsLogger
+
+    victim = _victim(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(victim)
+    logger = MetricsLogger(out)  # the atomic rewrite replaces the link itself with a new file
+    logger.step(1, {"loss": 1.0})
+    logger.close()
+    assert victim.read_text() == "precious\n" and not (out / "metrics.jsonl").is_symlink()
+    with pytest.raises(RobustlabError, match="is a file"):
+        (out / "tensorboard").write_text("not a folder")
+        MetricsLogger(out, tensorboard=True)
+
+
+def test_atomic_writes_replace_a_link_and_never_write_through_it(tmp_path):
+    from robustlab.io import atomic_write_bytes, write_json
+
+    victim = _victim(tmp_path)
+    link = tmp_path / "report.json"
+    link.symlink_to(victim)
+    write_json(link, {"a": 1})
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_text().startswith("{")
+    atomic_write_bytes(link, b"x")
+    assert victim.read_text() == "precious\n"
+
+
+def test_every_write_in_the_library_goes_through_the_guarded_helpers():
+    """The audit as a test: no library module opens a file for writing on its own (io.py holds the helpers)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "io.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            if name in ("write_text", "write_bytes") or (name == "open" and any(m and m[0] in "wax" for m in modes)):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+            if name == "open" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "os":
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} (os.open)")
+    assert offenders == [], offenders

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import atomic_write_bytes
+from robustlab.io import atomic_write_bytes, open_no_follow
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -53,8 +53,13 @@ class MetricsLogger:
         self.out.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= resume_step] if resume_step is not None else []
         atomic_write_bytes(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        self._file = open(self.out / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        fd = open_no_follow(self.out / METRICS_FILE, os.O_WRONLY | os.O_APPEND, what="the metrics log")
+        self._file = os.fdopen(fd, "a", encoding="utf-8")  # closed by close()
         self._writer = None
+        board = self.out / TENSORBOARD_DIR
+        if tensorboard and board.exists() and not board.is_dir():
+            self._file.close()
+            raise RobustlabError(f"{board} is a file, not a folder; remove it or drop --tensorboard")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
