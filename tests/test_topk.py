@@ -152,3 +152,31 @@ def test_criteria_take_the_true_labels_and_the_target():
     assert (TargetedMisclassified() & Misclassified(3)).name == "targeted & top3-misclassified"
     with pytest.raises(RobustlabError, match="needs targets"):
         TargetedMisclassified()(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_nested_eps_topk_rows_never_below_the_worst_case_at_any_eps_k_or_attack(zoo_cnn, fmnist_batch):
+    """With nested eps a sample broken at a smaller eps carries its example's rank forward: every cumulative row's
+    top-k robust accuracy is at least the worst case's, the last row equals it, and rows only fall attack by attack
+    and eps by eps (the README's first-steps eval: --eps 0.05,0.1 --attacks fgsm,pgd)."""
+    from robustlab.eval.run import EvalConfig, run_evaluation
+
+    x, y = fmnist_batch(60)
+    config = EvalConfig(eps=(0.05, 0.1, 0.15), attacks="fgsm,pgd(steps=5)", topk=(1, 2, 3, 5), sanity_n=0, plots=False)
+    report = run_evaluation(zoo_cnn, (x, y), config)
+    assert report.protocol == "nested" and len(report.results) == 3
+    carried_any = False
+    previous = None
+    for entry in report.results:
+        worst = entry.worst_case_topk.robust_accuracy
+        assert worst[1] == pytest.approx(entry.robust_accuracy)
+        rows = [entry.attacks[a].topk.robust_accuracy for a in ("fgsm", "pgd(steps=5)")]
+        for k in (1, 2, 3, 5):
+            assert rows[0][k] >= rows[1][k] >= worst[k], (entry.eps, k, rows, worst)
+            assert rows[1][k] == pytest.approx(worst[k])  # the last cumulative row is the worst case
+            if previous is not None:
+                assert worst[k] <= previous[k] + 1e-9  # a larger eps never raises a top-k robust accuracy
+        previous = worst
+        carried_any |= entry.robust_accuracy < entry.clean_accuracy
+    assert carried_any
+    # a sample broken at a smaller eps is not "out of the top k for every k": at eps 0.05 something stays in the top 5
+    assert report.results[1].worst_case_topk.robust_accuracy[5] > report.results[1].robust_accuracy

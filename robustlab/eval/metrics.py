@@ -110,15 +110,22 @@ def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
     (``scope="own"``, the top-k paper's protocol). Under AutoAttack's protocol a later attack only sees what
     the earlier ones left robust, so its statistics are cumulative (``scope="cumulative"``): per sample, the
     highest rank over the clean logits and this and all earlier attacks, matching the "robust accuracy after"
-    columns. ``worst_case`` takes the highest rank over all attacks; its top-1 robust accuracy is the
-    evaluator's worst-case robust accuracy.
+    columns. With nested eps a sample broken at a smaller eps starts from the rank at the example that broke it
+    there (that example lies in this ball too), so no cumulative row is below the worst case at any k.
+    ``worst_case`` takes the highest rank over all attacks; its top-1 robust accuracy is the evaluator's
+    worst-case robust accuracy.
     """
     num_classes = result.clean_logits.shape[1]
     ks = list(ks) if ks else default_topk(num_classes)
     clean_rank = interest_class_rank(result.clean_logits, result.labels)
-    own = all(bool(a.all()) for a in result.attacked.values()) and getattr(result, "carried", None) is None
+    carried = getattr(result, "carried", None)
+    own = all(bool(a.all()) for a in result.attacked.values()) and carried is None
     out: dict[str, Any] = {"ks": ks, "scope": "own" if own else "cumulative", "attacks": {}}
     cumulative, tried = clean_rank, torch.zeros_like(result.clean_correct)
+    if carried is not None:  # broken at a smaller eps: its example there (in this ball too) counts from the start
+        carried_rank = interest_class_rank(result.carried_logits, result.labels)
+        cumulative = torch.maximum(cumulative, torch.where(carried, carried_rank, 1))
+        tried = tried | carried
     for name, logits in result.adv_logits.items():
         rank = interest_class_rank(logits, result.labels)
         cumulative = torch.maximum(cumulative, rank)
@@ -127,8 +134,6 @@ def topk_report(result: Any, ks: Sequence[int] | None = None) -> dict[str, Any]:
         stats["scope"] = out["scope"]
         stats["attacked"] = int(result.attacked[name].sum().item())
         out["attacks"][name] = stats
-    carried = getattr(result, "carried", None)
-    tried = tried | carried if carried is not None else tried  # broken at a smaller eps: attacked there
     out["worst_case"] = _rank_metrics(worst_case_rank(result), clean_rank, ks, num_classes, tried)
     return out
 
