@@ -1,12 +1,30 @@
-"""Shared fixtures: the zoo models and small real Fashion-MNIST batches."""
+"""Shared fixtures: the zoo models and small real Fashion-MNIST batches; every test runs in a temporary folder."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from robustlab.data import load_dataset
 from robustlab.models import load_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_in_a_temporary_folder(tmp_path_factory):
+    """Module and session fixtures run in a temporary folder too, never in the checkout."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path, monkeypatch):
+    """Each test runs in its own empty folder: a command without ``--out`` (``runs/attack``, ``runs/eval``) writes
+    there, so nothing a user left in the checkout (or another test wrote) changes a test's outcome."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")
