@@ -3,10 +3,14 @@ language (issue 25)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 from robustlab.cli import main
 
@@ -18,6 +22,7 @@ def test_each_test_runs_in_its_own_empty_folder(tmp_path):
     assert ROOT not in [Path.cwd(), *Path.cwd().parents]
 
 
+@pytest.mark.slow
 def test_a_run_left_in_the_folder_where_pytest_starts_breaks_no_cli_test(tmp_path):
     """The README's SSL block runs ``robustlab attack`` without ``--out``, which leaves ``runs/attack`` holding a run
     where the user stands; the CLI tests started from that folder still pass (they run in their own folders)."""
@@ -32,3 +37,68 @@ def test_a_run_left_in_the_folder_where_pytest_starts_breaks_no_cli_test(tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "....." in done.stdout and "F" not in done.stdout.splitlines()[0]  # 5 tests ran, none failed
+
+
+# item 2: every model-taking argument takes a model with its weights, spelt SPEC@FILE everywhere
+
+
+@pytest.fixture
+def weights(tmp_path) -> dict[str, Path]:
+    """The zoo CNN's weights as a bare state dict for ``cnn``, and a linear model's for ``fixture_models:...``."""
+    from robustlab.models import load_model
+
+    cnn, linear = tmp_path / "cnn.pt", tmp_path / "linear.pt"
+    torch.save(load_model("zoo:fmnist-cnn").state_dict(), cnn)
+    torch.manual_seed(3)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).state_dict(), linear)
+    return {"cnn": cnn, "linear": linear}
+
+
+def test_spec_at_file_loads_the_weights_of_every_kind_of_spec(weights, fmnist_batch, caplog):
+    from robustlab.models import load_model, split_weights
+
+    x, _ = fmnist_batch(8)
+    zoo = load_model("zoo:fmnist-cnn")
+    assert split_weights(f"cnn@{weights['cnn']}") == ("cnn", str(weights["cnn"]))
+    assert torch.allclose(load_model(f"cnn@{weights['cnn']}")(x), zoo(x))  # an architecture with your weights
+    assert torch.allclose(load_model("cnn", weights["cnn"])(x), zoo(x))  # --checkpoint is the same
+    caplog.clear()
+    mine = load_model(f"fixture_models:linear_fmnist@{weights['linear']}")
+    assert torch.equal(mine[1].weight, torch.load(weights["linear"], weights_only=True)["1.weight"])
+    assert "random" not in caplog.text
+    load_model("fixture_models:linear_fmnist")  # without weights: warned, as before
+    assert "random unless" in caplog.text and "fixture_models:linear_fmnist@FILE" in caplog.text
+
+
+def test_transfer_takes_sources_and_targets_with_their_weights(weights):
+    """The README's first-day step that failed: transfer from your own weights (the surrogate was random: 10 %)."""
+    source, targets = f"cnn@{weights['cnn']}", f"zoo:fmnist-mlp,fixture_models:linear_fmnist@{weights['linear']}"
+    args = ["--dataset", "fashion-mnist", "--n", "20", "--eps", "0.1", "--attacks", "fgsm", "--no-progress"]
+    assert main(["transfer", "--source", source, "--targets", targets, *args, "--out", "runs/mine"]) == 0
+    out = Path("runs/mine")
+    report = json.loads((out / "report.json").read_text())
+    assert report["clean_accuracy"][f"cnn@{weights['cnn']}"] >= 0.8  # the zoo CNN's weights, not random ones
+
+
+def test_weights_given_twice_or_half_are_refused_in_one_line(weights, cli_error):
+    base = ["attack", "--dataset", "fashion-mnist", "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--no-progress"]
+    cli_error([*base, "--model", f"cnn@{weights['cnn']}", "--checkpoint", str(weights["linear"])], "give them once")
+    cli_error([*base, "--model", "cnn@"], "give the weights after the model")
+    cli_error(["transfer", "--source", "cnn@missing.pt", "--targets", "zoo:fmnist-mlp", "--dataset", "fashion-mnist",
+               "--n", "8", "--eps", "0.1", "--no-progress"], "missing.pt")  # fmt: skip
+
+
+def test_every_model_argument_says_spec_at_file_and_the_run_fingerprint_hashes_the_weights(weights, capsys):
+    from robustlab.eval import ModelSource
+
+    for command, flag in [("attack", "--model"), ("eval", "--model"), ("eval", "--surrogate"),
+                          ("transfer", "--source"), ("transfer", "--targets"), ("finetune", "--encoder"),
+                          ("deacl", "--teacher"), ("pseudo-at", "--teacher"), ("train", "--model"),
+                          ("ssl", "--model")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert flag in text and "SPEC@FILE" in text, (command, flag)
+    key = ModelSource(f"cnn@{weights['cnn']}").fingerprint()
+    assert key["model"] == "cnn" and key["checkpoint_sha256"] == ModelSource("cnn", str(weights["cnn"])).fingerprint()[
+        "checkpoint_sha256"]  # fmt: skip

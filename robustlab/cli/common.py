@@ -91,14 +91,14 @@ def topk_list(text: str) -> list[int]:
 MODEL_HELP = (
     "a robustlab run folder or its model.pt (what robustlab train/ssl/deacl/pseudo-at/finetune write), zoo:NAME, "
     "torchvision:NAME, robustbench:NAME, timm:NAME, package.module:factory (imported from the current folder), or "
-    "a TorchScript file"
+    "a TorchScript file; SPEC@FILE loads FILE's weights into it"
 )
 
 
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
     parser.add_argument(flag, required=True, metavar="SPEC", help=MODEL_HELP)
     parser.add_argument(
-        "--checkpoint", metavar="FILE", help="weights (a state dict) for torchvision:/module:factory/zoo: models"
+        "--checkpoint", metavar="FILE", help=f"weights (a state dict) of {flag}: the same as {flag} SPEC@FILE"
     )
     parser.add_argument(
         "--num-classes", type=positive_int, metavar="C", help="outputs of a torchvision:/module:factory model"
@@ -266,10 +266,10 @@ def add_step_size_arg(group: argparse._ArgumentGroup, help_text: str) -> None:
 def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: str = "teacher") -> None:
     p.add_argument(
         flag, required=True, metavar="SPEC",
-        help=f"the {what}: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME "
-        "(+ --checkpoint) or package.module:factory (+ --checkpoint)",
+        help=f"the {what}: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME@FILE "
+        "or package.module:factory@FILE (SPEC@FILE: weights from FILE)",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help=f"weights of a torchvision:/module:factory {what}")
+    p.add_argument("--checkpoint", metavar="FILE", help=f"weights of the {what}: the same as {flag} SPEC@FILE")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 

@@ -25,9 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, metavar="ARCH|SPEC",
         help=f"a fresh architecture ({', '.join(ARCHITECTURES)}) or an encoder to start from (zoo:NAME, "
-        "torchvision:NAME, package.module:factory + --checkpoint, or a robustlab run folder)",
+        "torchvision:NAME, package.module:factory, or a robustlab run folder); SPEC@FILE starts from the weights "
+        "in FILE",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help="weights of a torchvision:/module:factory model")
+    p.add_argument("--checkpoint", metavar="FILE", help="start weights of --model: the same as --model SPEC@FILE")
     p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
     c.add_training_args(p, "ssl", eps=False)
     s = p.add_argument_group("self-supervised method")

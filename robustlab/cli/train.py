@@ -27,9 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, metavar="ARCH|SPEC",
         help=f"a fresh architecture ({', '.join(ARCHITECTURES)}) or a model to start from: zoo:NAME, a robustlab run "
-        "folder or model.pt, torchvision:NAME (--num-classes), package.module:factory (+ --checkpoint)",
+        "folder or model.pt, torchvision:NAME (--num-classes), package.module:factory; SPEC@FILE starts from the "
+        "weights in FILE",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help="start weights for a torchvision:/module:factory model spec")
+    p.add_argument("--checkpoint", metavar="FILE", help="start weights of --model: the same as --model SPEC@FILE")
     p.add_argument("--num-classes", type=c.positive_int, help="outputs of a torchvision:/module:factory model")
     p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
     c.add_training_args(p, "train", eps=True)
@@ -72,7 +73,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     """What ``robustlab train`` trains: the method, the model, the data, the CO monitor and the final evaluation."""
     from robustlab.data import num_classes_of
     from robustlab.defenses import COMonitor, make_method
-    from robustlab.models import load_model, model_arch
+    from robustlab.models import load_model, model_arch, split_weights
     from robustlab.training import FinalEvaluation, TrainingSetup
 
     threat = c.threat_of(args)
@@ -82,7 +83,8 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     )  # fmt: skip
     train_set = c.split_of(args, "train", args.n)
     classes = num_classes_of(train_set, args.dataset)  # an image folder's: its class folders
-    outputs = args.num_classes or (classes if args.model in ARCHITECTURES else None)  # a fresh net fits the data
+    fresh = split_weights(args.model)[0] in ARCHITECTURES
+    outputs = args.num_classes or (classes if fresh else None)  # a fresh net fits the data
     model = load_model(args.model, args.checkpoint, args.trust_checkpoint, device, outputs, dataset=args.dataset,
                        seed=args.seed, input_shape=train_set[0][0].shape)  # fmt: skip
     callbacks = []

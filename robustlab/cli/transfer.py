@@ -39,10 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SPEC[,SPEC...]",
-        help="a surrogate model spec; several specs joined by commas form one ensemble (averaged logits); "
-        "repeat --source for more rows of the matrix",
+        help="a surrogate model spec (SPEC@FILE: with the weights in FILE, e.g. torchvision:resnet18@r18.pt); "
+        "several specs joined by commas form one ensemble (averaged logits); repeat --source for more rows of the "
+        "matrix",
     )
-    p.add_argument("--targets", required=True, metavar="SPEC,SPEC,...", help="comma-separated target model specs")
+    p.add_argument(
+        "--targets", required=True, metavar="SPEC,SPEC,...",
+        help="comma-separated target model specs (SPEC@FILE: with the weights in FILE)",
+    )  # fmt: skip
     add_data_args(p)
     p.add_argument(
         "--attacks",

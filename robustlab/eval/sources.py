@@ -41,7 +41,10 @@ class ModelSource:
     def fingerprint(self) -> dict[str, Any]:
         """The spec and checkpoint, with the content of model files (a file changed under the same name is
         another model)."""
-        keys: dict[str, Any] = {"model": self.spec, "checkpoint": self.checkpoint}
+        from robustlab.models import split_weights
+
+        spec, checkpoint = split_weights(self.spec, self.checkpoint)  # SPEC@FILE: FILE is the checkpoint
+        keys: dict[str, Any] = {"model": spec, "checkpoint": checkpoint}
         keys.update({k: getattr(self, k) for k in ("num_classes", "mean", "std") if getattr(self, k) is not None})
         for name in ("model", "checkpoint"):
             if keys[name] and Path(keys[name]).is_file():

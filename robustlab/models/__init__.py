@@ -9,6 +9,7 @@ from robustlab.models.loader import (
     load_weights,
     model_arch,
     model_file_header,
+    split_weights,
     zoo_index,
 )
 from robustlab.models.model_file import MODEL_FORMAT, save_model
@@ -26,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "split_weights",
     "model_arch",
     "model_file_header",
     "preact_resnet18",

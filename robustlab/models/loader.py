@@ -131,6 +131,23 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = 
     )
 
 
+def split_weights(spec: str, checkpoint: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """``"SPEC@FILE"`` -> ``("SPEC", "FILE")``: the one spelling of a model with its weights wherever a model is taken
+    (``--model``, ``--source``, ``--targets``, ``--surrogate``, ``--encoder``, ``--teacher``); ``--checkpoint FILE``
+    is the same for the one model of a command. A path that exists is never split (it may hold an ``@``)."""
+    spec = str(spec)
+    if "@" not in spec or os.path.exists(spec):
+        return spec, None if checkpoint is None else str(checkpoint)
+    model, _, weights = spec.rpartition("@")
+    if not model or not weights:
+        raise RobustlabError(f"model spec {spec!r}: give the weights after the model: torchvision:resnet18@r18.pt")
+    if checkpoint is not None and os.path.abspath(checkpoint) != os.path.abspath(weights):
+        raise RobustlabError(
+            f"model {spec!r} names its weights and --checkpoint {str(checkpoint)!r} names others; give them once"
+        )
+    return model, weights
+
+
 def load_model(
     spec: str,
     checkpoint: str | os.PathLike | None = None,
@@ -152,10 +169,14 @@ def load_model(
     ``package.module:factory`` (imported
     from the current folder too, as ``python -m`` does; + ``checkpoint``), a robustlab model file (what every
     training command writes as ``OUT/model.pt``) or the run folder holding it, or a TorchScript file.
+    Any of them may name its weights as ``SPEC@FILE`` (:func:`split_weights`), the same as ``checkpoint=FILE``.
     """
+    spec, checkpoint = split_weights(spec, checkpoint)
     if spec in ARCHITECTURES and not os.path.exists(spec):
         with seeded_weights(seed):
             model = build_model(spec, dataset, num_classes=num_classes, mean=mean, std=std, input_shape=input_shape)
+        if checkpoint is not None:
+            load_weights(model, checkpoint, trust_checkpoint)
         return model.to(device).eval()
     if spec.startswith(("robustbench:", "timm:")):  # other zoos (robustlab.models.hub), weights from local files
         from robustlab.models.hub import load_hub_model
@@ -173,7 +194,7 @@ def load_model(
     elif spec.startswith("torchvision:"):
         model = _load_torchvision(spec[len("torchvision:") :], num_classes, mean, std)
         if checkpoint is None:
-            log.warning("%s has random weights (no --checkpoint given); pass --checkpoint FILE", spec)
+            log.warning("%s has random weights (no --checkpoint given); give them as %s@FILE", spec, spec)
     elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
         model = saved if isinstance(saved, nn.Module) else model_from_file(spec, saved)
     elif Path(spec).is_file():
@@ -185,7 +206,7 @@ def load_model(
         if checkpoint is None:
             log.warning(
                 "%s given without --checkpoint: its weights are whatever the factory sets (random unless it loads "
-                "them); pass --checkpoint FILE", spec,
+                "them); give them as %s@FILE", spec, spec,
             )  # fmt: skip
     else:
         raise RobustlabError(
@@ -215,6 +236,7 @@ def _load_torchscript(spec: str) -> nn.Module:
 def model_arch(spec: str) -> tuple[str | None, str | None]:
     """The ``(arch, dataset)`` a model spec was built from, where robustlab knows it: an architecture name, the
     zoo's or a model file's architecture, or the spec itself for ``torchvision:NAME`` and ``module:factory``."""
+    spec = split_weights(spec)[0]
     if spec in ARCHITECTURES and not os.path.exists(spec):
         return spec, None
     if spec.startswith("zoo:") and spec[4:] in zoo_index():
