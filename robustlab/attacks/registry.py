@@ -24,6 +24,7 @@ from typing import Any
 from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AUTOATTACK_OPTIONS, AutoAttack, TorchattacksAttack
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
 from robustlab.attacks.protocol import Attack
+from robustlab.attacks.square import Square
 from robustlab.attacks.topk import TopK
 from robustlab.errors import RobustlabError
 from robustlab.losses import get_loss, loss_names
@@ -243,6 +244,7 @@ register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et a
 register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)", GRADIENT_OPTIONS)
 TOPK_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", *RUNTIME_OPTIONS)  # no early stop: ranks
 register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", TOPK_OPTIONS)
+register("square", Square, "black-box random search on squares, n_queries=5000 (Andriushchenko et al. 2020)", ("seed",))
 register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", AUTOATTACK_OPTIONS, "optional")
 register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", ("seed",), "required")
 
