@@ -82,3 +82,15 @@ def cli_error(capsys):
         return lines[0]
 
     return run
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say in one line at the end when the report.html browser tests were skipped (no chromium), so a green run
+    does not hide that they never ran."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "headless browser" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"note: {len(skipped)} report.html browser test(s) skipped: no headless browser; install chromium "
+            "(apt-get install chromium, as .ci/run does) to run them"
+        )

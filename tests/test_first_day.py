@@ -102,3 +102,19 @@ def test_every_model_argument_says_spec_at_file_and_the_run_fingerprint_hashes_t
     key = ModelSource(f"cnn@{weights['cnn']}").fingerprint()
     assert key["model"] == "cnn" and key["checkpoint_sha256"] == ModelSource("cnn", str(weights["cnn"])).fingerprint()[
         "checkpoint_sha256"]  # fmt: skip
+
+
+# item 6: a run without chromium says that the browser tests did not run
+
+
+def test_a_run_without_chromium_says_the_browser_tests_were_skipped(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PATH"] = str(Path(sys.executable).parent)  # no chromium on it
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "tests/test_html_report.py"), "-k", "renders", "-p",
+         "no:cacheprovider", "-q", "--rootdir", str(ROOT)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    last = done.stdout.strip().splitlines()[-1]  # the run's last line says it
+    assert "3 report.html browser test(s) skipped" in last and "install chromium" in last, done.stdout[-1000:]

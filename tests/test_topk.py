@@ -180,3 +180,22 @@ def test_nested_eps_topk_rows_never_below_the_worst_case_at_any_eps_k_or_attack(
     assert carried_any
     # a sample broken at a smaller eps is not "out of the top k for every k": at eps 0.05 something stays in the top 5
     assert report.results[1].worst_case_topk.robust_accuracy[5] > report.results[1].robust_accuracy
+
+
+def test_default_ks_stay_below_the_number_of_classes():
+    from robustlab.eval.metrics import default_topk
+
+    assert default_topk(10) == [1, 2, 3, 5] and default_topk(100) == [1, 5, 10]
+    assert default_topk(3) == [1, 2] and default_topk(2) == [1] and default_topk(5) == [1, 2, 3]
+
+
+def test_three_class_attack_reports_no_top_k_at_or_above_the_classes(fmnist_batch):
+    """On 3-class data the report used to print "top-5 ASR 0.00 %" (the true class is always in the top 3)."""
+    from robustlab.eval import AttackConfig, run_attack
+
+    x, y = fmnist_batch(40)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3)).eval()
+    report = run_attack(model, (x, y % 3), AttackConfig("fgsm", eps=0.1))
+    assert sorted(report.topk.asr) == [1, 2]
+    assert "top-5" not in report.to_markdown() and "top-3" not in report.to_markdown()

@@ -38,8 +38,10 @@ def interest_class_rank(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def default_topk(num_classes: int) -> list[int]:
-    """The top-k papers' k's: 1, 2, 3, 5 for 10-class data, 1, 5, 10 for more classes."""
-    return [1, 2, 3, 5] if num_classes <= 10 else [1, 5, 10]
+    """The top-k papers' k's: 1, 2, 3, 5 for 10-class data, 1, 5, 10 for more classes; only k below the number of
+    classes (the true class is always in the top C, so top-C ASR is 0 by construction)."""
+    ks = [1, 2, 3, 5] if num_classes <= 10 else [1, 5, 10]
+    return [k for k in ks if k < num_classes] or [1]
 
 
 def icr_statistics(ranks: Tensor, num_classes: int) -> dict[str, Any]:
