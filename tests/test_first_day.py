@@ -118,3 +118,44 @@ def test_a_run_without_chromium_says_the_browser_tests_were_skipped(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:]
     last = done.stdout.strip().splitlines()[-1]  # the run's last line says it
     assert "3 report.html browser test(s) skipped" in last and "install chromium" in last, done.stdout[-1000:]
+
+
+# item 8: one evaluation bar that names the eps and the attack and moves with the passes
+
+
+def test_one_eval_bar_names_each_eps_and_the_attack_and_moves_with_the_passes(zoo_cnn, fmnist_batch, monkeypatch,
+                                                                                capsys):  # fmt: skip
+    from robustlab.eval import progress
+    from robustlab.eval.run import EvalConfig, run_evaluation
+
+    bars, moves = [], []
+    monkeypatch.setattr(progress.EvalProgress, "redraw_every", 0.0)
+    init, move = progress.EvalProgress.__init__, progress.EvalProgress._move
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        bars.append(self)
+
+    def recording_move(self, within):
+        move(self, within)
+        moves.append((self.bar.desc, self.bar.postfix, self.bar.n))
+
+    monkeypatch.setattr(progress.EvalProgress, "__init__", recording_init)
+    monkeypatch.setattr(progress.EvalProgress, "_move", recording_move)
+    x, y = fmnist_batch(30)
+    config = EvalConfig(eps=(0.05, 0.1), attacks="fgsm,pgd(steps=20)", sanity_n=0, plots=False)
+    run_evaluation(zoo_cnn, (x, y), config, progress=True)
+    assert len(bars) == 1 and bars[0].bar.total == 60  # one bar: 30 samples at each of 2 eps
+    assert bars[0].done == 60
+    pgd = [(desc, n) for desc, postfix, n in moves if "pgd(steps=20) on" in str(postfix)]
+    assert any("eps 0.05 (1/2)" in desc for desc, _ in pgd) and any("eps 0.1 (2/2)" in desc for desc, _ in pgd)
+    inside = [n for desc, n in pgd if "(1/2)" in desc and 0 < n < 30 and n != int(n)]
+    assert len(inside) >= 5 and inside == sorted(inside)  # it moves with PGD's passes, before the batch ends
+    assert "eps 0.1 (2/2)" in capsys.readouterr().err  # on stderr; stdout stays the CLI's
+
+
+def test_progress_words_are_plural_only_for_many():
+    from robustlab.eval.progress import plural
+
+    assert plural(1, "restart") == "1 restart" and plural(2, "restart") == "2 restarts"
+    assert plural(1, "pass", "passes") == "1 pass" and plural(0, "pass", "passes") == "0 passes"

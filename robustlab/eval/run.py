@@ -33,6 +33,7 @@ from robustlab.errors import RobustlabError
 from robustlab.eval.adaptive import MODES, AdaptivePlan, plan_adaptive
 from robustlab.eval.evaluator import VOTES, EvalResult, Evaluator, gather_batches, merge_batches
 from robustlab.eval.metrics import class_names
+from robustlab.eval.progress import EvalProgress
 from robustlab.eval.report import EpsEntry, EvalReport
 from robustlab.eval.sanity import Flag, eps_curve_flag, run_sanity_checks
 from robustlab.eval.sources import (
@@ -253,10 +254,11 @@ def _evaluate(
     states, results = [], []
     prior = None
     suffix = "" if not plan.attacks and plan.predictions == 1 else "-" + _digest([*plan.attacks, plan.predictions])
-    for i, eps in enumerate(eps_order):
+    bar = EvalProgress(len(eps_order), len(attacks), config.batch_size) if progress and shard.is_main else None
+    for i, eps in enumerate(eps_order):  # one bar for every eps (tqdm closes it on an error)
         evaluator = Evaluator(
             attacks, ThreatModel(config.norm, eps, config.bounds), batch_size=config.batch_size,
-            only_robust=config.only_robust, progress=progress and shard.is_main, device=device,
+            only_robust=config.only_robust, progress=bar.at_eps(eps, i) if bar else False, device=device,
             predictions=plan.predictions, vote=config.vote, seed=config.seed,
         )  # fmt: skip
         nested = f"-after-{_digest(eps_order[:i])}" if config.nested and i else ""
@@ -270,6 +272,8 @@ def _evaluate(
             states.append(result.to_state())
             results.append(result)
             log.info("eps %.4g: clean %.4f, robust %.4f", eps, result.clean_accuracy, result.robust_accuracy)
+    if bar is not None:
+        bar.finish()
     min_eps = smallest_breaking_eps([e.eps for e in entries], results) if results else None
     if shard.is_main and out is not None:
         saved = {"eps": [e.eps for e in entries], "attacks": list(attacks), "results": states, "min_eps": min_eps}
