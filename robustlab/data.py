@@ -49,6 +49,13 @@ def _canonical(name: str) -> tuple[str, str | None]:
     return base, path or None
 
 
+def canonical_name(name: str) -> str:
+    """A dataset's name without its path and alias (``fmnist`` -> ``fashion-mnist``, ``imagefolder:X`` ->
+    ``imagefolder``), to compare the data a model was made for with the data it is given; never raises."""
+    base = name.partition(":")[0].lower()
+    return _ALIASES.get(base, base)
+
+
 def dataset_info(name: str) -> dict[str, Any]:
     """Channels, image size, number of classes and normalisation statistics of a dataset."""
     return dict(DATASETS[_canonical(name)[0]])

@@ -41,6 +41,7 @@ from robustlab.eval.sources import (
     DataSource,
     ModelSource,
     attack_keys,
+    chance_flag,
     first_batch,
     probe,
     resolve_data,
@@ -212,6 +213,10 @@ def run_evaluation(
             report.model, report.dataset, report.split = model_name, data_name, split
             if report.results:
                 report.class_names = class_names(data, data_name, len(report.results[0].per_class["n"]))
+                chance = chance_flag(report.results[0].clean_accuracy, report.n, len(report.results[0].per_class["n"]))
+                if chance is not None:  # in the report and, through the flags, on the terminal
+                    log.warning(chance.message)
+                    report.sanity = [*(report.sanity or []), chance]
             report.world_size, report.rank, report.environment = shard.world, shard.rank, environment(command_line)
             report.wall_time_s = round(time.time() - started, 3)
             if path is not None and shard.is_main:

@@ -142,6 +142,18 @@ def load_robustbench(name: str, model_dir: str | os.PathLike = ROBUSTBENCH_MODEL
     return net.eval()
 
 
+def hub_domain(spec: str) -> dict[str, Any] | None:
+    """The data a hub model was made for, as :func:`robustlab.models.loader.recorded_domain` records it: a
+    RobustBench entry's dataset (CIFAR's 3x32x32 images, ImageNet's 3 channels); None for timm (its
+    normalisation's channels are checked on their own)."""
+    kind, _, name = spec.partition(":")
+    if kind != "robustbench":
+        return None
+    dataset = robustbench_entry(name)[0]
+    size = (32, 32) if dataset.startswith("cifar") else None
+    return {"source": "its RobustBench entry", "dataset": dataset, "channels": 3, "size": size}
+
+
 def load_timm(
     name: str, checkpoint: str | os.PathLike | None = None, trust: bool = False, num_classes: int | None = None
 ) -> nn.Module:
@@ -179,4 +191,12 @@ def _head_size(obj: Any, timm: ModuleType, name: str) -> int | None:
     return None
 
 
-__all__ = ["is_hub_spec", "load_hub_model", "load_robustbench", "load_timm", "robustbench_entry", "robustbench_weights"]
+__all__ = [
+    "hub_domain",
+    "is_hub_spec",
+    "load_hub_model",
+    "load_robustbench",
+    "load_timm",
+    "robustbench_entry",
+    "robustbench_weights",
+]

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+import weakref
 import zipfile
 from collections.abc import Iterator, Sequence
 from functools import cache
@@ -179,9 +180,11 @@ def load_model(
             load_weights(model, checkpoint, trust_checkpoint)
         return model.to(device).eval()
     if spec.startswith(("robustbench:", "timm:")):  # other zoos (robustlab.models.hub), weights from local files
-        from robustlab.models.hub import load_hub_model
+        from robustlab.models.hub import hub_domain, load_hub_model
 
-        return load_hub_model(spec, checkpoint, trust_checkpoint, num_classes).to(device).eval()
+        model = load_hub_model(spec, checkpoint, trust_checkpoint, num_classes).to(device).eval()
+        return _remember(model, spec, hub_domain(spec))
+    given, domain = spec, None
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "model.pt")):
             raise RobustlabError(
@@ -191,12 +194,16 @@ def load_model(
         spec = os.path.join(spec, "model.pt")
     if spec.startswith("zoo:"):
         model = _load_zoo(spec[4:])
+        domain = _shape_of("its zoo entry", zoo_index()[spec[4:]].get("dataset"), None)
     elif spec.startswith("torchvision:"):
         model = _load_torchvision(spec[len("torchvision:") :], num_classes, mean, std)
+        domain = _shape_of("its torchvision architecture", None, (3,))
         if checkpoint is None:
             log.warning("%s has random weights (no --checkpoint given); give them as %s@FILE", spec, spec)
     elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
         model = saved if isinstance(saved, nn.Module) else model_from_file(spec, saved)
+        if isinstance(saved, dict):
+            domain = _shape_of("its model file's header", saved.get("dataset"), saved.get("input_shape"))
     elif Path(spec).is_file():
         model = _load_torchscript(spec)
     elif ":" in spec:
@@ -216,7 +223,38 @@ def load_model(
         )
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
-    return model.to(device).eval()
+    return _remember(model.to(device).eval(), given, domain)
+
+
+_DOMAINS: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def recorded_domain(model: nn.Module) -> dict[str, Any] | None:
+    """What the loader read about the data ``model`` was made for, where its source records it (a zoo entry, a
+    model file's header, a RobustBench entry): ``{"spec", "source", "dataset", "channels", "size"}`` (a value is
+    None where unknown), or None for a model robustlab did not load or knows nothing about."""
+    return _DOMAINS.get(model)
+
+
+def _shape_of(source: str, dataset: str | None, input_shape: Sequence[int] | None) -> dict[str, Any] | None:
+    """A domain record from a dataset name and/or an input shape ``(C, H, W)`` (the dataset's when not given)."""
+    from robustlab.data import DATASETS, canonical_name
+
+    name = canonical_name(dataset) if isinstance(dataset, str) else None
+    if input_shape is None and name in DATASETS and name != "imagefolder":
+        input_shape = (DATASETS[name]["channels"], DATASETS[name]["image_size"], DATASETS[name]["image_size"])
+    if name is None and not input_shape:
+        return None
+    shape = list(input_shape or [])
+    return {"source": source, "dataset": name, "channels": shape[0] if shape else None,
+            "size": tuple(shape[1:]) if len(shape) == 3 else None}  # fmt: skip
+
+
+def _remember(model: nn.Module, spec: str, domain: dict[str, Any] | None) -> nn.Module:
+    if domain is not None:
+        with contextlib.suppress(TypeError):  # a module that takes no weak reference: nothing recorded or checked
+            _DOMAINS[model] = {"spec": spec, **domain}
+    return model
 
 
 def _load_torchscript(spec: str) -> nn.Module:
