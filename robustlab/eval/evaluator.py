@@ -7,16 +7,18 @@ final figure is the per-sample worst case over the attacks, as a fraction of all
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustlab.attacks.protocol import Attack, check_labels, model_logits
+from robustlab.attacks.protocol import Attack, check_labels, model_logits, untouched
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.eval.progress import NoProgress, SampleProgress, sample_progress
@@ -62,6 +64,9 @@ class Evaluator:
     ) -> None:
         if predictions < 1 or vote not in VOTES:
             raise RobustlabError(f"predictions {predictions}, vote {vote!r}: give 1 or more passes, vote {VOTES}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise RobustlabError(f"batch_size {batch_size!r}: give a whole number of samples >= 1, e.g. 256")
+        device = checked_device(device) if device is not None else None
         self.predictions, self.vote, self.seed = int(predictions), vote, seed
         if isinstance(attacks, Mapping):
             self.attacks = dict(attacks)
@@ -111,6 +116,7 @@ class Evaluator:
                 "the model is in train mode (dropout/batch-norm statistics change the result); call model.eval()"
             )
         device = self.device or next((p.device for p in model.parameters()), torch.device("cpu"))
+        data = as_data(data)
         n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
         if n == 0:
             raise RobustlabError("nothing to evaluate: the dataset is empty")
@@ -150,8 +156,9 @@ class Evaluator:
         return batches
 
     def predict(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The logits the evaluator judges: one pass, or the mean logits / vote shares of ``predictions`` passes."""
-        with torch.no_grad():
+        """The logits the evaluator judges: one pass, or the mean logits / vote shares of ``predictions`` passes. A
+        train-mode model is given back as found (BatchNorm statistics, the caller's RNG), as attacks give it back."""
+        with torch.no_grad(), as_found(model, x.device):
             if self.predictions == 1:
                 return model_logits(model, x)
             devices = [x.device] if x.device.type == "cuda" else []
@@ -170,6 +177,7 @@ class Evaluator:
         not attacked when every attack's per-sample result is independent of its batch (``per_sample``), else
         attacked as a separate evaluation would (the same batches, so the same draws) and carried after, so nested
         is never above separate either way."""
+        x, y = as_batch(model, *as_data((x, y)))
         self.threat.check_inputs(x)
         clean_logits = self.predict(model, x, y) if prior is None else prior.clean_logits.to(x.device)
         check_labels(y, clean_logits.shape[1])
@@ -218,6 +226,65 @@ class Evaluator:
     def per_sample(self) -> bool:
         """Whether every attack's result for a sample is independent of its batch (see :meth:`run_batch`)."""
         return all(getattr(attack, "per_sample", False) for attack in self.attacks.values())
+
+
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or one error line (no CUDA GPU visible, an unknown name)."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RobustlabError(f"device {str(device)!r} asked for, but no CUDA GPU is visible; use device='cpu'")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RobustlabError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+
+
+def as_data(data: Dataset | tuple[Tensor, Tensor]) -> Dataset | tuple[Tensor, Tensor]:
+    """A dataset as it is, or an ``(x, y)`` pair as tensors (numpy arrays converted, lists refused), one label per
+    input; one error line for anything else."""
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise RobustlabError(
+            f"data is a {type(data).__name__}; give a torch Dataset or an (x, y) pair of tensors (images, labels)"
+        )
+    x, y = (_tensor(v, name) for v, name in zip(data, ("x", "y")))
+    if x.dim() == 0 or y.dim() != 1 or len(x) != len(y):
+        labels = f"holds {len(y)} labels" if y.dim() == 1 else f"has shape {tuple(y.shape)}"
+        raise RobustlabError(
+            f"x holds {len(x) if x.dim() else 0} inputs but y {labels}; give one integer label per input (y of shape "
+            "(N,))"
+        )
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise RobustlabError(f"labels y have dtype {y.dtype}; give integer class indices, e.g. y.long()")
+    return x, y
+
+
+def _tensor(value: object, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise RobustlabError(
+        f"{name} is a {type(value).__name__}; give a torch tensor or a numpy array (e.g. torch.as_tensor({name}))"
+    )
+
+
+def as_batch(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """A non-empty batch whose floating-point inputs have the model's dtype (float64 images for a float32 model
+    are converted, with a note in the log)."""
+    if len(y) == 0:
+        raise RobustlabError("nothing to evaluate: the batch is empty")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if x.is_floating_point() and x.dtype != dtype:
+        log.info("inputs of dtype %s converted to the model's %s", x.dtype, dtype)
+        x = x.to(dtype)
+    return x, y
+
+
+def as_found(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
+    """:func:`~robustlab.attacks.protocol.untouched` for a model with a module in train mode (its passes would
+    update BatchNorm's running statistics); nothing to restore, so nothing done, for an eval-mode model."""
+    return untouched(model, device) if any(m.training for m in model.modules()) else contextlib.nullcontext()
 
 
 def top1_correct(logits: Tensor, labels: Tensor) -> Tensor:
