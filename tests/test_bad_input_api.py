@@ -97,3 +97,19 @@ def test_bad_evaluator_options_are_one_line(options, words):
 def test_cuda_without_a_gpu_is_one_line():
     with pytest.raises(RobustlabError, match="no CUDA GPU is visible; use device='cpu'"):
         _evaluator(device="cuda")
+
+
+# --- item 8: a kNN monitor larger than the data is refused, so what is recorded is what was used --------------
+
+
+def test_knn_n_beyond_the_train_split_is_refused(tmp_path, cli_error):
+    from robustlab.data import first_n, load_dataset
+    from robustlab.ssl.knn import KNNMonitor
+
+    small = first_n(load_dataset("fashion-mnist", "test"), 50)
+    monitor = KNNMonitor.from_datasets(small, small, 50)
+    assert len(monitor.train[1]) == 50 and len(monitor.test[1]) == 50  # 100 test items asked, 50 there: all
+    with pytest.raises(RobustlabError, match="--knn-n 51 is more than the 50 labelled train items"):
+        KNNMonitor.from_datasets(small, small, 51)
+    cli_error(["ssl", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "64", "--epochs", "1", "--knn-n",
+               "100000", "--no-progress", "--out", tmp_path / "ssl"], "--knn-n 100000", "60000")  # fmt: skip

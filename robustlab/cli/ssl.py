@@ -60,8 +60,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     callbacks = []
     if args.knn_n > 0:
         full_train, test = c.split_of(args, "train", None), c.split_of(args, "test", None)  # same image size
-        take = lambda ds, n: tuple(torch.utils.data.default_collate([ds[i] for i in range(min(n, len(ds)))]))  # noqa: E731
-        callbacks.append(KNNMonitor(take(full_train, args.knn_n), take(test, max(args.knn_n // 4, 100))))
+        callbacks.append(KNNMonitor.from_datasets(full_train, test, args.knn_n))  # more than exist: refused
     return TrainingSetup(
         model, method, train_set, c.train_config(args), callbacks, saved=net, summary_keys=("knn_accuracy",),
         method_info={"projector": [args.proj_hidden, args.proj_dim], "model": args.model, "arch": arch},

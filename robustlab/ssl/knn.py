@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
 
 from robustlab.distributed import unwrap
+from robustlab.errors import RobustlabError
 from robustlab.models.mode import temporary_mode
 from robustlab.ssl.encoder import SSLModel
 from robustlab.training.context import TrainContext
@@ -50,6 +52,24 @@ class KNNMonitor:
     def __init__(self, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], k: int = 20) -> None:
         self.train, self.test, self.k = train, test, k
 
+    @classmethod
+    def from_datasets(cls, train: Dataset, test: Dataset, n: int, k: int = 20) -> KNNMonitor:
+        """The monitor on the first ``n`` labelled train items (more than the split holds is refused in one line,
+        so the ``--knn-n`` recorded is the number used) and the first ``max(n // 4, 100)`` test items (at most
+        all of them)."""
+        if n > len(train):  # type: ignore[arg-type]
+            raise RobustlabError(
+                f"--knn-n {n} is more than the {len(train)} labelled train items; give at most {len(train)} "  # type: ignore[arg-type]
+                "(0 turns the kNN monitor off)"
+            )
+        return cls(first_items(train, n), first_items(test, min(max(n // 4, 100), len(test))), k)  # type: ignore[arg-type]
+
+
+def first_items(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` items of ``dataset`` as ``(images, labels)`` tensors."""
+    images, labels = default_collate([dataset[i] for i in range(n)])
+    return images, torch.as_tensor(labels)
+
     def measure(self, model: nn.Module) -> float:
         model = unwrap(model)
         encoder = model.encoder if isinstance(model, SSLModel) else model
@@ -59,4 +79,4 @@ class KNNMonitor:
         ctx.stats["knn_accuracy"] = self.measure(ctx.model)
 
 
-__all__ = ["KNNMonitor", "embed", "knn_accuracy"]
+__all__ = ["KNNMonitor", "embed", "first_items", "knn_accuracy"]
