@@ -89,6 +89,20 @@ def topk_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, reduction="none") - normalized_ce(logits, y)
 
 
+@register_loss("dlr-targeted", "dlr_targeted")
+@targeted_loss
+def dlr_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
+    """Targeted DLR of APGD-T (Croce & Hein 2020), to be minimised: ``(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``.
+
+    The denominator makes it invariant to shifts and scalings of the logits (gradient masking by scale is undone).
+    """
+    if logits.shape[1] < 4:
+        raise RobustlabError("the targeted dlr loss needs at least 4 classes; use the ce or cw loss")
+    top = logits.topk(4, dim=1).values
+    gap = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+    return gap / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
 def get_loss(name: str | LossFn) -> LossFn:
     """Look up a loss by name (or pass a callable through)."""
     if callable(name):
@@ -109,6 +123,7 @@ __all__ = [
     "cross_entropy",
     "cw_margin",
     "dlr",
+    "dlr_targeted",
     "get_loss",
     "is_targeted_loss",
     "normalized_ce",

@@ -16,12 +16,16 @@ Any spec may end with options in parentheses, passed to the attack's constructor
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from robustlab.attacks.aa import AutoAttackNative
 from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AUTOATTACK_OPTIONS, AutoAttack, TorchattacksAttack
+from robustlab.attacks.apgd import APGD, APGDTargeted
+from robustlab.attacks.fmn import FMN
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
 from robustlab.attacks.protocol import Attack
 from robustlab.attacks.square import Square
@@ -244,7 +248,14 @@ register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et a
 register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)", GRADIENT_OPTIONS)
 TOPK_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", *RUNTIME_OPTIONS)  # no early stop: ranks
 register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", TOPK_OPTIONS)
+register("apgd", APGD, "APGD: step halving at checkpoints, momentum 0.75 (Croce & Hein 2020)", GRADIENT_OPTIONS)
+APGD_T_OPTIONS = ("steps", "step_size", "restarts", "seed", "early_stop", *RUNTIME_OPTIONS)
+register("apgd-t", APGDTargeted, "APGD, targeted DLR towards the top 9 other classes in turn", APGD_T_OPTIONS)
 register("square", Square, "black-box random search on squares, n_queries=5000 (Andriushchenko et al. 2020)", ("seed",))
+register("fmn", FMN, "fast minimum-norm: each sample's smallest perturbation, steps=100 (Pintor et al. 2021)")
+AA_OPTIONS = ("seed", "early_stop", *RUNTIME_OPTIONS)  # the members' budgets are AutoAttack standard's
+AA = functools.partial(AutoAttackNative.standard, attack_from_spec, attack_names)  # members built from this registry
+register("aa", AA, "native AutoAttack standard: apgd, apgd-t, fmn, square on what is still robust", AA_OPTIONS)
 register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", AUTOATTACK_OPTIONS, "optional")
 register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", ("seed",), "required")
 

@@ -1,0 +1,321 @@
+"""APGD (Croce & Hein 2020): parameter-free PGD that halves its step size at checkpoints when the loss stalls.
+
+:class:`APGD` is the one gradient loop's attack with another step rule: it reuses :class:`GradientAttack`'s
+restarts (as rows of one batch), keyed per-sample random starts, early stopping, EOT, precision and memory format,
+and replaces only the steps (:meth:`APGD._run`). Steps, projections, clipping and random starts are the
+:class:`~robustlab.threat.ThreatModel`'s (Linf: signed steps; L2: steps on the normalised gradient).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks import options
+from robustlab.attacks.base import GradientAttack
+from robustlab.attacks.protocol import AttackResult, frozen_parameters, model_logits, untouched
+from robustlab.attacks.restarts import pick, stop_rows
+from robustlab.attacks.runtime import Runtime
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
+from robustlab.errors import RobustlabError
+from robustlab.losses import LossFn
+from robustlab.threat import ThreatModel
+
+RANKINGS = ("logits", "malt")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations after which APGD checks its progress: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} -
+    0.03, 0.06), in whole iterations as the reference code rounds them (100 steps: 22, 41, 57, 70, 80, 87, 93, 99)."""
+    first, shrink, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    points, length = [first], first
+    while True:
+        length = max(length - shrink, shortest)
+        if points[-1] + length > steps:
+            return points
+        points.append(points[-1] + length)
+
+
+@dataclass
+class _Rows:
+    """APGD's state per row: the iterate, the one before it (momentum), the gradient there, the step size, the best
+    iterate so far (with its objective and gradient) and the bookkeeping of the current checkpoint interval."""
+
+    x: Tensor
+    x_prev: Tensor
+    grad: Tensor
+    eta: Tensor  # (N, 1, ...): the step size
+    best_x: Tensor
+    best_grad: Tensor
+    best: Tensor  # the highest objective so far
+    last: Tensor  # the objective at the previous iterate
+    increases: Tensor  # steps that raised the objective since the last checkpoint
+    best_at_check: Tensor  # the best objective at the last checkpoint
+    reduced: Tensor  # whether the step size was halved at the last checkpoint
+    x0: Tensor  # the clean inputs
+    y: Tensor
+    target: Tensor | None
+
+    def select(self, rows: Tensor) -> _Rows:
+        """The state of ``rows`` only (early stopping drops the others)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return _Rows(**{k: v.index_select(0, rows) if v is not None else None for k, v in values.items()})
+
+
+class APGD(GradientAttack):
+    """Auto-PGD (Croce & Hein 2020): step size 2 eps, halved at the checkpoints where the loss stalls, momentum 0.75,
+    the best iterate kept per sample; a random start (L2: uniform in the ball, on its surface in high dimension).
+
+    Args:
+        steps: iterations per restart (AutoAttack standard: 100).
+        loss: ``ce`` (APGD-CE), ``dlr`` (APGD-DLR), ``cw``, or any loss of :mod:`robustlab.losses`.
+        restarts: independent runs from random starts; per sample the first success, else the highest loss.
+        rho: at a checkpoint the step size is halved if fewer than this fraction of the steps since the last one
+            raised the loss (or if it was not halved at the last one and the best loss did not improve since).
+        momentum: weight of the new step against the previous one (the paper's alpha).
+        **kwargs: :class:`GradientAttack`'s options (``step_size``: the initial step size, ``early_stop``,
+            ``criterion``, ``seed``, ``eot_samples``, ``keyed_start``, ``memory_format``, ``precision``, ...).
+
+    A sample's result is the first iterate that meets the criterion, else its highest-loss iterate; with or without
+    early stopping the same (early stopping only saves the steps after success).
+    """
+
+    name = "apgd"
+    rel_step_size = 2.0
+
+    def __init__(
+        self,
+        steps: int = 100,
+        loss: str | LossFn = "ce",
+        restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("random_start", True)
+        kwargs.setdefault("l2_start_radius", "ball")
+        super().__init__(steps=steps, loss=loss, restarts=restarts, momentum=momentum, **kwargs)
+        self.rho = options.number("rho", rho, low=0, high=1)
+        options.number("momentum", momentum, low=0, high=1)
+
+    def config(self) -> dict:
+        """The attack's configuration, for reports."""
+        return {**super().config(), "rho": self.rho}
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        x_adv: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: ThreatModel,
+        step_size: float,
+        criterion: Criterion,
+        generator: torch.Generator,
+        run: Runtime,
+        early: bool = False,
+        samples: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """APGD's iterations from ``x_adv`` (the paper's Algorithm 1): ``(x_adv, left, hit, hit_logits)`` as
+        :meth:`GradientAttack._run` returns them; ``x_adv`` holds each row's first success, else its best iterate."""
+        grad, objective, logits = self._objective(model, x_adv, y, target, generator, run, criterion, first=True)
+        eta = torch.full((x.shape[0], *([1] * (x.dim() - 1))), step_size, device=x.device, dtype=grad.dtype)
+        s = _Rows(x=x_adv, x_prev=x_adv, grad=grad, eta=eta, best_x=x_adv, best_grad=grad, best=objective,
+                  last=objective, increases=torch.zeros_like(objective), best_at_check=objective,
+                  reduced=torch.ones_like(objective, dtype=torch.bool), x0=x, y=y, target=target)  # fmt: skip
+        found = Found(x_adv, early, samples)
+        s = found.judge(s, logits, model, criterion, run)
+        marks = checkpoints(self.steps)
+        for i in range(1, self.steps + 1):
+            if s.x.shape[0] == 0:
+                break
+            # z = P(x + eta * step(grad)); x_next = P(x + alpha (z - x) + (1 - alpha) (x - x_prev))
+            z = threat.project(threat.step(s.x, s.grad, s.eta), s.x0)
+            alpha = self.momentum if i > 1 else 1.0
+            s.x, s.x_prev = threat.project(s.x + alpha * (z - s.x) + (1 - alpha) * (s.x - s.x_prev), s.x0), s.x
+            s.grad, objective, logits = self._objective(model, s.x, s.y, s.target, generator, run, criterion)
+            s.increases += objective > s.last
+            s.last = objective
+            better = objective > s.best
+            s.best = torch.where(better, objective, s.best)
+            s.best_x, s.best_grad = _where(better, s.x, s.best_x), _where(better, s.grad, s.best_grad)
+            s = found.judge(s, logits, model, criterion, run)
+            if i in marks:  # halve the step and restart from the best point where the loss stalled
+                length = i - max([0, *[m for m in marks if m < i]])
+                halve = (s.increases < self.rho * length) | (~s.reduced & (s.best <= s.best_at_check))
+                s.eta = _where(halve, s.eta / 2, s.eta)
+                s.x, s.grad = _where(halve, s.best_x, s.x), _where(halve, s.best_grad, s.grad)
+                s.reduced, s.best_at_check, s.increases = halve, s.best.clone(), torch.zeros_like(s.increases)
+        return found.result(s)
+
+    def _objective(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator, run: Runtime,
+        criterion: Criterion, first: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """The gradient of the attack objective at ``x``, the objective per row (the loss, or minus the loss towards
+        a target: higher is better) in float32, and the logits."""
+        grad, logits = self._gradient(model, x.detach().requires_grad_(True), y, target, criterion, generator, run,
+                                      first)  # fmt: skip
+        loss = self._loss(logits.detach().float(), y, target).float()
+        return grad, (-loss if target is not None else loss), logits.detach()
+
+
+def _where(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per row: ``a`` where ``rows`` holds, else ``b``."""
+    return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+class Found:
+    """Which rows met the criterion, and at which iterate: with early stopping such rows leave the batch (and, with
+    restarts as rows, every row of their sample); without, the first success is kept while the row goes on."""
+
+    def __init__(self, x_adv: Tensor, early: bool, samples: int | None) -> None:
+        self.out = x_adv.clone()
+        self.done = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+        self.left = torch.zeros_like(self.done)
+        self.active = torch.arange(x_adv.shape[0], device=x_adv.device)
+        self.early, self.samples = early, samples
+        self.hits: list[Tensor] = [self.active[:0]]
+        self.hit_logits: list[Tensor] = []
+
+    def judge(self, s: _Rows, logits: Tensor, model: nn.Module, criterion: Criterion, run: Runtime) -> _Rows:
+        """Record the rows that meet the criterion at ``s.x``; the state of the rows that go on."""
+        if not self.early:
+            new = criterion(logits, s.y, s.target) & ~self.done
+            self.out[new] = s.x[new]
+            self.done |= new
+            return s
+        leave, hit, judged = stop_rows(model, criterion, run, s.x, s.y, s.target, logits, self.active, self.samples)
+        if leave is None:
+            return s
+        gone, stay = leave.nonzero().squeeze(1), (~leave).nonzero().squeeze(1)
+        self.hits.append(self.active[hit])
+        self.hit_logits.append(judged)
+        self.out[self.active[gone]] = s.x[gone]
+        self.left[self.active[gone]] = True
+        self.active = self.active[stay]
+        return s.select(stay)
+
+    def result(self, s: _Rows) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(x_adv, left, hit, hit_logits)``: the rows still going end at their best iterate."""
+        keep = ~self.done[self.active]
+        self.out[self.active[keep]] = s.best_x[keep]
+        logits = torch.cat(self.hit_logits) if self.hit_logits else None
+        return self.out.detach(), self.left, torch.cat(self.hits), logits
+
+
+class APGDTargeted:
+    """APGD-T (Croce & Hein 2020): APGD with the targeted DLR loss, run once per target class, the targets being the
+    top classes other than the true one, each run only on the samples no earlier target broke.
+
+    Called without targets it is an untargeted attack (success: misclassified, as in AutoAttack); called with
+    ``target`` it is APGD with the targeted DLR loss towards that target.
+
+    Args:
+        steps: iterations per target (AutoAttack standard: 100).
+        targets: how many target classes (AutoAttack standard: 9; at most the number of classes minus one).
+        ranking: the order of the targets: ``"logits"`` (AutoAttack: the highest clean logits first) or ``"malt"``
+            (Melamed et al. 2024, MALT, arXiv 2407.02240: the smallest normalised gap first,
+            ``(z_y - z_t) / ||grad_x (z_y - z_t)||_*`` with the dual norm of the threat model, L1 for Linf and L2
+            for L2: the distance to the class's linearised decision boundary; one backward pass per class).
+        restarts: random restarts per target.
+        loss: the targeted loss (default ``dlr-targeted``; ``ce`` gives CE towards the target).
+        criterion: success criterion of untargeted calls (default misclassified).
+        seed: seed of the attack's generators; each target's run draws its own starts.
+        **kwargs: :class:`APGD`'s options (``step_size``, ``rho``, ``early_stop``, ``eot_samples``, ``precision``, ...).
+    """
+
+    name = "apgd-t"
+
+    def __init__(
+        self,
+        steps: int = 100,
+        targets: int = 9,
+        ranking: str = "logits",
+        restarts: int = 1,
+        loss: str | LossFn = "dlr-targeted",
+        criterion: Criterion | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.targets = options.whole("targets", targets)
+        self.ranking = options.choice("ranking", ranking, RANKINGS)
+        self.seed = options.seed(seed)
+        seeds = torch.randint(0, 2**31, (self.targets,), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        criterion = criterion or Misclassified()
+        self.runs = [APGD(steps, loss, restarts, criterion=criterion, seed=s, **kwargs) for s in seeds]
+        self.targeted = APGD(steps, loss, restarts, seed=self.seed, criterion=TargetedMisclassified(), **kwargs)
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether a sample's result is independent of its batch (targets come from its own clean logits)."""
+        return self.runs[0].per_sample
+
+    def config(self) -> dict:
+        """The attack's configuration, for reports."""
+        return {**self.runs[0].config(), "attack": self.name, "seed": self.seed, "targets": self.targets,
+                "ranking": self.ranking}  # fmt: skip
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None = None
+    ) -> AttackResult:
+        """Attack each sample towards its top targets in turn until one breaks it (or towards ``target``)."""
+        start = time.perf_counter()
+        if target is not None:
+            return self.targeted(model, x, y, threat, target=target)
+        ranked = self.rank_targets(model, x, y, threat)
+        best: AttackResult | None = None
+        broken: list[int] = []
+        for rank, attack in enumerate(self.runs[: ranked.shape[1]]):
+            rows = torch.arange(x.shape[0], device=x.device) if best is None else (~best.success).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            part = attack(model, x[rows], y[rows], threat, target=ranked[rows, rank])
+            broken.append(int(part.success.sum()))
+            if best is None:
+                best = part
+                continue
+            candidate = AttackResult(best.x_adv.clone(), best.success.clone(), best.loss.clone(), best.logits.clone())
+            candidate.x_adv[rows], candidate.success[rows] = part.x_adv, part.success
+            candidate.loss[rows], candidate.logits[rows] = part.loss, part.logits
+            best = pick(best, candidate, sign=-1.0)  # a success, else the lower targeted loss
+        assert best is not None
+        runtime = {k: v for k, v in self.runs[0].runtime.items()}
+        best.info = {"time_s": time.perf_counter() - start, **self.config(), "targets_tried": ranked[:, : len(broken)],
+                     "broken_per_target": broken, **runtime}  # fmt: skip
+        return best
+
+    def rank_targets(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """The target classes per sample, best first, at most ``targets`` of them: (N, T)."""
+        with frozen_parameters(model), untouched(model, x.device), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(self.ranking == "malt")
+            logits = model_logits(model, xg)
+            classes = logits.shape[1]
+            if classes < 4:
+                raise RobustlabError(f"apgd-t needs at least 4 classes (the targeted DLR loss); the model has "
+                                     f"{classes}: use apgd or apgd+dlr")  # fmt: skip
+            count = min(self.targets, classes - 1)
+            score = -logits.detach().float()  # logits ranking: the highest logit first
+            if self.ranking == "malt":
+                score = self._malt_scores(logits, xg, y, threat)
+            score = score.scatter(1, y[:, None], float("inf"))  # never the true class
+            return score.argsort(dim=1)[:, :count]
+
+    @staticmethod
+    def _malt_scores(logits: Tensor, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """MALT's score per class: the logit gap to the true class over the dual norm of its input gradient."""
+        gap = logits.gather(1, y[:, None]) - logits  # (N, C): z_y - z_t
+        dual = 1 if threat.norm == "linf" else 2
+        scores = []
+        for t in range(logits.shape[1]):
+            grad = torch.autograd.grad(gap[:, t].sum(), x, retain_graph=t < logits.shape[1] - 1)[0]
+            scores.append(gap[:, t].detach().float() / grad.flatten(1).float().norm(p=dual, dim=1).clamp_min(1e-12))
+        return torch.stack(scores, dim=1)
+
+
+__all__ = ["RANKINGS", "APGD", "APGDTargeted", "checkpoints"]
