@@ -113,3 +113,123 @@ def test_knn_n_beyond_the_train_split_is_refused(tmp_path, cli_error):
         KNNMonitor.from_datasets(small, small, 51)
     cli_error(["ssl", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "64", "--epochs", "1", "--knn-n",
                "100000", "--no-progress", "--out", tmp_path / "ssl"], "--knn-n 100000", "60000")  # fmt: skip
+
+
+# --- report, compare and zoo on damaged files: one line, exit 2 ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """A finished (small) evaluation run folder."""
+    from robustlab.eval import DataSource, EvalConfig, run_evaluation
+
+    out = tmp_path_factory.mktemp("runs") / "ev"
+    config = EvalConfig(eps=0.1, attacks="fgsm", sanity_n=0, plots=False)
+    run_evaluation("zoo:fmnist-cnn", DataSource("fashion-mnist", n=16), config, out)
+    return out
+
+
+def _damaged(eval_run, tmp_path, name: str, change) -> str:
+    import json
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(eval_run, folder)
+    data = json.loads((folder / "report.json").read_text())
+    (folder / "report.json").write_text(json.dumps(change(data)))
+    return str(folder)
+
+
+def _set_first_result(field: str, value):
+    def change(data):
+        data["results"][0][field] = value
+        return data
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda d: 5, ["holds int 5", "not a robustlab report"]),
+        (lambda d: None, ["holds null"]),
+        (lambda d: {**d, "threat": "linf"}, ["incomplete or damaged"]),
+    ],
+)
+def test_report_on_a_damaged_report_json_is_one_line(change, words, eval_run, tmp_path, cli_error):
+    cli_error(["report", _damaged(eval_run, tmp_path, "run", change)], *words)
+
+
+def test_report_into_a_folder_it_cannot_write_is_one_line(eval_run, tmp_path, cli_error, monkeypatch):
+    import robustlab.reports.rebuild as rebuild
+
+    folder = _damaged(eval_run, tmp_path, "run", lambda d: d)
+    monkeypatch.setattr(rebuild.os, "access", lambda path, mode: False)  # read-only (root writes anyway)
+    cli_error(["report", folder], "cannot write into", "read-only")
+    monkeypatch.undo()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rebuild, "atomic_write_bytes", denied)
+    cli_error(["report", folder], "cannot write into", "Permission denied")
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda d: None, ["holds null"]),
+        (_set_first_result("eps", "abc"), ["malformed field"]),
+        (_set_first_result("clean_accuracy", "0.9"), ["clean accuracy as '0.9'", "not a number"]),
+    ],
+)
+def test_compare_on_a_damaged_report_json_is_one_line(change, words, eval_run, tmp_path, cli_error):
+    line = cli_error(["compare", _damaged(eval_run, tmp_path, "bad", change), eval_run], *words)
+    assert "bad/report.json" in line  # which run is damaged
+
+
+def test_compare_out_that_cannot_be_a_folder_is_one_line(eval_run, tmp_path, cli_error, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    cli_error(["compare", eval_run, eval_run, "--out", tmp_path / "a_file"], "is a file")
+    cli_error(["compare", eval_run, eval_run, "--out", tmp_path / "a_file" / "sub"], "lies under the file")
+    import robustlab.reports.compare as compare
+
+    monkeypatch.setattr(compare.os, "access", lambda path, mode: False)
+    cli_error(["compare", eval_run, eval_run, "--out", tmp_path / "new"], "not writable")
+
+
+@pytest.fixture
+def zoo_dir(tmp_path, monkeypatch):
+    """An empty folder as the zoo (``zoo.json`` written by the test); the zoo index is re-read before and after."""
+    import robustlab.models.loader as loader
+
+    monkeypatch.setattr(loader, "ZOO_DIR", tmp_path)
+    loader.zoo_index.cache_clear()
+    yield tmp_path
+    loader.zoo_index.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"fmnist-cnn": {"arch": "cnn"', ["zoo.json is damaged"]),
+        ('{"fmnist-cnn": {"arch": "cnn", "dataset": "fashion-mnist"}}', ["'fmnist-cnn' lacks the field 'checkpoint'"]),
+        ('["fmnist-cnn"]', ["holds list"]),
+    ],
+)
+def test_a_damaged_zoo_json_is_one_line_naming_the_file_and_field(text, words, zoo_dir, cli_error):
+    (zoo_dir / "zoo.json").write_text(text)
+    cli_error(["zoo"], "zoo.json", *words)
+    cli_error(["eval", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "4", "--eps", "0.1",
+               "--attacks", "fgsm", "--sanity-n", "0"], "zoo.json", *words)  # fmt: skip
+
+
+def test_zoo_lists_an_entry_without_figures(zoo_dir, capsys):
+    import json
+
+    from robustlab.cli import main
+
+    (zoo_dir / "zoo.json").write_text(json.dumps({"mine": {"arch": "cnn", "checkpoint": "m.pt", "dataset": "mnist",
+                                                           "robust_accuracy": {"value": 0.5}}}))  # fmt: skip
+    assert main(["zoo"]) == 0
+    assert "| zoo:mine | cnn  | mnist   | -     | -" in capsys.readouterr().out

@@ -21,8 +21,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _percent(value: Any) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
 def robust_figure(meta: dict[str, Any]) -> str:
-    """The recorded robust accuracy in a few words (attack, norm, eps, n), or '-'."""
+    """The recorded robust accuracy in a few words (attack, norm, eps, n), or '-' (also for a figure recorded
+    without its attack, norm, eps or n)."""
+    try:
+        return _robust_figure(meta)
+    except (KeyError, TypeError, ValueError):
+        return "-"
+
+
+def _robust_figure(meta: dict[str, Any]) -> str:
     robust, other = meta.get("robust_accuracy"), meta.get("robustness")
     if isinstance(robust, dict):
         text = f"{100 * robust['value']:.1f} % ({robust['attack']}, {robust['norm']} {robust['eps']}, n={robust['n']})"
@@ -40,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(index, indent=2))
         return 0
     rows = [
-        [f"zoo:{name}", meta["arch"], meta["dataset"], f"{100 * meta['test_accuracy']:.1f} %", robust_figure(meta),
+        [f"zoo:{name}", meta["arch"], meta["dataset"], _percent(meta.get("test_accuracy")), robust_figure(meta),
          meta.get("training", "-")]
         for name, meta in sorted(index.items())
     ]  # fmt: skip

@@ -30,11 +30,32 @@ log = logging.getLogger(__name__)
 ZOO_DIR = Path(__file__).parent / "zoo"
 
 
+ZOO_FIELDS = ("arch", "checkpoint", "dataset")  # what every zoo entry needs to be loaded
+
+
 @cache
 def zoo_index() -> dict[str, dict[str, Any]]:
-    """The embedded zoo's metadata, ``{name: {...}}`` (from ``models/zoo/zoo.json``)."""
+    """The embedded zoo's metadata, ``{name: {...}}`` (from ``models/zoo/zoo.json``); one error line naming the
+    file and the field for a damaged file or an entry without what loading it needs."""
     path = ZOO_DIR / "zoo.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    fix = "restore it from the robustlab release (git checkout or reinstall)"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RobustlabError(f"{path} is damaged ({str(exc).splitlines()[0][:80]}); {fix}") from None
+    if not isinstance(index, dict):
+        raise RobustlabError(f"{path} holds {type(index).__name__}, not {{name: entry}}; {fix}")
+    for name, meta in index.items():
+        if not isinstance(meta, dict):
+            raise RobustlabError(f"{path}: entry {name!r} is {type(meta).__name__}, not an object; {fix}")
+        bad = next((f for f in ZOO_FIELDS if not isinstance(meta.get(f), str) or not meta[f]), None)
+        if bad is not None:
+            raise RobustlabError(f"{path}: entry {name!r} lacks the field {bad!r} (or it is not a name); {fix}")
+        if not isinstance(meta.get("arch_kwargs", {}), dict):
+            raise RobustlabError(f"{path}: entry {name!r} has a field 'arch_kwargs' that is not an object; {fix}")
+    return index
 
 
 def build_model(

@@ -10,7 +10,8 @@ from typing import Any
 
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes, markdown_table
-from robustlab.reports.html import read_report, report_kind
+from robustlab.reports.html import report_kind
+from robustlab.reports.rebuild import load_report, writing_into
 
 Figure = tuple[float, list[float] | None]  # a fraction in [0, 1] and its 95 % interval, if the report has one
 
@@ -64,10 +65,25 @@ def headline_figures(data: dict[str, Any]) -> dict[str, Figure]:
     kind = report_kind(data)
     try:
         if kind in ("eval", "attack", "transfer"):
-            return {"eval": _eval_figures, "attack": _attack_figures, "transfer": _transfer_figures}[kind](data)
-        return _training_figures(data)
-    except (KeyError, TypeError, IndexError) as exc:
-        raise RobustlabError(f"report.json of this {kind} run lacks {exc!r}; run the command again") from None
+            figures = {"eval": _eval_figures, "attack": _attack_figures, "transfer": _transfer_figures}[kind](data)
+        else:
+            figures = _training_figures(data)
+    except KeyError as exc:
+        raise RobustlabError(f"report.json of this {kind} run lacks {exc}; run the command again") from None
+    except (TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise RobustlabError(f"report.json of this {kind} run has a malformed field ({exc}); run it again") from None
+    for metric, (value, ci) in figures.items():
+        interval_ok = ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci)))
+        if not _is_number(value) or not interval_ok:
+            raise RobustlabError(
+                f"report.json of this {kind} run gives {metric} as {value!r} (interval {ci!r}), not a number; run "
+                "the command again"
+            )
+    return figures
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -124,21 +140,41 @@ def compare_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike | Non
     """Read each run folder's ``report.json``; with ``out``, write ``compare.md`` and ``compare.png`` there."""
     if len(run_dirs) < 2:
         raise RobustlabError("give two or more run folders to compare")
+    if out is not None:
+        _check_out(Path(out))
     paths = [Path(d) for d in run_dirs]
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # the same folder name in several places: the paths tell them apart
         names = [str(p) for p in paths]
-    reports = [read_report(p) for p in paths]
-    figures = {name: headline_figures(data) for name, data in zip(names, reports)}
+    reports = [load_report(p) for p in paths]
+    figures = {}
+    for name, path, data in zip(names, paths, reports):
+        try:
+            figures[name] = headline_figures(data)
+        except RobustlabError as exc:
+            raise RobustlabError(f"{path / 'report.json'}: {exc}") from None
     metrics = list(dict.fromkeys(m for f in figures.values() for m in f))
     comparison = Comparison(names, [report_kind(d) for d in reports], metrics, figures)
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        comparison.files = {"markdown": str(out / "compare.md"), "plot": str(out / "compare.png")}
-        atomic_write_bytes(out / "compare.md", comparison.to_markdown().encode())
-        comparison.plot(out / "compare.png")
+        with writing_into(out):
+            out.mkdir(parents=True, exist_ok=True)
+            comparison.files = {"markdown": str(out / "compare.md"), "plot": str(out / "compare.png")}
+            atomic_write_bytes(out / "compare.md", comparison.to_markdown().encode())
+            comparison.plot(out / "compare.png")
     return comparison
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder robustlab can create or write into: one error line before any report is read."""
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"lies under the file {parent}"
+            raise RobustlabError(f"--out {out} {where}; give a folder (compare.md and compare.png go there)")
+        if parent.exists():
+            if not os.access(parent, os.W_OK):
+                raise RobustlabError(f"--out {out}: {parent} is not writable; give a folder you can write into")
+            return
 
 
 __all__ = ["Comparison", "compare_runs", "headline_figures"]
