@@ -178,3 +178,45 @@ def test_chance_level_clean_accuracy_is_flagged_in_the_report_and_on_the_termina
 
     saved = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert "clean_accuracy_at_chance" in saved["sanity_fired"]
+
+
+# --- unclear messages ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_a_model_trained_from_a_timm_spec_reloads_from_its_run_folder(tmp_path):
+    """The model file records arch 'timm:NAME'; it used to be imported as a module ("cannot import 'timm:...'")."""
+    import timm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(timm.create_model("resnet10t", pretrained=False, num_classes=10).state_dict(), tmp_path / "w.pt")
+    net = load_model("timm:resnet10t", tmp_path / "w.pt")
+    (tmp_path / "run").mkdir()
+    save_model(tmp_path / "run" / "model.pt", net, "timm:resnet10t", input_shape=(3, 32, 32))
+    again = load_model(str(tmp_path / "run"))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(again(x), net(x))
+
+
+def test_a_truncated_model_file_is_called_truncated_not_torchscript(tmp_path, cli_error):
+    (tmp_path / "run").mkdir()
+    _model_file(tmp_path / "run" / "model.pt", "zoo:fmnist-cnn")
+    whole = (tmp_path / "run" / "model.pt").read_bytes()
+    (tmp_path / "run" / "model.pt").write_bytes(whole[: len(whole) // 2])  # a kill in the middle of a copy
+    line = cli_error([*EVAL, "--model", tmp_path / "run", "--dataset", "fashion-mnist"], "truncated or corrupt",
+                     "save it again, or re-train")  # fmt: skip
+    assert "TorchScript" not in line
+
+
+def test_attacking_a_bare_architecture_warns_that_its_weights_are_random(tmp_path, caplog, capsys):
+    from robustlab.cli import main
+
+    argv = ["attack", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "4", "--eps", "0.1", "--attack", "fgsm",
+            "--no-progress", "--out", tmp_path / "a"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    assert "cnn is an untrained architecture: its weights are random" in caplog.text and "cnn@FILE" in caplog.text
+    caplog.clear()
+    assert main([str(a) for a in [*argv[:-1], tmp_path / "b", "--model", "zoo:fmnist-cnn"]]) == 0
+    assert "untrained" not in caplog.text

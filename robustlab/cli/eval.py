@@ -126,6 +126,14 @@ def print_report(report: EvalReport) -> None:
     ]
     print(markdown_table(["eps", "clean %", *[f"after {a} %" for a in names], "robust %", "ICR mean"], rows))
     print(f"95 % Clopper-Pearson intervals, n = {report.n}; {report.protocol_text()}")
+    if report.cost:  # the cost of the answer: images forward / input gradients backward, all ranks
+        passes = [[f"{e.eps:.4g}", a, f"{e.attacks[a].seconds:.2f}", e.attacks[a].forward_passes,
+                   e.attacks[a].backward_passes] for e in report.results for a in names]  # fmt: skip
+        print(markdown_table(["eps", "attack", "seconds", "forward passes", "backward passes"], passes))
+        parts = ", ".join(f"{k} {v['forward_passes']}/{v['backward_passes']}" for k, v in report.cost.items()
+                          if isinstance(v, dict))  # fmt: skip
+        print(f"cost: {report.cost['forward_passes']} forward, {report.cost['backward_passes']} backward passes "
+              f"(forward/backward: {parts})")  # fmt: skip
     print(f"headline: {report.headline_text()}")
     for added, why in report.adaptive.get("added", {}).items():
         print(f"added {added}: {why}")

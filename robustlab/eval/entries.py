@@ -62,12 +62,15 @@ class AttackStats:
     topk: TopKStats
     robust_accuracy_alone: float | None = None  # only when the attack ran on every sample
     robust_accuracy_after_ci: list[float] | None = None  # 95 % Clopper-Pearson over the entry's n
+    forward_passes: int = 0  # images the attack ran forward through the model (all shards; 0 in older reports)
+    backward_passes: int = 0  # images whose input gradient it took
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "robust_accuracy_after": self.robust_accuracy_after,
             "robust_accuracy_after_ci": self.robust_accuracy_after_ci, "attacked": self.attacked,
             "broken": self.broken, "seconds": self.seconds, "topk": self.topk.to_dict(),
+            "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
         }  # fmt: skip
         if self.robust_accuracy_alone is not None:
             out["robust_accuracy_alone"] = self.robust_accuracy_alone
@@ -77,7 +80,8 @@ class AttackStats:
     def from_dict(cls, d: dict[str, Any]) -> AttackStats:
         return cls(
             d["robust_accuracy_after"], d["attacked"], d["broken"], d["seconds"], TopKStats.from_dict(d["topk"]),
-            d.get("robust_accuracy_alone"), d.get("robust_accuracy_after_ci"),
+            d.get("robust_accuracy_alone"), d.get("robust_accuracy_after_ci"), d.get("forward_passes", 0),
+            d.get("backward_passes", 0),
         )  # fmt: skip
 
 
@@ -99,6 +103,7 @@ class EpsEntry:
     intervals: dict[str, list[float]] = field(default_factory=dict)  # 95 % Clopper-Pearson of clean and robust
     per_class: dict[str, list[int]] = field(default_factory=dict)  # counts per class: n, clean_correct, robust
     carried: int = 0  # nested eps: samples broken at a smaller eps (counted broken here, not attacked)
+    clean_passes: int = 0  # images the evaluator ran forward itself (clean predictions, judging); 0 in older reports
 
     @classmethod
     def from_result(cls, eps: float, result: EvalResult, ks: Sequence[int] | None = None) -> EpsEntry:
@@ -116,14 +121,15 @@ class EpsEntry:
             attacks[name] = AttackStats(
                 s["robust_accuracy_after"], s["attacked"], s["broken"], s["seconds"],
                 TopKStats.from_dict(topk["attacks"][name]), alone,
-                list(clopper_pearson(int(result.robust_after[name].sum()), n)),
+                list(clopper_pearson(int(result.robust_after[name].sum()), n)), s["forward_passes"],
+                s["backward_passes"],
             )  # fmt: skip
         return cls(
             eps, summary["n"], summary["clean_accuracy"], summary["robust_accuracy"],
             summary["attack_success_rate"], attacks, TopKStats.from_dict(topk["worst_case"]), topk["ks"],
             topk["scope"], summary["nonfinite"], ci,
             per_class(result.labels, result.clean_correct, robust, result.clean_logits.shape[1]),
-            int(result.carried.sum()) if result.carried is not None else 0,
+            int(result.carried.sum()) if result.carried is not None else 0, result.clean_passes,
         )  # fmt: skip
 
     def weakest_classes(self, names: Sequence[str], count: int = 3) -> list[tuple[str, float, int]]:
@@ -140,6 +146,7 @@ class EpsEntry:
             "nonfinite": self.nonfinite, "attacks": {a: s.to_dict() for a, s in self.attacks.items()},
             "worst_case_topk": self.worst_case_topk.to_dict(), "topk_ks": self.topk_ks, "topk_scope": self.topk_scope,
             "intervals": self.intervals, "per_class": self.per_class, "carried": self.carried,
+            "clean_passes": self.clean_passes,
         }  # fmt: skip
 
     @classmethod
@@ -148,7 +155,7 @@ class EpsEntry:
             d["eps"], d["n"], d["clean_accuracy"], d["robust_accuracy"], d["attack_success_rate"],
             {a: AttackStats.from_dict(s) for a, s in d["attacks"].items()}, TopKStats.from_dict(d["worst_case_topk"]),
             list(d["topk_ks"]), d["topk_scope"], list(d.get("nonfinite", [])), d.get("intervals", {}),
-            d.get("per_class", {}), d.get("carried", 0),
+            d.get("per_class", {}), d.get("carried", 0), d.get("clean_passes", 0),
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.eval.progress import NoProgress, SampleProgress, sample_progress
 from robustlab.eval.result import EvalResult
 from robustlab.io import atomic_torch_save, safe_load
+from robustlab.models.counting import counted_model
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,8 @@ class Evaluator:
         is never above separate either way."""
         x, y = as_batch(model, *as_data((x, y)))
         self.threat.check_inputs(x)
-        clean_logits = self.predict(model, x, y) if prior is None else prior.clean_logits.to(x.device)
+        with counted_model(model) as (counted, judging):  # the evaluator's own passes: clean and judging
+            clean_logits = self.predict(counted, x, y) if prior is None else prior.clean_logits.to(x.device)
         check_labels(y, clean_logits.shape[1])
         correct = top1_correct(clean_logits, y)
         result = EvalResult(y.cpu(), clean_logits.cpu(), correct.cpu())
@@ -199,10 +201,13 @@ class Evaluator:
             success, criterion = torch.zeros_like(robust), torch.zeros_like(robust)
             logits = clean_logits.clone()
             start = time.perf_counter()
+            result.forward_passes[name] = result.backward_passes[name] = 0
             if idx.numel():
-                with self._bar.attack(model, name, attack, idx.numel()):
-                    out = attack(model, x[idx], y[idx], self.threat)
-                judged = out.logits if self.predictions == 1 else self.predict(model, out.x_adv, y[idx])
+                with self._bar.attack(model, name, attack, idx.numel()), counted_model(model) as (counted, passes):
+                    out = attack(counted, x[idx], y[idx], self.threat)
+                result.forward_passes[name], result.backward_passes[name] = passes.forward, passes.backward
+                with counted_model(model, judging) as (counted, _):
+                    judged = out.logits if self.predictions == 1 else self.predict(counted, out.x_adv, y[idx])
                 # the headline is top-1 at x_adv, whatever criterion the attack optimised (top-k, targeted)
                 success[idx] = correct[idx] & ~top1_correct(judged.to(success.device), y[idx])
                 criterion[idx] = out.success.to(success.device) & correct[idx]
@@ -220,6 +225,7 @@ class Evaluator:
             result.adv_logits[name] = logits.cpu()
             result.robust_after[name] = (robust & ~carried).cpu()
         result.x_adv = x_adv.cpu() if x_adv is not None else None
+        result.clean_passes = judging.forward
         return result
 
     @property
@@ -312,6 +318,9 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
         merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
         merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
         merged.seconds[name] = sum(p.seconds[name] for p in parts)
+        merged.forward_passes[name] = sum(p.forward_passes.get(name, 0) for p in parts)  # summed over shards too
+        merged.backward_passes[name] = sum(p.backward_passes.get(name, 0) for p in parts)
+    merged.clean_passes = sum(p.clean_passes for p in parts)
     if all(p.x_adv is not None for p in parts):
         merged.x_adv = cat([p.x_adv for p in parts])  # type: ignore[misc]
     if all(p.carried is not None for p in parts):

@@ -29,6 +29,29 @@ def _ci(value: float, bounds: list[float] | None) -> str:
     return format_interval(value, bounds)
 
 
+def _passes(flag: Flag) -> str:
+    return f" ({flag.forward_passes} forward, {flag.backward_passes} backward passes)"
+
+
+COST_PARTS = ("clean", "attacks", "sanity", "setup")
+
+
+def run_cost(results: list[EpsEntry], sanity: list[Flag] | None, setup: dict[str, int] | None = None) -> dict:
+    """A run's passes (images forward, input gradients backward) by part and in total: the evaluator's clean
+    predictions, the attacks (every eps), the sanity checks and the setup (probing the model, the adaptive plan)."""
+    zero = {"forward_passes": 0, "backward_passes": 0}
+    attacks = [(s.forward_passes, s.backward_passes) for e in results for s in e.attacks.values()]
+    parts = {
+        "clean": {"forward_passes": sum(e.clean_passes for e in results), "backward_passes": 0},
+        "attacks": {"forward_passes": sum(f for f, _ in attacks), "backward_passes": sum(b for _, b in attacks)},
+        "sanity": {"forward_passes": sum(f.forward_passes for f in sanity or []),
+                   "backward_passes": sum(f.backward_passes for f in sanity or [])},
+        "setup": {**zero, **(setup or {})},
+    }  # fmt: skip
+    total = {k: sum(part[k] for part in parts.values()) for k in zero}
+    return {**total, **parts}
+
+
 @dataclass
 class EvalReport:
     """What ``robustlab eval`` (and :func:`~robustlab.eval.run_evaluation`) reports; renders itself."""
@@ -57,6 +80,7 @@ class EvalReport:
     judgement: dict[str, Any] = field(default_factory=lambda: {"predictions": 1, "vote": "mean"})
     min_eps: dict[str, int] = field(default_factory=dict)  # samples per smallest breaking eps ("none": robust)
     runtime: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> memory format, precision it ran with
+    cost: dict[str, Any] = field(default_factory=dict)  # passes of the whole run (see run_cost); {} in older reports
 
     @property
     def headline_note(self) -> str:
@@ -82,7 +106,7 @@ class EvalReport:
             "sanity_fired": self.sanity_fired, "world_size": self.world_size, "config": self.config,
             "wall_time_s": self.wall_time_s, "environment": self.environment, "files": self.files,
             "eps_protocol": self.protocol, "class_names": self.class_names, "adaptive": self.adaptive,
-            "judgement": self.judgement, "min_eps": self.min_eps, "runtime": self.runtime,
+            "judgement": self.judgement, "min_eps": self.min_eps, "runtime": self.runtime, "cost": self.cost,
         }  # fmt: skip
 
     @classmethod
@@ -96,6 +120,7 @@ class EvalReport:
                 d.get("wall_time_s", 0.0), d.get("environment", {}), d.get("files", {}), 0,
                 d.get("eps_protocol", "separate"), d.get("class_names", []), d.get("adaptive", {}),
                 d.get("judgement", {"predictions": 1, "vote": "mean"}), d.get("min_eps", {}), d.get("runtime", {}),
+                d.get("cost", {}),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise RobustlabError(f"not a robustlab evaluation report (missing or bad {exc})") from None
@@ -160,17 +185,35 @@ class EvalReport:
             "ASR denominators and top-k robust samples are only the samples attacked (clean top-1 correct)."
         )
         lines += ["## Top-k", "", scope, "", markdown_table([*headers, "median"], topk_rows), ""]
+        counted = bool(self.cost)  # older reports hold no pass counts
         times = [
             [f"{e.eps:.4g}", a, e.attacks[a].attacked, f"{e.attacks[a].seconds:.2f}"]
+            + ([e.attacks[a].forward_passes, e.attacks[a].backward_passes] if counted else [])
             for e in self.results
             for a in names
         ]
-        lines += ["## Time", "", markdown_table(["eps", "attack", "samples attacked", "seconds"], times), ""]
+        headers = ["eps", "attack", "samples attacked", "seconds"] + (["forward passes", "backward passes"] * counted)
+        lines += ["## Time", "", markdown_table(headers, times), ""]
+        if counted:
+            lines += self.cost_lines()
         if self.sanity is not None:
             lines += ["## Sanity checks", ""]
-            lines += [f"- {'**FLAG**' if f.fired else 'ok'} `{f.name}`: {f.message}" for f in self.sanity]
+            lines += [f"- {'**FLAG**' if f.fired else 'ok'} `{f.name}`: {f.message}{_passes(f) if counted else ''}"
+                      for f in self.sanity]  # fmt: skip
             lines.append("")
         return "\n".join(lines)
+
+    def cost_lines(self) -> list[str]:
+        """``## Cost``: the run's forward and backward passes (images) by part, summed over torchrun ranks."""
+        rows = [
+            [part, self.cost[part]["forward_passes"], self.cost[part]["backward_passes"]]
+            for part in COST_PARTS
+            if part in self.cost
+        ]
+        rows.append(["**total**", self.cost["forward_passes"], self.cost["backward_passes"]])
+        text = ("Images through the model forward and input gradients taken backward (a batch of 256 counts 256; "
+                "restarts, EOT draws and every torchrun rank included); clean: the evaluator's own predictions.")
+        return ["## Cost", "", text, "", markdown_table(["part", "forward passes", "backward passes"], rows), ""]
 
     def protocol_text(self) -> str:
         if self.protocol == "nested":
@@ -253,4 +296,4 @@ class EvalReport:
         return files
 
 
-__all__ = ["AttackStats", "EpsEntry", "EvalReport", "TopKStats", "plot_icr_histogram", "plot_robust_vs_eps"]
+__all__ = ["AttackStats", "EpsEntry", "EvalReport", "TopKStats", "run_cost", "plot_icr_histogram", "plot_robust_vs_eps"]

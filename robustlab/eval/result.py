@@ -28,6 +28,9 @@ class EvalResult:
     x_adv: Tensor | None = None  # (N, ...): the worst-case adversarial input per sample, if kept
     carried: Tensor | None = None  # bool (N,): nested eps: broken at a smaller eps, so here too (not attacked)
     carried_logits: Tensor | None = None  # (N, C): nested eps: logits at the example that broke it there
+    forward_passes: dict[str, int] = field(default_factory=dict)  # images each attack ran forward through the model
+    backward_passes: dict[str, int] = field(default_factory=dict)  # images whose input gradient each attack took
+    clean_passes: int = 0  # images the evaluator itself ran forward: clean predictions, judging repeated passes
 
     @property
     def n(self) -> int:
@@ -90,6 +93,8 @@ class EvalResult:
             state.update(carried=self.carried, carried_logits=self.carried_logits)
         for k in ("attacked", "success", "criterion", "adv_logits", "robust_after", "seconds"):
             state[k] = dict(getattr(self, k))
+        state.update(forward_passes=dict(self.forward_passes), backward_passes=dict(self.backward_passes))
+        state["clean_passes"] = self.clean_passes
         return state
 
     @classmethod
@@ -111,6 +116,8 @@ class EvalResult:
                     "attacked": int(self.attacked[name].sum().item()),
                     "broken": int(self.success[name].sum().item()),
                     "seconds": round(self.seconds[name], 4),
+                    "forward_passes": int(self.forward_passes.get(name, 0)),
+                    "backward_passes": int(self.backward_passes.get(name, 0)),
                 }
                 for name in self.success
             },

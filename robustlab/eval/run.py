@@ -26,6 +26,7 @@ from robustlab.distributed import (
     broadcast_object,
     current_shard,
     finish,
+    gather_to_main,
     init_distributed,
     shard_device,
 )
@@ -34,7 +35,7 @@ from robustlab.eval.adaptive import MODES, AdaptivePlan, plan_adaptive
 from robustlab.eval.evaluator import VOTES, EvalResult, Evaluator, gather_batches, merge_batches
 from robustlab.eval.metrics import class_names
 from robustlab.eval.progress import EvalProgress
-from robustlab.eval.report import EpsEntry, EvalReport
+from robustlab.eval.report import EpsEntry, EvalReport, run_cost
 from robustlab.eval.sanity import Flag, eps_curve_flag, run_sanity_checks
 from robustlab.eval.sources import (
     Data,
@@ -50,6 +51,7 @@ from robustlab.eval.sources import (
 )
 from robustlab.io import atomic_torch_save, environment, write_json
 from robustlab.models.bpda import bpda, check_modules
+from robustlab.models.counting import PassCount, count_passes, countable
 from robustlab.reports.html import write_html
 from robustlab.runs import RunFolder, text_digest
 from robustlab.threat import ThreatModel
@@ -189,7 +191,9 @@ def run_evaluation(
         device = shard_device(device, shard)
         module, model_name, model_key = resolve_model(model, device)
         data, data_name, split, data_key = resolve_data(dataset)
-        probe(module, data, device, config.topk)
+        setup = PassCount()  # this rank's passes outside the evaluator and the sanity checks (TorchScript: uncounted)
+        with count_passes(module, setup) if countable(module) else contextlib.nullcontext():
+            probe(module, data, device, config.topk)
         check_modules(module, config.bpda)
         surrogate = resolve_model(config.surrogate, device)[0] if config.surrogate is not None else None
         fingerprint = {**model_key, **data_key, **config.fingerprint(attacks)}
@@ -203,7 +207,7 @@ def run_evaluation(
         )  # fmt: skip
         with folder, bpda(module, config.bpda):
             path = Path(out) if out is not None else None
-            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate)
+            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate, setup)
             report = _evaluate(module, data, config, {**attacks, **plan.attacks}, path, shard, device, progress, plan)
             report.sanity = sanity
             if sanity is not None and len(report.results) > 1:
@@ -218,6 +222,10 @@ def run_evaluation(
                     log.warning(chance.message)
                     report.sanity = [*(report.sanity or []), chance]
             report.world_size, report.rank, report.environment = shard.world, shard.rank, environment(command_line)
+            setups = gather_to_main(setup.to_dict(), shard)  # every rank probes and plans: summed on rank 0
+            if setups is not None:
+                report.cost = run_cost(report.results, sanity, sum((PassCount.from_dict(s) for s in setups),
+                                                                   PassCount()).to_dict())  # fmt: skip
             report.wall_time_s = round(time.time() - started, 3)
             if path is not None and shard.is_main:
                 report.files = {"results": str(path / "results.pt")}
@@ -232,7 +240,7 @@ def run_evaluation(
 
 def _adapt(
     model: nn.Module, data: Data, config: EvalConfig, attacks: dict[str, Any], out: Path | None, shard: Shard,
-    device: torch.device, fingerprint: dict, surrogate: nn.Module | None,
+    device: torch.device, fingerprint: dict, surrogate: nn.Module | None, setup: PassCount | None = None,
 ) -> tuple[AdaptivePlan, list[Flag] | None]:  # fmt: skip
     """The sanity checks (rank 0, before any attack) and the adaptive attacks they call for, on every rank."""
     threat = ThreatModel(config.norm, max(config.eps), config.bounds)
@@ -242,7 +250,8 @@ def _adapt(
     flags = broadcast_object(None if flags is None else [f.to_dict() for f in flags], shard)
     flags = None if flags is None else [Flag(**f) for f in flags]
     x, y = first_batch(data, min(8, config.sanity_n or 8))
-    plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate)
+    with count_passes(model, setup) if setup is not None and countable(model) else contextlib.nullcontext():
+        plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate)
     if plan.attacks:
         log.info("adaptive attacks added for flags %s: %s", plan.fired, list(plan.attacks))
     return plan, flags

@@ -22,6 +22,7 @@ from robustlab.attacks.presets import PGD
 from robustlab.attacks.protocol import frozen_parameters, model_logits
 from robustlab.eval.evaluator import Evaluator
 from robustlab.losses import cross_entropy
+from robustlab.models.counting import counted_model
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Flag:
-    """The outcome of one check: ``fired`` when the check found a warning sign; ``values`` back it up."""
+    """The outcome of one check: ``fired`` when the check found a warning sign; ``values`` back it up; the passes
+    are what the check cost (images forward, input gradients backward; 0 in older reports)."""
 
     name: str
     fired: bool
     message: str
     values: dict[str, Any] = field(default_factory=dict)
+    forward_passes: int = 0
+    backward_passes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,16 +192,23 @@ def run_sanity_checks(
     tolerance: float = 0.02,
     seed: int = 0,
 ) -> list[Flag]:
-    """All checks on ``(x, y)`` (keep it small: about a hundred samples), cheapest first."""
-    return [
-        check_train_mode(model),
-        check_randomness(model, x),
-        check_gradients(model, x, y),
-        check_eps_zero(model, x, y, threat),
-        check_more_steps(model, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
-        check_eps_monotone(model, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
-        check_blackbox(model, x, y, threat, steps=steps, queries=queries, tolerance=tolerance, seed=seed),
+    """All checks on ``(x, y)`` (keep it small: about a hundred samples), cheapest first, each with its passes."""
+    checks = [
+        lambda m: check_train_mode(m),
+        lambda m: check_randomness(m, x),
+        lambda m: check_gradients(m, x, y),
+        lambda m: check_eps_zero(m, x, y, threat),
+        lambda m: check_more_steps(m, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
+        lambda m: check_eps_monotone(m, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
+        lambda m: check_blackbox(m, x, y, threat, steps=steps, queries=queries, tolerance=tolerance, seed=seed),
     ]
+    flags = []
+    for check in checks:
+        with counted_model(model) as (counted, passes):
+            flag = check(counted)
+        flag.forward_passes, flag.backward_passes = passes.forward, passes.backward
+        flags.append(flag)
+    return flags
 
 
 __all__ = [

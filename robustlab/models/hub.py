@@ -160,7 +160,6 @@ def load_timm(
     """A timm architecture (weights from ``checkpoint``, never the hub) behind timm's own normalisation."""
     timm = _require("timm", f"timm:{name}")
     from robustlab.models.loader import load_checkpoint, load_weights
-    from robustlab.models.normalize import DATASET_STATS, Normalize
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -168,15 +167,36 @@ def load_timm(
         raise RobustlabError(f"timm has no model {name!r}; {hint}")
     if num_classes is None and checkpoint is not None:
         num_classes = _head_size(load_checkpoint(checkpoint, trust), timm, name)
-    net = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean, std = cfg.get("mean") or DATASET_STATS["imagenet"][0], cfg.get("std") or DATASET_STATS["imagenet"][1]
-    model = Normalize(net, mean, std)
+    model = _timm_network(timm, name, num_classes)
     if checkpoint is None:
         log.warning("timm:%s has random weights; pass its weights as --checkpoint", name)
     else:
         load_weights(model, checkpoint, trust)
     return model.eval()
+
+
+def _timm_network(timm: ModuleType, name: str, num_classes: int | None, mean: Any = None, std: Any = None) -> nn.Module:
+    """timm's ``name`` without weights, behind its own normalisation (or ``mean``/``std``)."""
+    from robustlab.models.normalize import DATASET_STATS, Normalize
+
+    net = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean = mean or cfg.get("mean") or DATASET_STATS["imagenet"][0]
+    return Normalize(net, mean, std or cfg.get("std") or DATASET_STATS["imagenet"][1])
+
+
+def build_hub_network(spec: str, num_classes: int | None = None, mean: Any = None, std: Any = None) -> nn.Module:
+    """The untrained network of ``timm:NAME`` or ``robustbench:NAME``, for a robustlab model file trained from it
+    (its weights then come from the file: nothing is downloaded, no weights folder is needed)."""
+    kind, _, name = spec.partition(":")
+    if kind == "timm":
+        timm = _require("timm", spec)
+        if not timm.is_model(name):
+            raise RobustlabError(f"timm has no model {name!r}; this model file needs the timm it was saved with")
+        return _timm_network(timm, name, num_classes, mean, std)
+    model_dicts, benchmark_dataset, threat_model, _ = _robustbench_zoo()
+    dataset, threat, model = robustbench_entry(name)
+    return model_dicts[benchmark_dataset(dataset)][threat_model(threat)][model]["model"]()
 
 
 def _head_size(obj: Any, timm: ModuleType, name: str) -> int | None:
@@ -192,6 +212,7 @@ def _head_size(obj: Any, timm: ModuleType, name: str) -> int | None:
 
 
 __all__ = [
+    "build_hub_network",
     "hub_domain",
     "is_hub_spec",
     "load_hub_model",

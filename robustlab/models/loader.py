@@ -93,13 +93,17 @@ def build_spec(
     dataset: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """An untrained network from what a model file records: an architecture name, ``torchvision:NAME`` or
-    ``package.module:factory``, with its classes and normalisation."""
+    """An untrained network from what a model file records: an architecture name, ``torchvision:NAME``,
+    ``timm:NAME``, ``robustbench:NAME`` or ``package.module:factory``, with its classes and normalisation."""
     if arch in ARCHITECTURES:
         return build_model(arch, dataset or "fashion-mnist", num_classes, mean=mean, std=std, input_shape=input_shape,
                            **kwargs)  # fmt: skip
     if arch.startswith("torchvision:"):
         return _load_torchvision(arch.removeprefix("torchvision:"), num_classes, mean, std)
+    if arch.startswith(("timm:", "robustbench:")):  # the other zoos' architectures, without their weights
+        from robustlab.models.hub import build_hub_network
+
+        return build_hub_network(arch, num_classes, mean, std)
     model = _load_factory(arch, num_classes)
     return Normalize(model, mean, std) if mean is not None and not isinstance(model, Normalize) else model
 
@@ -286,10 +290,27 @@ def _load_torchscript(spec: str) -> nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(spec, map_location="cpu")
     except RuntimeError as exc:
+        if _broken_archive(spec):
+            raise CheckpointError(
+                f"model file {spec!r} is truncated or corrupt (a torch.save archive that does not open: it was not "
+                "written completely); save it again, or re-train the run that wrote it"
+            ) from None
         raise CheckpointError(
             f"{spec!r} is not a TorchScript file ({str(exc).splitlines()[0][:100]}); for a state dict give the "
             "architecture as package.module:factory and the file as --checkpoint"
         ) from None
+
+
+def _broken_archive(path: str) -> bool:
+    """Whether ``path`` starts like a zip archive (what torch.save and TorchScript write) but does not open as one."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return True
 
 
 def model_arch(spec: str) -> tuple[str | None, str | None]:
