@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from robustlab.attacks.adapters import AutoAttack
 from robustlab.attacks.presets import PGD
 from robustlab.attacks.protocol import frozen_parameters, model_logits
-from robustlab.eval.evaluator import Evaluator
+from robustlab.eval.evaluator import Evaluator, as_found
 from robustlab.losses import cross_entropy
 from robustlab.models.counting import counted_model
 from robustlab.threat import ThreatModel
@@ -204,7 +204,7 @@ def run_sanity_checks(
     ]
     flags = []
     for check in checks:
-        with counted_model(model) as (counted, passes):
+        with as_found(model, x.device), counted_model(model) as (counted, passes):  # BatchNorm statistics kept
             flag = check(counted)
         flag.forward_passes, flag.backward_passes = passes.forward, passes.backward
         flags.append(flag)
