@@ -220,3 +220,33 @@ def test_attacking_a_bare_architecture_warns_that_its_weights_are_random(tmp_pat
     caplog.clear()
     assert main([str(a) for a in [*argv[:-1], tmp_path / "b", "--model", "zoo:fmnist-cnn"]]) == 0
     assert "untrained" not in caplog.text
+
+
+def test_resume_refuses_a_surrogate_changed_under_the_same_name(tmp_path):
+    config = EvalConfig(eps=0.1, attacks="fgsm", sanity_n=0, plots=False, surrogate=load_model("zoo:fmnist-mlp"))
+    run_evaluation("zoo:fmnist-cnn", FMNIST, config, tmp_path / "ev")
+    other = EvalConfig(eps=0.1, attacks="fgsm", sanity_n=0, plots=False, surrogate=load_model("zoo:fmnist-cnn-pgdat"))
+    with pytest.raises(RobustlabError, match="surrogate_state_sha256"):  # both are 'Normalize' by name
+        run_evaluation("zoo:fmnist-cnn", FMNIST, other, tmp_path / "ev", resume=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("robustbench") is None, reason="robustbench is not installed")
+def test_resume_refuses_robustbench_weights_changed_under_model_dir(tmp_path):
+    from robustlab.models import hub
+
+    model_dicts, benchmark_dataset, threat_model, _ = hub._robustbench_zoo()
+    (tmp_path / "cifar10" / "Linf").mkdir(parents=True)
+
+    def save_weights(seed: int) -> None:  # robustbench's layout: DIR/cifar10/Linf/NAME.pt
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            net = model_dicts[benchmark_dataset("cifar10")][threat_model("Linf")]["Ding2020MMA"]["model"]()
+        torch.save({"state_dict": net.state_dict()}, tmp_path / "cifar10" / "Linf" / "Ding2020MMA.pt")
+
+    source = ModelSource("robustbench:cifar10/Linf/Ding2020MMA", str(tmp_path))  # --model-dir tmp_path
+    data = (torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(4))
+    save_weights(0)
+    run_evaluation(source, data, CONFIG, tmp_path / "ev")
+    save_weights(1)  # new weights, same spec and folder
+    with pytest.raises(RobustlabError, match="model_state_sha256"):
+        run_evaluation(source, data, CONFIG, tmp_path / "ev", resume=True)

@@ -195,8 +195,11 @@ def run_evaluation(
         with count_passes(module, setup) if countable(module) else contextlib.nullcontext():
             probe(module, data, device, config.topk)
         check_modules(module, config.bpda)
-        surrogate = resolve_model(config.surrogate, device)[0] if config.surrogate is not None else None
-        fingerprint = {**model_key, **data_key, **config.fingerprint(attacks)}
+        surrogate, surrogate_key = None, {}
+        if config.surrogate is not None:  # its weights, too: a surrogate changed under the same name is another run
+            surrogate, _, key = resolve_model(config.surrogate, device)
+            surrogate_key = {"surrogate_state_sha256": key["model_state_sha256"]}
+        fingerprint = {**model_key, **data_key, **config.fingerprint(attacks), **surrogate_key}
         folder = (
             RunFolder(
                 out, "eval", fingerprint, resume=resume, overwrite=overwrite, is_main=shard.is_main,
