@@ -20,7 +20,7 @@ data:
 
 demo: $(VENV)/.installed data
 	$(VENV)/bin/robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 \
-	  --attack pgd --eps 0.1 --steps 10 --out runs/demo --overwrite
+	  --attacks pgd --eps 0.1 --steps 10 --out runs/demo --overwrite
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check robustlab tests bench scripts

@@ -28,3 +28,83 @@ def test_zoo_lists_every_model_with_its_recorded_figures(capsys):
         assert (f"{100 * value:.1f} %" if value is not None else "| -  ") in row
     assert main(["zoo", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == zoo_index()
+
+
+# One language across subcommands (issue 25, item 10): one meaning per flag name, every default shown.
+
+
+def subcommand_parsers() -> dict:
+    import argparse
+
+    from robustlab.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_every_option_of_every_subcommand_shows_its_default_or_says_it_is_required():
+    import argparse
+
+    for name, parser in subcommand_parsers().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or action.nargs == 0:
+                continue  # positional, hidden, or a switch
+            if isinstance(action, argparse._HelpAction) or action.required:
+                continue
+            text = formatter._get_help_string(action) % {**vars(action), "prog": parser.prog}
+            assert "default" in text or "required" in text, (name, action.option_strings, text)
+            assert "default: None" not in text, (name, action.option_strings, text)
+
+
+def test_help_texts_print_no_doubled_percent_and_no_none_default(capsys):
+    for name in subcommand_parsers():
+        text = help_of(name, capsys)
+        assert "%%" not in text and "(default: None)" not in text, name
+    assert "in %, with 95 % intervals" in help_of("compare", capsys)
+    for name, flag in [("train", "--monitor-n"), ("train", "--eval-n"), ("ssl", "--knn-n"), ("train", "--momentum"),
+                       ("attack", "--device"), ("finetune", "--eval-n")]:  # fmt: skip
+        after = help_of(name, capsys).split(f" {flag} ")[-1]
+        assert "default" in after.split(" --")[0], (name, flag)
+
+
+def test_one_meaning_per_flag_name_and_the_old_names_still_parse(capsys):
+    parsers = subcommand_parsers()
+
+    def parsed(command: str, *argv: str):
+        return parsers[command].parse_args(list(argv))
+
+    # attack names its attack as eval and transfer do: --attacks (the old --attack is a hidden alias)
+    base = ["--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
+    assert parsed("attack", *base, "--attacks", "pgd").attack == parsed("attack", *base, "--attack", "pgd").attack
+    assert "--attacks SPEC" in help_of("attack", capsys) and " --attack " not in help_of("attack", capsys)
+    # --steps is the steps of the attack a command runs (train's inner PGD too); finetune's evaluation has its own
+    train = ["--method", "pgd", "--model", "cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
+    assert parsed("train", *train, "--steps", "7").pgd_steps == 7
+    assert parsed("train", *train, "--pgd-steps", "7").pgd_steps == 7
+    tune = ["--encoder", "zoo:fmnist-cnn", "--protocol", "slf", "--dataset", "fashion-mnist"]
+    assert parsed("finetune", *tune, "--eval-steps", "9").pgd_steps == 9
+    assert parsed("finetune", *tune, "--pgd-steps", "9").pgd_steps == 9
+    assert parsed("finetune", *tune).pgd_steps == 20 and parsed("finetune", *tune).pgd_restarts == 1
+    # --targets means target models (transfer); pseudo-at's kind of pseudo-target is --pseudo-targets
+    teacher = ["--teacher", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
+    assert parsed("pseudo-at", *teacher, "--pseudo-targets", "kmeans").targets == "kmeans"
+    assert parsed("pseudo-at", *teacher, "--targets", "kmeans").targets == "kmeans"
+    visible = {name: help_of(name, capsys) for name in parsers}
+    assert [n for n, text in visible.items() if "--pgd-steps" in text] == []
+    assert [n for n, text in visible.items() if " --targets " in text] == ["transfer"]
+    # --image-size says the same everywhere (it is one rule: resize 256, crop 224 unless given)
+    sizes = {n: t.split("--image-size PX ")[1].split(" --")[0] for n, t in visible.items() if "--image-size" in t}
+    assert len(set(sizes.values())) == 1 and "256" in next(iter(sizes.values())), sizes
+
+
+def test_missing_renamed_required_flags_are_one_line_errors(cli_error):
+    cli_error(["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"], "--attacks")
+    cli_error(["pseudo-at", "--teacher", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"],
+              "--pseudo-targets")  # fmt: skip

@@ -19,8 +19,24 @@ SUBCOMMANDS = [
 ]  # fmt: skip
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (one place for "(default: X)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = not any(action.default is v for v in (None, False, True, argparse.SUPPRESS)) and action.nargs != 0
+        if shown and action.option_strings and not action.required and "default" not in text:
+            text += " (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (and exit code 2), not a usage dump."""
+    """An argument parser whose errors are one line on stderr (and exit code 2), not a usage dump; every option's
+    help shows its default."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

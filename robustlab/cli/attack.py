@@ -18,10 +18,11 @@ from robustlab.cli.common import (
     resolve_device,
     topk_list,
 )
+from robustlab.errors import RobustlabError
 from robustlab.eval import AttackConfig, run_attack
 from robustlab.losses import loss_names
 
-EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attack pgd --eps 0.1"
+EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attacks pgd --eps 0.1"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--attack", required=True, help=f"an attack spec: {attack_help()}")
+    p.add_argument("--attacks", dest="attack", metavar="SPEC", help=f"the attack (one spec; required): {attack_help()}")
+    p.add_argument("--attack", dest="attack", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # before 0.2
     p.add_argument("--loss", help=f"attack loss: {', '.join(loss_names())} (default: the attack's, ce)")
     add_threat_args(p)
     p.add_argument("--steps", type=positive_int, help="gradient steps (default: 10; fgsm: 1)")
@@ -43,17 +45,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="step size (default: pgd 2.5*eps/steps, ifgsm/mifgsm eps/steps, fgsm eps)",
     )
     p.add_argument("--restarts", type=positive_int, help="random restarts of pgd (default: 1)")
-    p.add_argument("--target", help="targeted attack towards a class index, 'random' or 'least-likely'")
+    p.add_argument(
+        "--target", help="targeted attack towards a class index, 'random' or 'least-likely' (default: untargeted)"
+    )
     p.add_argument(
         "--topk", type=topk_list, help="k's for top-k ASR and robust accuracy (default: 1,2,3,5; 1,5,10 for >10)"
     )
-    p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file")
+    p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file (default: not)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     add_run_args(p, out_default="runs/attack")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.attack is None:
+        raise RobustlabError("give the attack: --attacks SPEC (e.g. --attacks pgd); see robustlab attack --help")
     config = AttackConfig(
         args.attack, args.eps, args.norm, args.bounds, target=args.target,
         topk=tuple(args.topk) if args.topk else None, batch_size=args.batch_size, seed=args.seed, steps=args.steps,

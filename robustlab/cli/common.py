@@ -98,14 +98,19 @@ MODEL_HELP = (
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
     parser.add_argument(flag, required=True, metavar="SPEC", help=MODEL_HELP)
     parser.add_argument(
-        "--checkpoint", metavar="FILE", help=f"weights (a state dict) of {flag}: the same as {flag} SPEC@FILE"
-    )
+        "--checkpoint", metavar="FILE",
+        help=f"weights (a state dict) of {flag}: the same as {flag} SPEC@FILE (default: the spec's own)",
+    )  # fmt: skip
     parser.add_argument(
-        "--num-classes", type=positive_int, metavar="C", help="outputs of a torchvision:/module:factory model"
+        "--num-classes", type=positive_int, metavar="C",
+        help="outputs of a torchvision:/module:factory model (default: the factory's; torchvision: 1000)",
+    )  # fmt: skip
+    norm = "(default: none; torchvision: ImageNet's)"
+    parser.add_argument("--mean", type=float_list, metavar="M,M,M", help=f"normalisation mean per channel {norm}")
+    parser.add_argument("--std", type=float_list, metavar="S,S,S", help=f"normalisation std per channel {norm}")
+    parser.add_argument(
+        "--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (default: ./models)"
     )
-    parser.add_argument("--mean", type=float_list, metavar="M,M,M", help="normalisation mean per channel")
-    parser.add_argument("--std", type=float_list, metavar="S,S,S", help="normalisation std per channel (with --mean)")
-    parser.add_argument("--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (./models)")
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -149,6 +154,10 @@ def data_source(args: argparse.Namespace, model: str | None = None) -> Any:
     return DataSource(args.dataset, args.split, args.n, args.data_root, args.download, size, channels)
 
 
+DATA_ROOT_HELP = "where the dataset lives, searched first (default: the usual places, then a download)"
+IMAGE_SIZE_HELP = "imagefolder: resize to PX, centre-crop PX x PX (default: a model file's size, else 256, crop 224)"
+
+
 def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None) -> None:
     parser.add_argument(
         "--dataset",
@@ -158,10 +167,8 @@ def add_data_args(parser: argparse.ArgumentParser, default_n: int | None = None)
     )
     parser.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
     parser.add_argument("--n", type=int, default=default_n, help="use the first N items of the split (default: all)")
-    parser.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
-    parser.add_argument(
-        "--image-size", type=positive_int, help="imagefolder: resize and crop to this (default: 256 then crop 224)"
-    )
+    parser.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
+    parser.add_argument("--image-size", type=positive_int, metavar="PX", help=IMAGE_SIZE_HELP)
     parser.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
     parser.add_argument(
         "--no-download",
@@ -223,16 +230,18 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
 
     p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
     p.add_argument("--n", type=positive_int, help="train on the first N training items (default: all)")
-    p.add_argument("--data-root", metavar="DIR", help="where the dataset lives (searched first)")
+    p.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
     p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
-    p.add_argument("--image-size", type=positive_int, help="imagefolder: resize and crop to this (default: 224)")
+    p.add_argument("--image-size", type=positive_int, metavar="PX", help=IMAGE_SIZE_HELP)
     p.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
     if eps is not False:
         g = p.add_argument_group("threat model")
         g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
         default = eps if isinstance(eps, str) else None
+        said = "default: none; needed to train adversarially or evaluate"
+        said = "required" if eps is True else f"default: {default}" if default else said
         g.add_argument("--eps", required=eps is True, default=default, type=eps_value,
-                       help=f"radius of the eps-ball, e.g. 0.1 or 8/255 (default: {default})")  # fmt: skip
+                       help=f"radius of the eps-ball, e.g. 0.1 or 8/255 ({said})")  # fmt: skip
         g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
     epochs, batch_size, optimizer, lr, schedule, wd = OPTIM_DEFAULTS[command]
     o = p.add_argument_group("optimisation")
@@ -243,7 +252,7 @@ def add_training_args(p: argparse.ArgumentParser, command: str, eps: bool | str 
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=schedule, help=f"(default: {schedule})")
     o.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum / Adam beta1, in [0, 1)")
     o.add_argument("--weight-decay", type=nonnegative_float, default=wd, help=f"(default: {wd})")
-    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short (smoke tests)")
+    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut epochs short, for smoke tests (default: off)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
@@ -269,7 +278,9 @@ def add_teacher_args(p: argparse.ArgumentParser, flag: str = "--teacher", what: 
         help=f"the {what}: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME@FILE "
         "or package.module:factory@FILE (SPEC@FILE: weights from FILE)",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help=f"weights of the {what}: the same as {flag} SPEC@FILE")
+    p.add_argument(
+        "--checkpoint", metavar="FILE", help=f"weights of the {what}: as {flag} SPEC@FILE (default: the spec's own)"
+    )
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 

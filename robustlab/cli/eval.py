@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "randomised model (default 1; raised by the adaptive step for a random forward pass)")  # fmt: skip
     p.add_argument("--vote", default="mean", choices=("mean", "majority"), help="how repeated passes decide")
     p.add_argument("--surrogate", help="model spec (SPEC@FILE: with the weights in FILE) the adaptive step crafts "
-                   "transfer attacks on (zero gradients)")
+                   "transfer attacks on, for zero gradients (default: none)")
     p.add_argument("--resume", action="store_true", help="reuse the finished batches saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -35,9 +35,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--step-size", type=c.positive_float, help="inner step size (default: alf 2.5*eps/steps, aff eps/4)")
     f.add_argument("--beta", type=c.nonnegative_float, default=6.0, help="TRADES weight for aff (default: 6)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-n", type=c.nonnegative_int, default=1000, help="test items to evaluate on (0: skip)")
-    e.add_argument("--pgd-steps", type=c.positive_int, default=20, help="PGD steps of the evaluation (default: 20)")
-    e.add_argument("--pgd-restarts", type=c.positive_int, default=1, help="PGD restarts (default: 1)")
+    e.add_argument(
+        "--eval-n", type=c.nonnegative_int, default=1000, help="test items to evaluate on (0: skip; default: 1000)"
+    )
+    e.add_argument("--eval-steps", dest="pgd_steps", type=c.positive_int, default=20, metavar="T",
+                   help="PGD steps of the evaluation (default: 20)")  # fmt: skip
+    e.add_argument("--eval-restarts", dest="pgd_restarts", type=c.positive_int, default=1, metavar="R",
+                   help="PGD restarts of the evaluation (default: 1)")  # fmt: skip
+    # their names before 0.2 (--pgd-steps means the inner training attack's steps in robustlab train)
+    hidden = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+    e.add_argument("--pgd-steps", dest="pgd_steps", type=c.positive_int, **hidden)
+    e.add_argument("--pgd-restarts", dest="pgd_restarts", type=c.positive_int, **hidden)
     e.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
     p.set_defaults(run=run, resume_neutral=("pgd_steps", "pgd_restarts"))  # evaluation only
 

@@ -10,7 +10,7 @@ from robustlab.cli import common as c
 from robustlab.errors import RobustlabError
 
 EXAMPLE = (
-    "robustlab pseudo-at --teacher runs/ssl --targets kmeans --clusters 10 --dataset fashion-mnist --eps 0.1 "
+    "robustlab pseudo-at --teacher runs/ssl --pseudo-targets kmeans --clusters 10 --dataset fashion-mnist --eps 0.1 "
     "--out runs/pseudo"
 )
 KEYS = ("cos_teacher", "cos_teacher_adv", "adv_accuracy", "pseudo_label_agreement")
@@ -29,7 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"{EXAMPLE}",
     )
     c.add_teacher_args(p)
-    p.add_argument("--targets", required=True, choices=["embedding", "kmeans", "linear"], help="pseudo-targets")
+    p.add_argument(
+        "--pseudo-targets", dest="targets", choices=["embedding", "kmeans", "linear"],
+        help="what the student learns (required): the teacher's embedding, its k-means clusters or its head's labels",
+    )  # fmt: skip
+    p.add_argument("--targets", dest="targets", choices=["embedding", "kmeans", "linear"], default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # its name before 0.2 (--targets means models in robustlab transfer)
     p.add_argument("--clusters", type=c.positive_int, default=10, help="k of k-means (default: 10)")
     p.add_argument(
         "--kmeans-n", type=c.positive_int, default=10000, help="images k-means is fitted on (default: 10000)"
@@ -43,7 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--step-size", type=c.positive_float, help="inner step size (default: pgd 2.5*eps/steps, else eps/4)"
     )
     c.add_student_args(a, "a copy of the teacher")
-    p.set_defaults(run=lambda args: c.run_training_command(args, lambda device: setup(args, device), KEYS))
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.targets is None:
+        raise RobustlabError("give --pseudo-targets embedding, kmeans or linear (what the student learns)")
+    return c.run_training_command(args, lambda device: setup(args, device), KEYS)
 
 
 def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
@@ -53,7 +64,7 @@ def setup(args: argparse.Namespace, device: torch.device):  # -> TrainingSetup
     from robustlab.training import TrainingSetup
 
     if args.targets != "kmeans" and args.clusters != 10:
-        raise RobustlabError("--clusters only applies to --targets kmeans")
+        raise RobustlabError("--clusters only applies to --pseudo-targets kmeans")
     threat, train_set = c.threat_of(args), c.split_of(args, "train", args.n)
     teacher, arch = c.load_teacher(args, args.teacher, device)
     labeler = PseudoLabeler(teacher) if args.targets == "linear" else None

@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision:NAME, package.module:factory, or a robustlab run folder); SPEC@FILE starts from the weights "
         "in FILE",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help="start weights of --model: the same as --model SPEC@FILE")
+    p.add_argument(
+        "--checkpoint", metavar="FILE", help="start weights of --model: as --model SPEC@FILE (default: none)"
+    )
     p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
     c.add_training_args(p, "ssl", eps=False)
     s = p.add_argument_group("self-supervised method")
@@ -36,7 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--tau-beta", type=c.positive_float, default=1.0, help="SimCo's second temperature (default: 1.0)")
     s.add_argument("--proj-hidden", type=c.positive_int, default=512, help="projector hidden width (default: 512)")
     s.add_argument("--proj-dim", type=c.positive_int, default=128, help="projection dimension (default: 128)")
-    s.add_argument("--knn-n", type=c.nonnegative_int, default=2000, help="labelled items of the kNN monitor (0: off)")
+    s.add_argument(
+        "--knn-n", type=c.nonnegative_int, default=2000,
+        help="labelled items of the kNN monitor (0: off; default: 2000)",
+    )  # fmt: skip
     p.set_defaults(run=lambda args: c.run_training_command(args, lambda device: setup(args, device), KEYS))
 
 

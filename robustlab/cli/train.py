@@ -30,8 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "folder or model.pt, torchvision:NAME (--num-classes), package.module:factory; SPEC@FILE starts from the "
         "weights in FILE",
     )  # fmt: skip
-    p.add_argument("--checkpoint", metavar="FILE", help="start weights of --model: the same as --model SPEC@FILE")
-    p.add_argument("--num-classes", type=c.positive_int, help="outputs of a torchvision:/module:factory model")
+    p.add_argument(
+        "--checkpoint", metavar="FILE", help="start weights of --model: as --model SPEC@FILE (default: none)"
+    )
+    p.add_argument(
+        "--num-classes", type=c.positive_int,
+        help="outputs of the model (default: the training set's classes for an architecture, else the model's)",
+    )  # fmt: skip
     p.add_argument("--trust-checkpoint", action="store_true", help=c.TRUST_HELP)
     c.add_training_args(p, "train", eps=True)
     p.add_argument(
@@ -46,20 +51,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-multiple", type=c.nonnegative_float, help="n-fgsm: noise U(-m eps, m eps) (default: 2)")
     g.add_argument("--k", dest="noise_multiple", type=c.nonnegative_float, help=argparse.SUPPRESS)  # the old name
     g.add_argument("--gradalign-lambda", type=c.nonnegative_float, help="gradalign: regulariser weight (default: 0.2)")
-    g.add_argument("--pgd-steps", type=c.positive_int, help="pgd: steps of the inner PGD (default: 10)")
+    g.add_argument("--steps", dest="pgd_steps", type=c.positive_int, metavar="T",
+                   help="pgd: steps of the inner PGD (default: 10)")  # fmt: skip
+    g.add_argument("--pgd-steps", dest="pgd_steps", type=c.positive_int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # its name before 0.2 (finetune's --pgd-steps meant evaluation steps)
     p.add_argument("--amp", dest="precision", action="store_const", const="fp16", help=argparse.SUPPRESS)  # old name
     p.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers (default: 0)")
     m = p.add_argument_group("catastrophic-overfitting monitor and evaluation")
     m.add_argument(
-        "--monitor-n", type=c.nonnegative_int, default=512, help="training samples the monitor attacks (0: off)"
+        "--monitor-n", type=c.nonnegative_int, default=512,
+        help="training samples the monitor attacks (0: off; default: 512)",
     )
     m.add_argument(
-        "--monitor-every", type=c.nonnegative_int, default=0, help="also check every N steps (0: epochs only)"
+        "--monitor-every", type=c.nonnegative_int, default=0,
+        help="also check every N steps (default: 0, epochs only)",
     )
     m.add_argument("--on-co", choices=ON_CO, default="rollback", help="on CO: stop, rollback (default), continue")
     m.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
     m.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument("--export", metavar="FILE", help="also save the final model's state dict here")
+    p.add_argument("--export", metavar="FILE", help="also save the final model's state dict here (default: not)")
     p.add_argument("--threads", type=c.positive_int, help="CPU threads per process (default: torch's choice)")
     p.set_defaults(run=run)
 

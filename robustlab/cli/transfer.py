@@ -58,7 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="gradient steps of the iterative attacks (default: 10)")
     p.add_argument("--step-size", type=positive_float, help="step size of the iterative attacks (default: eps/steps)")
     p.add_argument("--topk", type=topk_list, help="k's for the tables (default: 1,2,3,5 for 10 classes, else 1,5,10)")
-    p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'}")
+    p.add_argument(
+        "--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'} (default: not)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     add_run_args(p, out_default="runs/transfer")
     p.set_defaults(run=run)
