@@ -159,3 +159,28 @@ def test_progress_words_are_plural_only_for_many():
 
     assert plural(1, "restart") == "1 restart" and plural(2, "restart") == "2 restarts"
     assert plural(1, "pass", "passes") == "1 pass" and plural(0, "pass", "passes") == "0 passes"
+
+
+# item 7: the sanity checks have a bar too, naming the check at work
+
+
+@pytest.mark.slow
+def test_sanity_checks_show_a_bar_naming_each_check_and_moving_with_its_passes(zoo_cnn, fmnist_batch, monkeypatch,
+                                                                                 capsys):  # fmt: skip
+    from robustlab import ThreatModel
+    from robustlab.eval import progress
+    from robustlab.eval.sanity import run_sanity_checks
+
+    moved = []
+    fraction = progress._fraction
+    monkeypatch.setattr(progress.CheckProgress, "redraw_every", 0.0)
+    monkeypatch.setattr(progress, "_fraction", lambda *a, **k: moved.append(fraction(*a, **k)) or moved[-1])
+    x, y = fmnist_batch(8)
+    flags = run_sanity_checks(zoo_cnn, x, y, ThreatModel("linf", 0.1), steps=2, queries=20, progress=True)
+    err = capsys.readouterr().err
+    assert len(flags) == 7 and "sanity checks" in err
+    for name in ("gradients", "eps 0", "more steps and restarts", "eps curve", "black-box Square"):
+        assert name in err, name
+    assert len(moved) >= 10 and all(0 < f < 1 for f in moved)  # the bar moves inside a check, with its passes
+    run_sanity_checks(zoo_cnn, x, y, ThreatModel("linf", 0.1), steps=2, queries=20)
+    assert capsys.readouterr().err == ""  # the library is silent unless asked

@@ -210,7 +210,8 @@ def run_evaluation(
         )  # fmt: skip
         with folder, bpda(module, config.bpda):
             path = Path(out) if out is not None else None
-            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate, setup)
+            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate, setup,
+                                  progress=progress)  # fmt: skip
             report = _evaluate(module, data, config, {**attacks, **plan.attacks}, path, shard, device, progress, plan)
             report.sanity = sanity
             if sanity is not None and len(report.results) > 1:
@@ -244,12 +245,13 @@ def run_evaluation(
 def _adapt(
     model: nn.Module, data: Data, config: EvalConfig, attacks: dict[str, Any], out: Path | None, shard: Shard,
     device: torch.device, fingerprint: dict, surrogate: nn.Module | None, setup: PassCount | None = None,
+    progress: bool = False,
 ) -> tuple[AdaptivePlan, list[Flag] | None]:  # fmt: skip
     """The sanity checks (rank 0, before any attack) and the adaptive attacks they call for, on every rank."""
     threat = ThreatModel(config.norm, max(config.eps), config.bounds)
     flags = None
     if shard.is_main and config.sanity_n > 0:
-        flags = _sanity(model, data, config, threat, device, out, fingerprint)
+        flags = _sanity(model, data, config, threat, device, out, fingerprint, progress)
     flags = broadcast_object(None if flags is None else [f.to_dict() for f in flags], shard)
     flags = None if flags is None else [Flag(**f) for f in flags]
     x, y = first_batch(data, min(8, config.sanity_n or 8))
@@ -339,7 +341,7 @@ def _digest(values: list[Any]) -> str:
 
 def _sanity(
     model: nn.Module, data: Data, config: EvalConfig, threat: ThreatModel, device: torch.device, out: Path | None,
-    fingerprint: dict,
+    fingerprint: dict, progress: bool = False,
 ) -> list[Flag]:  # fmt: skip
     """The gradient-masking checks on the first ``sanity_n`` samples, cached under a key of everything they
     depend on (the run's fingerprint, eps, sanity_n, steps, seed): a resumed run with other settings recomputes."""
@@ -352,7 +354,8 @@ def _sanity(
         except (OSError, ValueError, TypeError) as exc:
             log.warning("recomputing the sanity checks: %s is unreadable (%s)", path, exc)
     x, y = first_batch(data, config.sanity_n)
-    flags = run_sanity_checks(model, x.to(device), y.to(device), threat, steps=config.steps or 10, seed=config.seed)
+    flags = run_sanity_checks(model, x.to(device), y.to(device), threat, steps=config.steps or 10, seed=config.seed,
+                              progress=progress)  # fmt: skip
     if path is not None:
         write_json(path, [f.to_dict() for f in flags])
     return flags

@@ -21,6 +21,7 @@ from robustlab.attacks.adapters import AutoAttack
 from robustlab.attacks.presets import PGD
 from robustlab.attacks.protocol import frozen_parameters, model_logits
 from robustlab.eval.evaluator import Evaluator, as_found
+from robustlab.eval.progress import check_progress
 from robustlab.losses import cross_entropy
 from robustlab.models.counting import counted_model
 from robustlab.threat import ThreatModel
@@ -191,23 +192,31 @@ def run_sanity_checks(
     queries: int = 300,
     tolerance: float = 0.02,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[Flag]:
-    """All checks on ``(x, y)`` (keep it small: about a hundred samples), cheapest first, each with its passes."""
-    checks = [
-        lambda m: check_train_mode(m),
-        lambda m: check_randomness(m, x),
-        lambda m: check_gradients(m, x, y),
-        lambda m: check_eps_zero(m, x, y, threat),
-        lambda m: check_more_steps(m, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
-        lambda m: check_eps_monotone(m, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
-        lambda m: check_blackbox(m, x, y, threat, steps=steps, queries=queries, tolerance=tolerance, seed=seed),
-    ]
-    flags = []
-    for check in checks:
-        with as_found(model, x.device), counted_model(model) as (counted, passes):  # BatchNorm statistics kept
-            flag = check(counted)
-        flag.forward_passes, flag.backward_passes = passes.forward, passes.backward
-        flags.append(flag)
+    """All checks on ``(x, y)`` (keep it small: about a hundred samples), cheapest first, each with its passes;
+    ``progress`` shows a bar (stderr) naming the check at work."""
+    checks = {
+        "train mode": lambda m: check_train_mode(m),
+        "randomness": lambda m: check_randomness(m, x),
+        "gradients": lambda m: check_gradients(m, x, y),
+        "eps 0": lambda m: check_eps_zero(m, x, y, threat),
+        "more steps and restarts": lambda m: check_more_steps(m, x, y, threat, steps=steps, tolerance=tolerance,
+                                                               seed=seed),
+        "eps curve": lambda m: check_eps_monotone(m, x, y, threat, steps=steps, tolerance=tolerance, seed=seed),
+        "black-box Square": lambda m: check_blackbox(m, x, y, threat, steps=steps, queries=queries,
+                                                     tolerance=tolerance, seed=seed),
+    }  # fmt: skip
+    flags, bar = [], check_progress(progress, len(checks))
+    try:
+        for name, check in checks.items():
+            # BatchNorm statistics kept; passes counted; the bar names the check and moves with its passes
+            with as_found(model, x.device), counted_model(model) as (counted, passes), bar.check(name, model):
+                flag = check(counted)
+            flag.forward_passes, flag.backward_passes = passes.forward, passes.backward
+            flags.append(flag)
+    finally:
+        bar.close()
     return flags
 
 
