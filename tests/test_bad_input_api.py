@@ -95,8 +95,12 @@ def test_bad_evaluator_options_are_one_line(options, words):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_cuda_without_a_gpu_is_one_line():
+    from robustlab.eval import DataSource, EvalConfig, run_evaluation
+
     with pytest.raises(RobustlabError, match="no CUDA GPU is visible; use device='cpu'"):
         _evaluator(device="cuda")
+    with pytest.raises(RobustlabError, match="no CUDA GPU is visible; use device='cpu'"):
+        run_evaluation("zoo:fmnist-cnn", DataSource("fashion-mnist", n=4), EvalConfig(eps=0.1), device="cuda")
 
 
 # --- item 8: a kNN monitor larger than the data is refused, so what is recorded is what was used --------------

@@ -159,7 +159,11 @@ def attack_keys(attacks: Mapping[str, Any], as_specs: bool) -> list[str] | dict[
 
 
 def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | str) -> tuple[nn.Module, str, dict]:
-    """``(module, name for reports, fingerprint)`` of a model given as a module, a spec or a :class:`ModelSource`."""
+    """``(module, name for reports, fingerprint)`` of a model given as a module, a spec or a :class:`ModelSource`;
+    one error line for a device that is not there (``"cuda"`` without a GPU)."""
+    from robustlab.eval.evaluator import checked_device
+
+    device = checked_device(device)
     if isinstance(model, str):
         model = ModelSource(model)
     if isinstance(model, ModelSource):  # the weights actually loaded: a file replaced under a folder's name is seen
