@@ -235,3 +235,20 @@ def test_torchrun_counts_are_summed_over_ranks(tmp_path):
         for name in a["attacks"]:
             for key in ("forward_passes", "backward_passes"):
                 assert a["attacks"][name][key] == b["attacks"][name][key], (name, key)
+
+
+def test_attack_run_reports_its_passes(cnn, fmnist_batch, tmp_path):
+    """``run_attack`` (``robustlab attack``) records the attack's passes in its report and its table."""
+    from robustlab.eval import AttackConfig, run_attack
+
+    x, y = fmnist_batch(24)
+    counter = ImageCounter(cnn)
+    try:
+        report = run_attack(cnn, (x, y), AttackConfig(attack="pgd(steps=4)", eps=0.05, batch_size=16))
+    finally:
+        counter.close()
+    assert report.backward_passes == counter.backward > 0
+    assert 24 <= counter.forward - report.forward_passes <= 24 + 8  # the rest: clean predictions and the probe
+    row = ["forward / backward passes (images)", f"{report.forward_passes} / {report.backward_passes}"]
+    assert row in report.rows()
+    assert report.to_dict()["forward_passes"] == report.forward_passes

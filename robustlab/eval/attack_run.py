@@ -112,6 +112,8 @@ class AttackReport:
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     intervals: dict[str, list[float]] = field(default_factory=dict)  # 95 % Clopper-Pearson: clean, robust, ASR
+    forward_passes: int = 0  # images the attack ran forward through the model (0: a report from before counting)
+    backward_passes: int = 0  # images whose input gradient the attack took
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,6 +142,8 @@ class AttackReport:
             *([["samples with NaN/inf logits", len(self.nonfinite)]] if self.nonfinite else []),
             ["samples", self.n],
             ["attack time", f"{self.seconds:.2f} s"],
+            *([["forward / backward passes (images)", f"{self.forward_passes} / {self.backward_passes}"]]
+              if self.forward_passes else []),
         ]
 
     def to_markdown(self) -> str:
@@ -209,6 +213,7 @@ def run_attack(
                     clopper_pearson(int((result.clean_correct & ~result.robust).sum()), int(result.clean_correct.sum()))
                 ),
             },
+            forward_passes=result.forward_passes[runner.name], backward_passes=result.backward_passes[runner.name],
         )  # fmt: skip
         if out is not None:
             report.files.update(
