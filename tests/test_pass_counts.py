@@ -252,3 +252,20 @@ def test_attack_run_reports_its_passes(cnn, fmnist_batch, tmp_path):
     row = ["forward / backward passes (images)", f"{report.forward_passes} / {report.backward_passes}"]
     assert row in report.rows()
     assert report.to_dict()["forward_passes"] == report.forward_passes
+
+
+def test_transfer_reports_the_cost_of_crafting(cnn, fmnist_batch):
+    """``transfer_matrix`` (``robustlab transfer``) records each attack's passes on each surrogate."""
+    from robustlab.eval.transfer import transfer_matrix
+
+    x, y = fmnist_batch(16)
+    mlp = load_model("zoo:fmnist-mlp")
+    counter = ImageCounter(cnn)
+    try:
+        attack = attack_from_spec("pgd(steps=3)", seed=0)
+        result = transfer_matrix({"cnn": cnn}, {"mlp": mlp}, {"pgd": attack}, ThreatModel("linf", 0.05), (x, y))
+    finally:
+        counter.close()
+    passes = result.to_dict()["passes"]["pgd"]["cnn"]
+    assert (passes["forward_passes"], passes["backward_passes"]) == (counter.forward, counter.backward)
+    assert f"| {counter.forward} " in result.to_markdown()

@@ -53,6 +53,7 @@ class TransferResult:
     white_box: dict[str, dict[str, dict]] = field(default_factory=dict)
     transfer: dict[str, dict[str, dict[str, dict]]] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    passes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # [attack][source]: crafting's passes
     x_adv: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # [attack][source] -> (N, ...)
     attack_configs: dict[str, dict] = field(default_factory=dict)
     dataset: str = "-"
@@ -95,6 +96,7 @@ class TransferResult:
             "white_box": self.white_box,
             "transfer": self.transfer,
             "seconds": self.seconds,
+            "passes": self.passes,
         }
 
     def clean_table(self) -> str:
@@ -110,7 +112,15 @@ class TransferResult:
             + ", ".join(map(str, self.ks))
             + "; rows craft (surrogates), columns judge (the white-box column is the surrogate itself).\n\n"
         )
-        return header + self.clean_table() + "\n\n" + self.markdown()
+        return header + self.clean_table() + "\n\n" + self.markdown() + self.cost_table()
+
+    def cost_table(self) -> str:
+        """Crafting's cost per attack and surrogate: images forward and input gradients backward on the surrogate
+        (each target then judges every example with one forward pass)."""
+        rows = [[a, s, self.seconds[a][s], p["forward_passes"], p["backward_passes"]]
+                for a, by_source in self.passes.items() for s, p in by_source.items()]  # fmt: skip
+        headers = ["attack", "surrogate", "seconds", "forward passes", "backward passes"]
+        return "\n### Cost of crafting\n\n" + markdown_table(headers, rows) + "\n" if rows else ""
 
     def markdown(self) -> str:
         """Per attack, a surrogate x target table of top-k ASR (one ``a / b / c`` cell per pair), then ICRs."""
@@ -198,6 +208,8 @@ def transfer_matrix(
         )
         result.x_adv.setdefault(a, {})[s] = white.x_adv
         result.seconds.setdefault(a, {})[s] = round(time.perf_counter() - start, 3)
+        result.passes.setdefault(a, {})[s] = {"forward_passes": white.forward_passes[a] + white.clean_passes,
+                                              "backward_passes": white.backward_passes[a]}  # fmt: skip
         result.attack_configs[a] = attacks[a].config() if hasattr(attacks[a], "config") else {}
         row = result.transfer.setdefault(a, {}).setdefault(s, {})
         for t, model in targets.items():
