@@ -226,7 +226,7 @@ def check_domain(model: nn.Module, data: Data, shape: tuple[int, ...]) -> None:
     if folder:
         flags = [f"--channels {channels}"] if wrong_channels else []
         flags += [f"--image-size {size[0]}"] if wrong_size and size[0] == size[1] else []  # type: ignore[index]
-        fix = "pass " + " ".join(flags)
+        fix = "pass " + " ".join(flags) if flags else f"give it {takes} images"
     else:
         fix = f"choose a model built for {what}'s {'x'.join(map(str, shape))} images"
     raise RobustlabError(
