@@ -1,27 +1,53 @@
-"""Run folders: the one place that decides whether a run may write into ``--out``.
+"""Run folders: the one place that decides whether a run may write into ``--out``, and where.
 
 A run folder holds one run. While a run is alive it holds an OS-level lock on ``OUT/.lock`` (released by the
-kernel even when the process is killed), so a second run on the same folder stops at once, naming the holder's
-PID. ``OUT/run.json`` records what kind of run wrote the folder and every setting that changes its result (the
-fingerprint): ``resume`` continues only a run with the same fingerprint, and a folder that already holds a run is
-never written over without ``overwrite``.
+kernel even when the process is killed; the file is removed when the run ends), so a second run on the same folder
+stops at once, naming the holder's PID. ``OUT/run.json`` records what kind of run wrote the folder, every setting
+that changes its result (the fingerprint) and, once the run has finished, the manifest of the files it wrote with
+their SHA-256: ``resume`` continues only a run with the same fingerprint; a folder holding a run is never written
+over without ``overwrite``, and ``overwrite`` removes only the files the earlier run's manifest lists.
+
+A fresh run into a folder holding no run writes there directly (a killed run can be resumed). A run that replaces
+an earlier one (``overwrite``) builds into a staging folder beside ``OUT`` (``NAME.staging-<hex>``) and takes its
+place only when it has finished (an atomic exchange of the two folders), then deletes the earlier run's files: a
+failed run removes its staging folder and a killed one leaves it behind (the next run on ``OUT`` removes it), so the
+earlier run stays exactly as it was either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import open_no_follow, write_json
+from robustlab.io import (
+    DIGESTS_FILE,
+    RUN_FILE,
+    check_digest,
+    disk_full,
+    file_digest,
+    open_no_follow,
+    read_journal,
+    read_manifest,
+    track_run,
+    untrack_run,
+    write_json,
+)
 
-RUN_FILE = "run.json"
+log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
+_OWN = {RUN_FILE, LOCK_FILE, DIGESTS_FILE}  # the run folder's own bookkeeping, never a foreign file
 # files an older robustlab (before run.json) left in a run folder: such a folder holds a run too
 _LEGACY_MARKERS = ("last.pt", "partial", "report.json", "results.pt")
 
@@ -29,15 +55,6 @@ _LEGACY_MARKERS = ("last.pt", "partial", "report.json", "results.pt")
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (tuples become lists, paths and other objects strings), for comparing."""
     return json.loads(json.dumps(value, default=str))
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (read in chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def text_digest(text: str) -> str:
@@ -77,6 +94,28 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def check_not_in_run(
+    path: str | os.PathLike, out: str | os.PathLike | RunFolder | None, flag: str, writes: tuple[str, ...] = ()
+) -> None:
+    """Refuse (one line) a file the user names (``--save-adv``, ``--export``) that is the run folder ``out`` itself
+    or one of the files the run writes there (``writes``, ``run.json``, ...): a file inside ``out`` under another
+    name is fine (it becomes one of the run's files)."""
+    if out is None:
+        return
+    out = out.out if isinstance(out, RunFolder) else Path(out)
+    target, folder = os.path.abspath(path), os.path.abspath(out)
+    if target == folder:
+        raise RobustlabError(
+            f"{flag} {str(path)!r} is the run folder --out itself; give a file name, e.g. {Path(out) / 'adv.pt'}"
+        )
+    if target.startswith(folder + os.sep):
+        name = Path(target).relative_to(folder).as_posix()
+        if name in _OWN or name in writes or name.split("/")[0] in writes:
+            raise RobustlabError(
+                f"{flag} {str(path)!r} is a file the run writes itself into --out ({name}); choose another name"
+            )
+
+
 def check_no_links(folder: str | os.PathLike) -> None:
     """Refuse a run folder holding a symbolic link anywhere inside (robustlab never makes one): a write into
     ``OUT/partial/...`` or ``OUT/tensorboard`` would otherwise land wherever the link points."""
@@ -90,15 +129,84 @@ def check_no_links(folder: str | os.PathLike) -> None:
                 )
 
 
+_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{12}")  # an atomic write's temporary file, left by a kill
+
+
+def run_files(folder: str | os.PathLike) -> tuple[set[str], set[str]]:
+    """The files and folders (relative paths) the run in ``folder`` wrote: ``run.json``'s manifest of a finished
+    run and the journal of one still written (or killed)."""
+    journal = read_journal(folder)
+    files = set(read_manifest(folder) or {}) | {k for k in journal if not k.endswith("/")}
+    return files, {k.rstrip("/") for k in journal if k.endswith("/")}
+
+
+def foreign_file(folder: str | os.PathLike) -> str | None:
+    """The first entry of ``folder`` (relative path, top-down) that its run did not write, else None."""
+    folder = Path(folder)
+    files, folders = run_files(folder)
+    parents = {str(Path(f).parent.as_posix()) for f in files}
+    parents |= {p.as_posix() for f in files for p in Path(f).parents}
+
+    def owned(rel: str, is_dir: bool) -> bool:
+        if rel in _OWN or rel in files or _TEMP_FILE.fullmatch(Path(rel).name):
+            return True
+        if any(rel == f or rel.startswith(f + "/") for f in folders):
+            return True
+        return is_dir and rel in parents
+
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        base = Path(root).relative_to(folder)
+        for name, is_dir in sorted([(d, True) for d in dirs] + [(n, False) for n in names]):
+            rel = (base / name).as_posix()
+            if not owned(rel, is_dir and not (Path(root) / name).is_symlink()):
+                return rel
+    return None
+
+
+def verify(folder: str | os.PathLike) -> None:
+    """Refuse (one line) a finished run folder holding a file that no longer matches the SHA-256 its run recorded
+    in ``run.json``'s manifest: for readers of a finished run (``robustlab report``, ``--model runs/NAME``)."""
+    for name in sorted(read_manifest(folder) or {}):
+        if (Path(folder) / name).is_file():
+            check_digest(Path(folder) / name)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere three renames)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(a))
+    swap = a.with_name(f"{a.name}.swap-{secrets.token_hex(6)}")
+    os.rename(a, swap)
+    os.rename(b, a)
+    os.rename(swap, b)
+
+
 class RunFolder:
-    """``with RunFolder(out, "eval", fingerprint, resume=..., overwrite=...) as run:`` -- locked for the block.
+    """``with RunFolder(out, "eval", fingerprint, resume=..., overwrite=...) as run:`` -- locked for the block;
+    the run writes into ``run.path`` (``out`` itself, or the staging folder of a run that replaces another).
 
     On entry: the folder is created (or refused: a file, not writable), locked (or refused: another run holds
-    it), and checked: a fresh run needs an empty folder or ``overwrite`` (which clears the previous run's files);
-    ``resume`` needs the same ``kind`` and fingerprint (the error names the settings that differ). ``run.resumed``
-    says whether there was a previous run to continue; a kind of run with no partial state (``resumable=False``:
-    attack, transfer) is never told to ``--resume``. Under DDP only rank 0 (``is_main``) locks and writes;
-    every rank checks, so every rank fails alike.
+    it), and checked: a fresh run needs a folder holding no run, or ``overwrite`` (refused when the folder holds a
+    file its run did not write, naming it); ``resume`` needs the same ``kind`` and fingerprint (the error names the
+    settings that differ). ``run.resumed`` says whether there was a previous run to continue; a kind of run with no
+    partial state (``resumable=False``: attack, transfer) is never told to ``--resume``.
+
+    On a successful exit the ``scratch`` entries (e.g. eval's ``partial``: they only serve the resume of an
+    unfinished run) are removed, ``run.json`` gets the manifest of the files the run wrote, a staging folder takes
+    ``out``'s place and the earlier run's files are deleted; the lock file goes. A fresh run that fails leaves
+    nothing behind unless it made progress a ``--resume`` can continue (``resume_state`` entries); a replacing run
+    that fails removes its staging folder. Under DDP only rank 0 (``is_main``) locks and writes; every rank checks,
+    so every rank fails alike, and ``share`` (a broadcast from rank 0) tells every rank where to write.
     """
 
     def __init__(
@@ -112,93 +220,276 @@ class RunFolder:
         resumable: bool = True,
         is_main: bool = True,
         barrier: Callable[[], None] | None = None,
+        share: Callable[[Any], Any] | None = None,
+        scratch: tuple[str, ...] = (),
+        resume_state: tuple[str, ...] = ("last.pt", "partial"),
     ) -> None:
         if resume and overwrite:
             raise RobustlabError("--resume and --overwrite contradict each other; give one of them")
-        self.path, self.kind, self.fingerprint = Path(path), kind, jsonable(fingerprint)
+        self.out = Path(path)
+        self.path = self.out  # where the run writes: out, or its staging folder
+        self.kind, self.fingerprint = kind, jsonable(fingerprint)
         self.resume, self.overwrite, self.resumable, self.is_main = resume, overwrite, resumable, is_main
-        self.resumed = self._fresh = self._created = False
+        self.scratch, self.resume_state = tuple(scratch), tuple(resume_state)
+        self.resumed = self.staging = self._fresh = self._created = False
         self._barrier = barrier or (lambda: None)
-        self._lock_fd: int | None = None
+        self._share = share or (lambda value: value)
+        self._locks: list[tuple[int, Path]] = []  # (descriptor, path) of each lock file held
+        self._before: set[str] = set()
 
-    # ------------------------------------------------------------------------------------------ the lock
+    # ------------------------------------------------------------------------------------------ entering
 
     def __enter__(self) -> RunFolder:
-        self._created = not self.path.exists()
-        check_writable_folder(self.path)
-        if self.is_main:
-            self._lock()
+        self._created = not self.out.exists()
+        check_writable_folder(self.out)
+        staging = None
         try:
-            check_no_links(self.path)
+            if self.is_main:
+                self._lock(self.out / LOCK_FILE)
+            check_no_links(self.out)
             action = self._check()  # every rank reads and judges before rank 0 writes anything
             self._barrier()
-            if self.is_main and action == "overwrite":
-                self._clear()
+            if self.is_main:
+                self._before = {e.name for e in self.out.iterdir()} - {LOCK_FILE}
+                self._remove_stale_staging()
+                if action == "fresh":
+                    (self.out / DIGESTS_FILE).unlink(missing_ok=True)  # a journal without a run claims nothing
+                    self._before.discard(DIGESTS_FILE)
+                if action == "overwrite":
+                    staging = self._make_staging()
+            shared = self._share(None if staging is None else str(staging))
+            self.path, self.staging = (Path(shared), True) if shared is not None else (self.out, False)
+            track_run(self.path)
             if self.is_main and action != "resume":
                 write_json(self.path / RUN_FILE, {"kind": self.kind, "fingerprint": self.fingerprint})
             self._barrier()
         except BaseException:
+            untrack_run(self.path)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.path = self.out
             self._unlock()
+            if self.is_main and self._created:  # refused at once: the folder it made goes too
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
             raise
         self.resumed = action == "resume"
         self._fresh = action != "resume"
         return self
 
     def precheck(self) -> None:
-        """Entering's refusals (not writable, in use, holding a run without ``overwrite``/``resume``) now, without
-        taking or changing the folder: for work that loads models before it enters, so a bad model is refused
-        before ``overwrite`` clears a previous run, and a busy folder before the model loads."""
-        if not self.path.exists():
+        """Entering's refusals (not writable, in use, holding a run without ``overwrite``/``resume``, a file
+        ``overwrite`` may not remove) now, without taking or changing the folder: for work that loads models before
+        it enters, so a bad model is refused before anything is written, and a busy folder before the model loads."""
+        if not self.out.exists():
             return  # entering creates it
-        check_writable_folder(self.path)
-        if self.is_main and (self.path / LOCK_FILE).exists():
-            self._lock()
+        check_writable_folder(self.out)
+        if self.is_main and (self.out / LOCK_FILE).exists():
+            self._lock(self.out / LOCK_FILE)
             self._unlock()
-        check_no_links(self.path)
+        check_no_links(self.out)
         self._check()
 
+    def final(self, value: Any) -> Any:
+        """``value`` (a path, or a dict or list of them) with the staging folder replaced by ``out``: the paths a
+        report records and returns are where its files will be once the run has finished."""
+        if isinstance(value, dict):
+            return {k: self.final(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.final(v) for v in value]
+        if isinstance(value, (str, Path)) and self.staging:
+            path = Path(value)
+            if path == self.path or self.path in path.parents:
+                moved = self.out / path.relative_to(self.path)
+                return str(moved) if isinstance(value, str) else moved
+        return value
+
+    def inside(self, path: str | os.PathLike) -> Path:
+        """Where the run writes a file the user named inside ``out`` (``--save-adv OUT/adv.pt``): in the staging
+        folder while there is one, so it arrives with the run."""
+        path = Path(path)
+        if self.staging and os.path.abspath(path).startswith(os.path.abspath(self.out) + os.sep):
+            return self.path / Path(os.path.abspath(path)).relative_to(os.path.abspath(self.out))
+        return path
+
+    # ------------------------------------------------------------------------------------------ leaving
+
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None and self.is_main and self._fresh:
-            self._forget_failed_start()
-        self._unlock()
+        untrack_run(self.path)
+        try:
+            if self.is_main and exc_type is None:
+                self._finish()
+            elif self.is_main and self.staging:
+                shutil.rmtree(self.path, ignore_errors=True)  # the earlier run in out stays as it was
+                self.path = self.out
+            elif self.is_main and self._fresh:
+                self._forget_failed_start()
+        finally:
+            self._unlock()
+
+    def _finish(self) -> None:
+        """Remove the scratch entries, write the manifest and, for a staging folder, take ``out``'s place."""
+        for name in self.scratch:
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+        files, folders = run_files(self.path)
+        for name in folders:
+            for root, _, names in os.walk(self.path / name):
+                files |= {(Path(root) / n).relative_to(self.path).as_posix() for n in names}
+        manifest = {}
+        for name in sorted(files - _OWN):
+            entry = self.path / name
+            if entry.is_file() and not entry.is_symlink():
+                manifest[name] = file_digest(entry)
+        write_json(self.path / RUN_FILE, {"kind": self.kind, "fingerprint": self.fingerprint, "files": manifest})
+        (self.path / DIGESTS_FILE).unlink(missing_ok=True)
+        if self.staging:
+            self._replace()
+
+    def _replace(self) -> None:
+        """The staging folder takes ``out``'s place in one step; then the earlier run's files are deleted."""
+        target = Path(os.path.realpath(self.out))
+        exchange(self.path, target)
+        # each lock file moved with its folder: out's lock is now the staging folder's (still held)
+        self._locks = [(fd, target / LOCK_FILE if p.parent == self.path else self.path / LOCK_FILE)
+                       for fd, p in self._locks]  # fmt: skip
+        earlier, self.path, self.staging = self.path, self.out, False
+        self._remove_run(earlier)
+
+    def _remove_run(self, folder: Path) -> None:
+        """Delete the files the run in ``folder`` wrote, then the folder; anything else there is kept (renamed)."""
+        files, folders = run_files(folder)
+        for name in folders:
+            shutil.rmtree(folder / name, ignore_errors=True)
+        for name in [*files, RUN_FILE, DIGESTS_FILE]:
+            entry = folder / name
+            if entry.is_file() or entry.is_symlink():
+                entry.unlink()
+        for root, dirs, names in os.walk(folder, topdown=False):
+            for name in names:
+                if _TEMP_FILE.fullmatch(name):
+                    (Path(root) / name).unlink()
+            for name in dirs:
+                with_content = Path(root) / name
+                if not with_content.is_symlink() and not any(with_content.iterdir()):
+                    with_content.rmdir()
+        left = {e.name for e in folder.iterdir()} - {LOCK_FILE}
+        if not left:
+            (folder / LOCK_FILE).unlink(missing_ok=True)  # still held: the lock is released when closed
+            folder.rmdir()
+            return
+        kept = folder.with_name(f"{self.out.name}.previous-{secrets.token_hex(6)}")
+        os.rename(folder, kept)
+        self._locks = [(fd, kept / LOCK_FILE if p.parent == folder else p) for fd, p in self._locks]
+        log.warning("%s held files its run did not write (%s); they are kept in %s", self.out, sorted(left)[0], kept)
 
     def _forget_failed_start(self) -> None:
-        """A fresh run that failed before writing anything leaves no run record behind (a corrected command
-        would otherwise find the folder "in use")."""
-        if {e.name for e in self.path.iterdir()} <= {RUN_FILE, LOCK_FILE}:
-            (self.path / RUN_FILE).unlink(missing_ok=True)
-            if self._created:
-                (self.path / LOCK_FILE).unlink(missing_ok=True)
-                self.path.rmdir()
+        """A fresh run that failed before it made progress a ``--resume`` could continue leaves nothing behind (a
+        corrected command would otherwise find the folder holding a run)."""
+        if any((self.out / name).exists() for name in self.resume_state):
+            return
+        for entry in self.out.iterdir():
+            if entry.name in self._before or entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if self._created and {e.name for e in self.out.iterdir()} <= {LOCK_FILE}:
+            self._unlock()
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
-    def _lock(self) -> None:
+    # ------------------------------------------------------------------------------------------ staging
+
+    def _make_staging(self) -> Path:
+        """An empty folder beside ``out`` (same file system, so it can take out's place), locked by this run."""
+        target = Path(os.path.realpath(self.out))
+        while True:
+            staging = target.parent / f"{target.name}.staging-{secrets.token_hex(6)}"
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise RobustlabError(
+                    f"--overwrite builds the new run beside {self.out} and replaces the earlier one when it has "
+                    f"finished, but {str(target.parent)!r} is not writable ({exc.strerror}); choose another --out"
+                ) from None
+        self._lock(staging / LOCK_FILE)
+        return staging
+
+    def _remove_stale_staging(self) -> None:
+        """Staging folders of runs on ``out`` that were killed (no run holds their lock: we hold out's)."""
+        target = Path(os.path.realpath(self.out))
+        pattern = re.compile(re.escape(target.name) + r"\.staging-[0-9a-f]{12}")
+        for entry in target.parent.iterdir():
+            if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+                continue
+            try:
+                self._lock(entry / LOCK_FILE)
+            except RobustlabError:
+                continue  # alive (or not robustlab's): left alone
+            fd, _ = self._locks.pop()
+            shutil.rmtree(entry, ignore_errors=True)
+            os.close(fd)
+            log.info("removed %s, the staging folder of a run that was killed", entry)
+
+    # ------------------------------------------------------------------------------------------ the lock
+
+    def _lock(self, path: Path) -> None:
         import fcntl
 
-        # a link, hard link, FIFO or folder planted as the lock is refused before anything is written
-        fd = open_no_follow(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, what="the lock file")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        while True:
+            # a link, hard link, FIFO or folder planted as the lock is refused before anything is written
+            fd = open_no_follow(path, os.O_RDWR | os.O_CREAT, what="the lock file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RobustlabError(
+                    f"{self.out} is in use by another robustlab run (PID {holder}); wait for it to finish, "
+                    "or choose another --out"
+                ) from None
+            try:  # the run that held it may have removed the file meanwhile: then lock the one that is there now
+                if os.path.samestat(os.fstat(fd), os.lstat(path)):
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise RobustlabError(
-                f"{self.path} is in use by another robustlab run (PID {holder}); wait for it to finish, "
-                "or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._locks.append((fd, path))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            self._unlock()
+            full = disk_full(exc, path, 16)
+            if full is not None:
+                raise full from None
+            raise
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock; the file stays (removing it would race)
-            self._lock_fd = None
+        """Remove each lock file while still holding it, then release it (a run that opened the old file finds
+        it gone and locks the new one)."""
+        while self._locks:
+            fd, path = self._locks.pop()
+            try:
+                if os.path.samestat(os.fstat(fd), os.lstat(path)):
+                    path.unlink()
+            except OSError:
+                pass
+            os.close(fd)
 
     # ------------------------------------------------------------------------------------------ the checks
 
     def saved(self) -> dict[str, Any] | None:
         """The previous run's ``run.json`` (None when the folder holds none)."""
-        path = self.path / RUN_FILE
+        path = self.out / RUN_FILE
         if not path.is_file():
             return None
         try:
@@ -213,58 +504,75 @@ class RunFolder:
         return saved
 
     def holds_run(self) -> bool:
-        return (self.path / RUN_FILE).exists() or any((self.path / m).exists() for m in _LEGACY_MARKERS)
+        return (self.out / RUN_FILE).exists() or any((self.out / m).exists() for m in _LEGACY_MARKERS)
 
     def _check(self) -> str:
         """``"fresh"``, ``"overwrite"`` or ``"resume"``, or one error line saying why the folder cannot be used."""
         if not self.holds_run():
             if self.resume:
-                raise RobustlabError(f"--resume: {self.path} holds no run to continue; drop --resume")
+                raise RobustlabError(f"--resume: {self.out} holds no run to continue; drop --resume")
             return "fresh"
         if self.overwrite:
+            self._check_overwrite()
             return "overwrite"
         if not self.resume:
             hint = "continue it with --resume, " if self.resumable else ""
             raise RobustlabError(
-                f"{self.path} already holds a run; {hint}replace it with --overwrite, or choose another --out"
+                f"{self.out} already holds a run; {hint}replace it with --overwrite, or choose another --out"
             )
         saved = self.saved()
         if saved is None:
             raise RobustlabError(
-                f"{self.path} holds a run of an older robustlab without {RUN_FILE}; it cannot be checked for "
-                "--resume: use --overwrite or another --out"
+                f"{self.out} holds a run of an older robustlab without {RUN_FILE}; it cannot be checked for "
+                "--resume: choose another --out"
             )
         if saved.get("kind") != self.kind:
             raise RobustlabError(
-                f"{self.path} holds a '{saved.get('kind')}' run, not '{self.kind}'; choose another --out"
+                f"{self.out} holds a '{saved.get('kind')}' run, not '{self.kind}'; choose another --out"
             )
         previous = saved["fingerprint"]
         changed = sorted(k for k in {*previous, *self.fingerprint} if previous.get(k) != self.fingerprint.get(k))
         if changed:
             detail = ", ".join(f"{k} {previous.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed[:6])
             raise RobustlabError(
-                f"{self.path} holds a run with different {', '.join(changed)} ({detail}); --resume needs the same "
+                f"{self.out} holds a run with different {', '.join(changed)} ({detail}); --resume needs the same "
                 "arguments, or use --overwrite or another --out"
             )
         return "resume"
 
-    def _clear(self) -> None:
-        """Remove what a previous run wrote (everything but the lock we hold)."""
-        for entry in self.path.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    def _check_overwrite(self) -> None:
+        """``overwrite`` deletes only the files the earlier run lists: a folder holding anything else, or a run
+        that lists nothing (an older robustlab's), is refused in one line naming the first such file."""
+        foreign = foreign_file(self.out)
+        if foreign is None:
+            return
+        files, folders = run_files(self.out)
+        if not files and not folders:
+            raise RobustlabError(
+                f"{self.out} holds a run that does not list its files (an older robustlab's, or files of your own: "
+                f"{foreign}), so --overwrite cannot tell what it may delete; delete the folder yourself or choose "
+                "another --out"
+            )
+        raise RobustlabError(
+            f"{self.out} holds {foreign}, which its run did not write; --overwrite deletes only the run's own files: "
+            "move it away or choose another --out"
+        )
 
 
 __all__ = [
+    "LOCK_FILE",
+    "RUN_FILE",
     "RunFolder",
+    "check_digest",
     "check_no_links",
+    "check_not_in_run",
     "check_writable_file",
     "check_writable_folder",
+    "exchange",
     "file_digest",
+    "foreign_file",
     "jsonable",
+    "run_files",
     "text_digest",
+    "verify",
 ]

@@ -90,15 +90,21 @@ def test_zoo_refuses_unknown_options(cli_error):
     cli_error(["zoo", "--bogus"], "unrecognized arguments")
 
 
-def test_eval_refuses_a_malformed_run_record_and_a_truncated_batch(tmp_path, cli_error):
+def test_eval_refuses_a_malformed_run_record_and_a_truncated_batch(tmp_path, cli_error, monkeypatch, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text("{not json")
     cli_error([*EVAL, "--out", tmp_path / "bad", "--resume"], "not valid JSON")
     (tmp_path / "bad" / "run.json").write_text(json.dumps({"kind": "eval"}))
     cli_error([*EVAL, "--out", tmp_path / "bad", "--resume"], "not a robustlab run record")
 
+    import robustlab.eval.run as eval_run
+
     out = tmp_path / "run"
-    assert main([*EVAL, "--batch-size", "4", "--out", str(out)]) == 0
+    with monkeypatch.context() as patch:  # the run stops after its batches: partial/ stays for --resume
+        patch.setattr(eval_run, "write_html", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main([*EVAL, "--batch-size", "4", "--out", str(out)]) == 130
+    capsys.readouterr()
+    (out / ".files.jsonl").unlink()  # no recorded digests (an older robustlab's run): the loader is the guard
     batch = out / "partial" / "eps-0.05" / "batch00000.pt"
     batch.write_bytes(batch.read_bytes()[:100])  # a kill in the middle of a write (or a disk error)
     cli_error([*EVAL, "--batch-size", "4", "--out", out, "--resume"], "corrupt", "batch00000.pt", "delete it")

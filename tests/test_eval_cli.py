@@ -75,8 +75,10 @@ def test_resume_after_sigkill_finishes_with_identical_results(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in finished}
     assert not (out / "report.json").exists()
 
-    subprocess.run(_command(out, "--resume"), env=ENV, check=True, capture_output=True)
-    assert {p.name: p.stat().st_mtime_ns for p in finished} == stamps  # finished batches were not recomputed
+    resume = _command(out, "--resume")
+    done = subprocess.run([*resume[:3], "-v", *resume[3:]], env=ENV, check=True, capture_output=True, text=True)
+    assert f"resuming: {len(stamps)} of 12 batches already finished" in done.stderr  # none recomputed
+    assert not (out / "partial").exists()  # the finished run keeps no cache that only serves a resume
     subprocess.run(_command(tmp_path / "straight"), env=ENV, check=True, capture_output=True)
     (resumed,), (straight,) = _results(out), _results(tmp_path / "straight")
     assert torch.equal(resumed.robust, straight.robust) and torch.equal(resumed.clean_logits, straight.clean_logits)
@@ -113,15 +115,22 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_resume_with_another_eps_or_sanity_n_reuses_no_stale_cache(tmp_path):
+def test_resume_with_another_eps_or_sanity_n_reuses_no_stale_cache(tmp_path, monkeypatch):
     args = [*BASE, "--n", "16", "--attacks", "fgsm", "--steps", "2", "--no-plots", "--out", str(tmp_path)]
-    assert main([*args, "--eps", "0.05", "--sanity-n", "8"]) == 0
-    # an eps equal to 6 significant digits is another eps: its own batches and its own sanity checks
-    assert main([*args, "--eps", "0.0500001", "--sanity-n", "8", "--resume"]) == 0
-    assert sorted(p.name for p in (tmp_path / "partial").glob("eps-*")) == ["eps-0.05", "eps-0.0500001"]
-    assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 2
+    import robustlab.eval.run as eval_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # each run stops after its batches: partial/ stays for --resume
+
+    with monkeypatch.context() as patch:
+        patch.setattr(eval_run, "write_html", interrupted)
+        assert main([*args, "--eps", "0.05", "--sanity-n", "8"]) == 130
+        # an eps equal to 6 significant digits is another eps: its own batches and its own sanity checks
+        assert main([*args, "--eps", "0.0500001", "--sanity-n", "8", "--resume"]) == 130
+        assert sorted(p.name for p in (tmp_path / "partial").glob("eps-*")) == ["eps-0.05", "eps-0.0500001"]
+        assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 2
     assert main([*args, "--eps", "0.05", "--sanity-n", "6", "--resume"]) == 0
-    assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 3
+    assert not (tmp_path / "partial").exists()  # finished: the cache is gone
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sanity"][0]["name"] == "train_mode" and report["eps"] == [0.05]
 

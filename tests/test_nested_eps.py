@@ -63,15 +63,27 @@ def test_deterministic_attacks_nest_sample_by_sample(zoo_mlp, fmnist_batch, tmp_
     assert carried.any() and torch.equal(nested[0.05].carried_logits[carried], nested[0.02].breaking_logits()[carried])
 
 
-def test_nested_resume_reuses_every_finished_batch(zoo_mlp, fmnist_batch, tmp_path):
+def test_nested_resume_reuses_every_finished_batch(zoo_mlp, fmnist_batch, tmp_path, monkeypatch):
+    import robustlab.eval.run as eval_run
+
     x, y = fmnist_batch(60)
     config = EvalConfig(eps=EPS, attacks="pgd(steps=2)", sanity_n=0, batch_size=20, plots=False)
-    first = run_evaluation(zoo_mlp, (x, y), config, tmp_path)
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "partial").rglob("batch*.pt")}
+    first = run_evaluation(zoo_mlp, (x, y), config, tmp_path / "straight")
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(eval_run, "write_html", lambda out: (_ for _ in ()).throw(KeyboardInterrupt))
+        run_evaluation(zoo_mlp, (x, y), config, tmp_path / "stopped")  # stopped after every batch was done
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "stopped" / "partial").rglob("batch*.pt")}
     assert len(stamps) == 9 and len({p.parent for p in stamps}) == 3
-    again = run_evaluation(zoo_mlp, (x, y), config, tmp_path, resume=True)
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert [e.to_dict() for e in again.results] == [e.to_dict() for e in first.results]
+    reads = []
+    with monkeypatch.context() as patch:
+        patch.setattr(eval_run.Evaluator, "run_batch", lambda *a, **k: reads.append(1))  # nothing may be recomputed
+        again = run_evaluation(zoo_mlp, (x, y), config, tmp_path / "stopped", resume=True)
+    assert not reads
+
+    def timeless(entry: dict) -> dict:  # a straight run took other seconds; every count and rate is the same
+        return {k: timeless(v) if isinstance(v, dict) else v for k, v in entry.items() if k != "seconds"}
+
+    assert [timeless(e.to_dict()) for e in again.results] == [timeless(e.to_dict()) for e in first.results]
 
 
 def test_nested_with_autoattack_is_never_higher(zoo_mlp, fmnist_batch, tmp_path):

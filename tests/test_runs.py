@@ -12,6 +12,7 @@ import pytest
 
 from robustlab import RobustlabError
 from robustlab.cli import main
+from robustlab.io import write_json
 from robustlab.runs import RunFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,12 +70,22 @@ def test_a_finished_eval_is_not_overwritten_without_overwrite(tmp_path, capsys):
     assert "contradict" in err
 
 
-def test_stale_sanity_flags_are_not_reused(tmp_path, capsys):
+def test_stale_sanity_flags_are_not_reused(tmp_path, capsys, monkeypatch):
+    import robustlab.eval.run as eval_run
+
     argv = ["eval", "--model", "zoo:fmnist-mlp", "--dataset", "fashion-mnist", "--n", "16", "--eps", "0.05",
             "--attacks", "fgsm", "--no-plots", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
-    assert main([*argv, "--sanity-n", "8"]) == 0
-    assert main([*argv, "--sanity-n", "12", "--resume"]) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # the run stops after its sanity checks, as a Ctrl-C would stop it
+
+    with monkeypatch.context() as patch:
+        patch.setattr(eval_run, "_evaluate", interrupted)
+        assert main([*argv, "--sanity-n", "8"]) == 130
+        assert main([*argv, "--sanity-n", "12", "--resume"]) == 130
     assert len(list((tmp_path / "partial").glob("sanity-*.json"))) == 2  # one cache per setting, none reused
+    assert main([*argv, "--sanity-n", "12", "--resume"]) == 0
+    assert not (tmp_path / "partial").exists()  # a finished run keeps no cache that only serves a resume
 
 
 def _training(command: str) -> list[str]:
@@ -126,6 +137,7 @@ def test_run_folder_api(tmp_path):
         assert not run.resumed and (tmp_path / ".lock").read_text().strip() == str(os.getpid())
         with pytest.raises(RobustlabError, match="in use"):
             RunFolder(tmp_path, "train", {"lr": 0.1}, resume=True).__enter__()
+    assert not (tmp_path / ".lock").exists()  # a finished run leaves no lock file behind
     with pytest.raises(RobustlabError, match="holds a 'train' run, not 'eval'"):
         RunFolder(tmp_path, "eval", {"lr": 0.1}, resume=True).__enter__()
 
@@ -134,8 +146,8 @@ def test_precheck_refuses_what_entering_would_without_taking_or_changing_the_fol
     missing = tmp_path / "new"
     RunFolder(missing, "attack", {}).precheck()
     assert not missing.exists()  # nothing created: entering does that
-    with RunFolder(tmp_path, "attack", {"eps": 0.1}):
-        (tmp_path / "report.json").write_text("{}")
+    with RunFolder(tmp_path, "attack", {"eps": 0.1}) as run:
+        write_json(run.path / "report.json", {})  # a file the run writes (through robustlab.io)
         with pytest.raises(RobustlabError, match="in use by another robustlab run"):
             RunFolder(tmp_path, "attack", {}, overwrite=True).precheck()
     with pytest.raises(RobustlabError, match="already holds a run"):

@@ -4,6 +4,7 @@ pickle placed anywhere robustlab reads never runs, and the command exits 2 with 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pickle
 from pathlib import Path
@@ -115,6 +116,10 @@ def test_resume_reads_last_pt_safely(tmp_path, capsys, hostile, command):
     assert isinstance(safe_load(out / "last.pt"), dict)
     good = (out / "last.pt").read_bytes()
     hostile(out / "last.pt")
+    # the run recorded last.pt's SHA-256: a replaced file is refused before it is read
+    err = _refused(capsys, [*argv, "--resume"], hostile.marker, advice=False)
+    assert "last.pt" in err and "SHA-256" in err
+    _forget_digests(out)  # a folder of an older robustlab, without digests: the safe loader is the guard
     err = _refused(capsys, [*argv, "--resume"], hostile.marker)
     assert "last.pt" in err and "Python objects" in err
     (out / "last.pt").write_bytes(good[: len(good) // 2])  # a truncated checkpoint: corrupt, no trust advice
@@ -122,15 +127,34 @@ def test_resume_reads_last_pt_safely(tmp_path, capsys, hostile, command):
     assert "corrupt" in err
 
 
-def test_evaluator_batches_are_read_safely(tmp_path, capsys, hostile):
+def _forget_digests(folder: Path) -> None:
+    """Make ``folder`` look like a run of an older robustlab: no manifest in run.json, no journal."""
+    record = json.loads((folder / "run.json").read_text())
+    record.pop("files", None)
+    (folder / "run.json").write_text(json.dumps(record))
+    (folder / ".files.jsonl").unlink(missing_ok=True)
+
+
+def test_evaluator_batches_are_read_safely(tmp_path, capsys, hostile, monkeypatch):
+    import robustlab.eval.run as eval_run
+
     argv = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "20", "--batch-size", "10", "--eps", "0.05",
             "--attacks", "fgsm", "--sanity-n", "0", "--no-plots", "--out", str(tmp_path)]  # fmt: skip
-    assert main(argv) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped after its batches: partial/ stays for --resume
+
+    with monkeypatch.context() as patch:
+        patch.setattr(eval_run, "write_html", interrupted)
+        assert main(argv) == 130
     capsys.readouterr()
     batches = sorted((tmp_path / "partial").rglob("batch*.pt"))
     assert len(batches) == 2
     assert isinstance(safe_load(tmp_path / "results.pt"), dict)
     hostile(batches[0])
+    err = _refused(capsys, [*argv, "--resume"], hostile.marker, advice=False)
+    assert "evaluation batch" in err and "SHA-256" in err
+    _forget_digests(tmp_path)
     err = _refused(capsys, [*argv, "--resume"], hostile.marker)
     assert "evaluation batch" in err
     batches[0].write_bytes(os.urandom(300))

@@ -35,8 +35,10 @@ from robustlab.eval.sources import (
 )
 from robustlab.io import atomic_torch_save, environment, markdown_table, write_report
 from robustlab.reports.html import HTML_FILE, write_html
-from robustlab.runs import RunFolder, check_writable_file
+from robustlab.runs import RunFolder, check_not_in_run, check_writable_file
 from robustlab.threat import ThreatModel
+
+ATTACK_WRITES = ("report.json", "report.md", HTML_FILE, "gallery.pt")  # what an attack run writes into --out
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,13 @@ def run_attack(
     started = time.time()
     device = torch.device(device) if device is not None else torch.device("cpu")
     threat, runner = config.threat(), config.build_attack()
-    folder: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if out is not None:  # checked now; taken (and with overwrite, cleared) once model and data have loaded
+    folder: RunFolder | contextlib.AbstractContextManager = contextlib.nullcontext()
+    if out is not None:  # checked now; taken once model and data have loaded (overwrite builds beside it)
         fingerprint = {**model_fingerprint(model), **data_fingerprint(dataset), **config.fingerprint(runner)}
         folder = RunFolder(out, "attack", fingerprint, overwrite=overwrite, resumable=False)
         folder.precheck()
     if save_adv is not None:
+        check_not_in_run(save_adv, out, "--save-adv", ATTACK_WRITES)
         check_writable_file(save_adv, "--save-adv")
     module, _, _ = resolve_model(model, device)
     data, data_name, _, _ = resolve_data(dataset)
@@ -215,15 +218,16 @@ def run_attack(
             },
             forward_passes=result.forward_passes[runner.name], backward_passes=result.backward_passes[runner.name],
         )  # fmt: skip
-        if out is not None:
-            report.files.update(
-                save_gallery(out, module, data, runner, threat, result, device=device, dataset_name=data_name)
-            )
+        if isinstance(folder, RunFolder):  # written into folder.path (out, or its staging folder)
+            gallery = save_gallery(folder.path, module, data, runner, threat, result, device=device,
+                                   dataset_name=data_name)  # fmt: skip
+            report.files.update(folder.final(gallery))
             report.files["html"] = os.path.join(out, HTML_FILE)
-            report.files.update(write_report(out, report.to_dict(), report.to_markdown() + "\n"))
-            write_html(out)
+            report.files.update(folder.final(write_report(folder.path, report.to_dict(), report.to_markdown() + "\n")))
+            write_html(folder.path)
         if save_adv is not None:
-            atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+            adv = {"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}
+            atomic_torch_save(adv, folder.inside(save_adv) if isinstance(folder, RunFolder) else save_adv)
             report.files["adversarial_examples"] = str(save_adv)
         return report
 

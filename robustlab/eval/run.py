@@ -49,7 +49,7 @@ from robustlab.eval.sources import (
     resolve_model,
     settings,
 )
-from robustlab.io import atomic_torch_save, environment, write_json
+from robustlab.io import atomic_torch_save, check_digest, environment, write_json, write_report
 from robustlab.models.bpda import bpda, check_modules
 from robustlab.models.counting import PassCount, count_passes, countable
 from robustlab.reports.html import write_html
@@ -203,13 +203,14 @@ def run_evaluation(
         folder = (
             RunFolder(
                 out, "eval", fingerprint, resume=resume, overwrite=overwrite, is_main=shard.is_main,
-                barrier=lambda: barrier(shard),
+                barrier=lambda: barrier(shard), share=lambda value: broadcast_object(value, shard),
+                scratch=("partial",),  # the per-batch cache serves only the resume of an unfinished run
             )
             if out is not None
             else contextlib.nullcontext()
         )  # fmt: skip
         with folder, bpda(module, config.bpda):
-            path = Path(out) if out is not None else None
+            path = folder.path if isinstance(folder, RunFolder) else None  # out, or its staging folder
             plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate, setup,
                                   progress=progress)  # fmt: skip
             report = _evaluate(module, data, config, {**attacks, **plan.attacks}, path, shard, device, progress, plan)
@@ -232,8 +233,11 @@ def run_evaluation(
                                                                    PassCount()).to_dict())  # fmt: skip
             report.wall_time_s = round(time.time() - started, 3)
             if path is not None and shard.is_main:
-                report.files = {"results": str(path / "results.pt")}
+                report.files = {"results": str(folder.out / "results.pt")}
                 report.write(path, plots=config.plots)
+                if folder.staging:  # the report records where its files will be once the run has finished
+                    report.files = folder.final(report.files)
+                    write_report(path, report.to_dict(), report.to_markdown())
                 write_html(path)
             barrier(shard)
             return report
@@ -350,6 +354,7 @@ def _sanity(
     path = out / "partial" / f"sanity-{key}.json" if out is not None else None
     if path is not None and path.exists():
         try:
+            check_digest(path, "sanity cache")  # a damaged cache is recomputed, like an unreadable one
             return [Flag(**f) for f in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError) as exc:
             log.warning("recomputing the sanity checks: %s is unreadable (%s)", path, exc)

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,10 +30,11 @@ from robustlab.eval.sources import (
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
 from robustlab.io import atomic_torch_save, environment, write_report
 from robustlab.reports.html import write_html
-from robustlab.runs import RunFolder, check_writable_file
+from robustlab.runs import RunFolder, check_not_in_run, check_writable_file
 from robustlab.threat import ThreatModel
 
 DEFAULT_ATTACKS = "fgsm,ifgsm,ifgsm+normalized-ce"
+TRANSFER_WRITES = ("report.json", "report.md", "report.html", "heatmap.png", "topk_curves.png")  # into --out
 
 
 @dataclass(frozen=True)
@@ -136,13 +136,14 @@ def run_transfer(
     device = torch.device(device) if device is not None else torch.device("cpu")
     threat = ThreatModel(config.norm, config.eps, config.bounds)
     attacks = config.build_attacks()
-    folder: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if out is not None:  # checked now; taken (and with overwrite, cleared) once models and data have loaded
+    folder: RunFolder | contextlib.AbstractContextManager = contextlib.nullcontext()
+    if out is not None:  # checked now; taken once models and data have loaded (overwrite builds beside it)
         models = _models_fingerprint(sources, targets)
         fingerprint = {**models, **data_fingerprint(dataset), **config.fingerprint(attacks)}
         folder = RunFolder(out, "transfer", fingerprint, overwrite=overwrite, resumable=False)
         folder.precheck()
     if save_adv is not None:
+        check_not_in_run(save_adv, out, "--save-adv", TRANSFER_WRITES)
         check_writable_file(save_adv, "--save-adv")
     surrogates, judged = load_models(sources, targets, device)
     data, name, split, _ = resolve_data(dataset)
@@ -153,21 +154,23 @@ def run_transfer(
             surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
         )
         result.dataset, result.split = name, split
-        if out is not None:
-            out = Path(out)
+        if isinstance(folder, RunFolder):  # written into folder.path (out, or its staging folder)
+            path = folder.path
             report = {
                 **result.to_dict(),
                 "config": {**settings(config, exclude=("attacks", "extra")), **config.extra},
                 "wall_time_s": round(time.time() - started, 3),
                 "environment": environment(command_line),
             }
-            result.files = write_report(out, report, result.to_markdown())
-            result.files.update(heatmap=str(out / "heatmap.png"), topk_curves=str(out / "topk_curves.png"))
-            plot_heatmaps(result, result.files["heatmap"])
-            plot_topk_curves(result, result.files["topk_curves"])
-            result.files["html"] = write_html(out)
+            files = write_report(path, report, result.to_markdown())
+            files.update(heatmap=str(path / "heatmap.png"), topk_curves=str(path / "topk_curves.png"))
+            plot_heatmaps(result, files["heatmap"])
+            plot_topk_curves(result, files["topk_curves"])
+            files["html"] = write_html(path)
+            result.files = folder.final(files)
         if save_adv is not None:
-            atomic_torch_save({"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}, save_adv)
+            adv = {"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}
+            atomic_torch_save(adv, folder.inside(save_adv) if isinstance(folder, RunFolder) else save_adv)
             result.files["adversarial_examples"] = str(save_adv)
         return result
 

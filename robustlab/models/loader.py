@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
-from robustlab.io import safe_load
+from robustlab.io import ChangedFileError, safe_load
 from robustlab.models.arch import ARCHITECTURES, seeded_weights
-from robustlab.models.model_file import is_model_file, model_from_file
+from robustlab.models.model_file import check_weights, is_model_file, model_from_file
 from robustlab.models.normalize import DATASET_STATS, Normalize
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def _state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, dict):
+        if is_model_file(obj):  # a robustlab model file: its weights must match the digest its header records
+            check_weights(str(path), obj, obj.get("state_dict", obj.get("model_state")))
         for key in ("model_state", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 return _state_dict(obj[key], path)
@@ -358,7 +360,7 @@ def _robustlab_checkpoint(path: str, trust: bool = False) -> Any:
     try:
         obj = safe_load(path, trust, what="model file")
     except CheckpointError as exc:
-        if "--trust-checkpoint" in str(exc):
+        if "--trust-checkpoint" in str(exc) or isinstance(exc, ChangedFileError):
             raise
         return None  # not a PyTorch pickle at all: perhaps TorchScript, which torch.jit.load will judge
     if isinstance(obj, nn.Module):

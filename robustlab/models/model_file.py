@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError
+from robustlab.models.digest import state_dict_digest
 from robustlab.models.mode import temporary_mode
 from robustlab.models.normalize import Normalize
 
@@ -73,6 +74,7 @@ def save_model(
         "command": command, **meta,
     }  # fmt: skip
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    header["weights_sha256"] = state_dict_digest(state)  # a flipped bit in the weights is refused when loaded
     atomic_torch_save({**header, "state_dict": state}, path)
     return header
 
@@ -94,6 +96,17 @@ def _build(saved: dict[str, Any]) -> nn.Module:
     return build_spec(arch, num_classes, mean, std, shape, saved.get("dataset"), **saved.get("arch_kwargs", {}))
 
 
+def check_weights(spec: str, saved: dict[str, Any], state: Any) -> None:
+    """Refuse (one line) a model file whose weights do not match the SHA-256 its header records; a file without
+    one (written before robustlab recorded it, like the zoo's) passes."""
+    recorded = saved.get("weights_sha256")
+    if isinstance(recorded, str) and isinstance(state, dict) and state_dict_digest(state) != recorded:
+        raise CheckpointError(
+            f"model file {spec!r}: its weights do not match the SHA-256 recorded in its header (the file was "
+            "damaged or edited); restore it, or save or train it again"
+        )
+
+
 def model_from_file(spec: str, saved: dict[str, Any]) -> nn.Module:
     """The classifier a robustlab model file describes, with its weights."""
     if saved.get("arch") is None:
@@ -101,8 +114,9 @@ def model_from_file(spec: str, saved: dict[str, Any]) -> nn.Module:
             f"model file {spec!r} does not name its architecture (it was trained from a TorchScript or pickled "
             "model); give the architecture as --model SPEC and this file as --checkpoint"
         )
-    model = _build(saved)
     state = _file_state(saved)
+    check_weights(spec, saved, state)
+    model = _build(saved)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
@@ -121,4 +135,12 @@ def describe_file(saved: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k not in ("state_dict", "model_state")}
 
 
-__all__ = ["MODEL_FORMAT", "count_outputs", "describe_file", "is_model_file", "model_from_file", "save_model"]
+__all__ = [
+    "MODEL_FORMAT",
+    "check_weights",
+    "count_outputs",
+    "describe_file",
+    "is_model_file",
+    "model_from_file",
+    "save_model",
+]

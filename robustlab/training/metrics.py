@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import atomic_write_bytes, open_no_follow
+from robustlab.io import atomic_write_bytes, check_digest, disk_full, open_no_follow, record_file
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -29,16 +29,22 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``OUT/metrics.jsonl`` (``{"kind": "step" | "monitor" | "epoch", "step": ..., ...}``)."""
+    """The records of ``OUT/metrics.jsonl`` (``{"kind": "step" | "monitor" | "epoch", "step": ..., ...}``), up to
+    the first line that is not a complete record (cut by a kill, or damaged: not UTF-8, not JSON); a finished run's
+    log that no longer matches its recorded digest is refused."""
     path = Path(out) / METRICS_FILE
     if not path.is_file():
         return []
+    check_digest(path, "the metrics log")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            break  # a line cut by a kill: nothing after it was written completely
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            break  # nothing after a cut or damaged line is trusted
+        if not isinstance(record, dict):
+            break
+        records.append(record)
     return records
 
 
@@ -51,32 +57,42 @@ class MetricsLogger:
     def __init__(self, out: str | os.PathLike, tensorboard: bool = False, resume_step: int | None = None) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= resume_step] if resume_step is not None else []
-        atomic_write_bytes(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        fd = open_no_follow(self.out / METRICS_FILE, os.O_WRONLY | os.O_APPEND, what="the metrics log")
-        self._file = os.fdopen(fd, "a", encoding="utf-8")  # closed by close()
-        self._writer = None
         board = self.out / TENSORBOARD_DIR
-        if tensorboard and board.exists() and not board.is_dir():
-            self._file.close()
-            raise RobustlabError(f"{board} is a file, not a folder; remove it or drop --tensorboard")
-        if tensorboard:
+        writer_class = None
+        if tensorboard:  # refused before anything is written: a run that never started leaves nothing behind
+            if board.exists() and not board.is_dir():
+                raise RobustlabError(f"{board} is a file, not a folder; remove it or drop --tensorboard")
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                self._file.close()
                 raise RobustlabError(
                     "--tensorboard needs the tensorboard package; pip install 'robustlab[tensorboard]'"
                 ) from None
+            writer_class = SummaryWriter
+        kept = [r for r in read_metrics(self.out) if r.get("step", 0) <= resume_step] if resume_step is not None else []
+        atomic_write_bytes(self.out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        record_file(self.out / METRICS_FILE, None)  # the run's own file, appended to: checked once finished
+        fd = open_no_follow(self.out / METRICS_FILE, os.O_WRONLY | os.O_APPEND, what="the metrics log")
+        self._file = os.fdopen(fd, "a", encoding="utf-8")  # closed by close()
+        self._writer = None
+        if writer_class is not None:
+            record_file(board, None, folder=True)  # TensorBoard writes its event files itself
             purge = None if resume_step is None else resume_step + 1  # events after the checkpoint are hidden
-            self._writer = SummaryWriter(log_dir=str(self.out / TENSORBOARD_DIR), purge_step=purge)
+            self._writer = writer_class(log_dir=str(board), purge_step=purge)
 
     def _write(self, kind: str, step: int, values: dict[str, Any], epoch: int | None = None) -> None:
         scalars = _scalars(values)
         record = {"kind": kind, "step": int(step), **({"epoch": epoch} if epoch is not None else {})}
         record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as exc:
+            full = disk_full(exc, self.out / METRICS_FILE, len(line))
+            if full is not None:
+                raise full from None
+            raise
         if self._writer is not None:
             for name, value in scalars.items():
                 self._writer.add_scalar(f"{kind}/{name}", value, global_step=int(step))

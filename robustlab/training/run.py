@@ -20,10 +20,14 @@ from torch.utils.data import Dataset
 
 from robustlab.errors import RobustlabError
 from robustlab.models.mode import temporary_mode
+from robustlab.runs import check_not_in_run, check_writable_file
 from robustlab.training.loop import TrainConfig, train
 from robustlab.training.report import FinalEvaluation, TrainReport, plot_curves
 
 FILE_SETTINGS = ("model", "checkpoint", "teacher", "encoder")  # settings that name files a run starts from
+# what a training run writes into its folder (an --export file must not take one of these names)
+RUN_WRITES = ("model.pt", "last.pt", "best.pt", "history.json", "metrics.jsonl", "tensorboard", "curves.png",
+              "report.json", "report.md", "report.html")  # fmt: skip
 
 
 @dataclass
@@ -62,7 +66,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def training_fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings a ``--resume`` must match, with the content digest of every file the run starts from."""
-    from robustlab.runs import file_digest
+    from robustlab.io import file_digest
 
     keys = dict(sorted(settings.items()))
     for name in FILE_SETTINGS:
@@ -134,7 +138,7 @@ def run_training(
     only a run of the same kind and settings (one error line names those that differ), and a folder holding a run
     is never written over without ``overwrite``. ``on_start`` and ``on_epoch`` are called on rank 0 (e.g. to print).
     """
-    from robustlab.distributed import barrier, init_distributed, shard_device
+    from robustlab.distributed import barrier, broadcast_object, init_distributed, shard_device
     from robustlab.distributed import finish as leave_process_group
     from robustlab.io import environment
     from robustlab.runs import RunFolder
@@ -143,12 +147,16 @@ def run_training(
     shard = init_distributed(resolve_device(device))
     try:
         folder = RunFolder(out, kind, training_fingerprint(settings), resume=resume, overwrite=overwrite,
-                           is_main=shard.is_main, barrier=lambda: barrier(shard))  # fmt: skip
+                           is_main=shard.is_main, barrier=lambda: barrier(shard),
+                           share=lambda value: broadcast_object(value, shard))  # fmt: skip
         with folder:
             run_device = shard_device(resolve_device(device), shard)
             setup = build(run_device)
             for model in (setup.model, *setup.fits):
                 check_fits(model, setup.train_set, run_device, setup.num_classes if model is setup.model else None)
+            if setup.export:  # a folder or an unwritable path is refused now, not after the training
+                check_not_in_run(setup.export, folder, "--export", RUN_WRITES)
+                setup.export = check_writable_file(folder.inside(setup.export), "--export")
             if on_start is not None and shard.is_main:
                 on_start(setup)
             result = train(setup.model, setup.method, setup.train_set, setup.config, folder.path, resume=resume,
