@@ -157,6 +157,9 @@ def test_report_json_holds_every_pass_of_the_run(cnn, fmnist_batch, tmp_path):
             row = f"| {e['eps']:.4g} | {name} | {s['attacked']} | {s['seconds']:.2f} | {s['forward_passes']} | "
             assert re.search(re.escape(row).replace(r"\ ", " +"), markdown), row
     assert re.search(rf"\*\*total\*\* +\| {cost['forward_passes']} +\| {cost['backward_passes']} +\|", markdown)
+    html = (tmp_path / "run" / "report.html").read_text()
+    flag = next(f for f in data["sanity"] if f["backward_passes"])
+    assert f"({flag['forward_passes']} forward, {flag['backward_passes']} backward passes)" in html
 
     old = tmp_path / "old"
     old.mkdir()

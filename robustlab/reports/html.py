@@ -95,12 +95,19 @@ def sanity_section(data: dict[str, Any]) -> str:
     items = "".join(
         f'<div class="flag {"fired" if f.get("fired") else "passed"}"><strong>'
         f"{'Warning' if f.get('fired') else 'Passed'}</strong> ({inline(str(f.get('name')))}): "
-        f"{inline(str(f.get('message', '')))}</div>"
+        f"{inline(str(f.get('message', '')))}{_passes(f)}</div>"
         for f in flags
     )
     headline = data.get("adaptive", {}).get("headline")
     note = f"<p>The headline is {inline(str(headline))}.</p>" if headline else ""
     return f'<section id="sanity"><h2>Sanity checks</h2><p>{lead}</p>{note}{items}</section>'
+
+
+def _passes(flag: dict[str, Any]) -> str:
+    """What a sanity check cost (images forward / input gradients backward); nothing where none was counted."""
+    if not (flag.get("forward_passes") or flag.get("backward_passes")):
+        return ""
+    return f" ({flag['forward_passes']} forward, {flag.get('backward_passes', 0)} backward passes)"
 
 
 def plots_section(out: Path) -> str:
