@@ -61,6 +61,19 @@ def test_numpy_arrays_are_accepted_and_float64_images_converted(zoo_cnn, fmnist_
     assert _evaluator().run(zoo_cnn, (x.double(), y)).clean_accuracy == expected
 
 
+def test_a_dataset_that_does_not_subclass_torch_dataset_is_still_a_dataset(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(16)
+
+    class Pairs:  # len and getitem, as DataLoader needs
+        def __len__(self) -> int:
+            return len(y)
+
+        def __getitem__(self, i: int):
+            return x[i], int(y[i])
+
+    assert _evaluator().run(zoo_cnn, Pairs()).clean_accuracy == _evaluator().run(zoo_cnn, (x, y)).clean_accuracy
+
+
 @pytest.mark.parametrize(
     ("case", "words"),
     [

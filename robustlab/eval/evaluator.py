@@ -247,8 +247,9 @@ def checked_device(device: str | torch.device) -> torch.device:
 def as_data(data: Dataset | tuple[Tensor, Tensor]) -> Dataset | tuple[Tensor, Tensor]:
     """A dataset as it is, or an ``(x, y)`` pair as tensors (numpy arrays converted, lists refused), one label per
     input; one error line for anything else."""
-    if isinstance(data, Dataset):
-        return data
+    sequence = hasattr(data, "__len__") and hasattr(data, "__getitem__")
+    if isinstance(data, Dataset) or (sequence and not isinstance(data, (tuple, list, Tensor, np.ndarray))):
+        return data  # type: ignore[return-value]  # a map-style dataset, a Dataset subclass or not
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise RobustlabError(
             f"data is a {type(data).__name__}; give a torch Dataset or an (x, y) pair of tensors (images, labels)"
