@@ -80,20 +80,26 @@ class ThreatModel:
         grad = grad.float() if grad.dtype in LOW_PRECISION else grad  # a float16 norm underflows to 0
         return x_adv + (step_size * grad / _per_sample_norm(grad, 2).clamp_min(_TINY)).to(x_adv.dtype)
 
-    def project(self, x_adv: Tensor, x: Tensor, *, inplace: bool = False) -> Tensor:
+    def project(self, x_adv: Tensor, x: Tensor, *, inplace: bool = False, radius: Tensor | None = None) -> Tensor:
         """Project ``x_adv`` onto the eps-ball around ``x``, then clip to the bounds.
 
         In float16/bfloat16 the result lies in the ball and the bounds exactly, in the input's dtype. ``inplace``:
         ``x_adv`` is a temporary the caller gives up, and may be overwritten (an attack's step; the same result).
+        ``radius``: a per-sample radius (N,) in place of eps (minimum-norm attacks: each sample's own ball).
         """
+        if radius is not None:
+            radius = radius.to(torch.float32).view(-1, *([1] * (x.dim() - 1)))
+            if x.dtype in LOW_PRECISION:  # float32 arithmetic, rounded back (no inward rounding for a varying ball)
+                return self.project(x_adv.float(), x.float(), radius=radius.flatten()).to(x.dtype)
         if x.dtype in LOW_PRECISION:
             return self._project_low_precision(x_adv, x)
         own = inplace and x_adv.dtype == x.dtype and x_adv.shape == x.shape and not x_adv.requires_grad
         delta = x_adv.sub_(x) if own else x_adv - x  # then in place on delta: fewer allocations, the same bits
+        eps = self.eps if radius is None else radius.to(delta.dtype)
         if self.norm == "linf":
-            delta.clamp_(-self.eps, self.eps)
+            delta = delta.clamp_(-eps, eps) if radius is None else torch.maximum(torch.minimum(delta, eps), -eps)
         else:
-            delta = delta * (self.eps / _per_sample_norm(delta, 2).clamp_min(_TINY)).clamp(max=1.0)
+            delta = delta * (eps / _per_sample_norm(delta, 2).clamp_min(_TINY)).clamp(max=1.0)
         return self.clip(delta.add_(x), inplace=True)
 
     def _project_low_precision(self, x_adv: Tensor, x: Tensor) -> Tensor:
