@@ -184,3 +184,51 @@ def test_sanity_checks_show_a_bar_naming_each_check_and_moving_with_its_passes(z
     assert len(moved) >= 10 and all(0 < f < 1 for f in moved)  # the bar moves inside a check, with its passes
     run_sanity_checks(zoo_cnn, x, y, ThreatModel("linf", 0.1), steps=2, queries=20)
     assert capsys.readouterr().err == ""  # the library is silent unless asked
+
+
+# item 11: the words a run prints and writes
+
+
+def test_training_output_uses_proper_plurals_resolved_settings_and_integer_epoch_ticks(monkeypatch, capsys):
+    from robustlab import plots
+    from robustlab.training.report import plot_curves
+
+    args = ["train", "--method", "fgsm-rs", "--model", "cnn", "--dataset", "fashion-mnist", "--eps", "0.1", "--n",
+            "64", "--epochs", "1", "--eval-n", "0", "--monitor-n", "0", "--no-progress", "--out", "runs/t"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(1 epoch)" in out and "1 epochs" not in out and "time(s)" not in out
+    page = Path("runs/t/report.html").read_text()
+    assert "<th>step_size</th><td>0.125</td>" in page  # the step size fgsm-rs used (1.25 eps), not None
+    assert "<td>None</td>" not in page.split('id="config"')[1].split("Environment")[0]
+    figures = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path, **kw: figures.append(fig))
+    plot_curves([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}], "curves.png")
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_attack_report_names_model_and_attack_and_its_gallery_is_large(capsys):
+    assert main(["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "16", "--attacks", "fgsm",
+                 "--eps", "0.1", "--no-progress", "--out", "runs/a"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    title = "Attack fgsm on zoo:fmnist-cnn (fashion-mnist)"
+    assert Path("runs/a/report.md").read_text().startswith(f"# {title}, linf eps 0.1")
+    assert "# Attack" not in printed  # the terminal has its own first line
+    page = Path("runs/a/report.html").read_text()
+    assert f"<title>{title}" in page
+    assert int(page.split(".tile img{width:")[1].split("px")[0]) >= 100
+
+
+def test_eval_prints_the_protocol_in_one_line_and_no_weakest_class_when_all_are_at_zero(capsys):
+    base = ["eval", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "20", "--attacks", "fgsm",
+            "--sanity-n", "0", "--no-progress", "--no-plots"]  # fmt: skip
+    assert main([*base, "--eps", "0.05,0.1", "--out", "runs/e1"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "Clopper-Pearson" in x)
+    assert "eps protocol: nested" in line and len(line) < 120  # it was ~600 characters
+    assert "Eps protocol: nested (ascending eps" in Path("runs/e1/report.md").read_text()  # said once, in full
+    assert main([*base, "--eps", "0.5", "--out", "runs/e2"]) == 0  # everything breaks
+    out = capsys.readouterr().out
+    assert "robust accuracy 0.0" in out and "weakest classes" not in out

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     loss = report.attack.get("loss")
     setting = f"{report.name}{f' ({loss})' if loss else ''}, {report.threat['norm']} eps={report.threat['eps']:.4g}"
     print(f"{args.model} on {args.dataset}/{args.split}: {setting}")
-    print(report.to_markdown())
+    print(report.to_markdown(header=False))  # the line above names model and attack
     saved = f"; adversarial examples: {report.files['adversarial_examples']}" if args.save_adv else ""
     print(f"report: {report.files['json']}{saved}")
     sys.stdout.flush()

@@ -125,7 +125,8 @@ def print_report(report: EvalReport) -> None:
         for e in report.results
     ]
     print(markdown_table(["eps", "clean %", *[f"after {a} %" for a in names], "robust %", "ICR mean"], rows))
-    print(f"95 % Clopper-Pearson intervals, n = {report.n}; {report.protocol_text()}")
+    # the protocol in one line here; report.md says what it means, once
+    print(f"95 % Clopper-Pearson intervals, n = {report.n}; eps protocol: {report.protocol} (see report.md)")
     if report.cost:  # the cost of the answer: images forward / input gradients backward, all ranks
         passes = [[f"{e.eps:.4g}", a, f"{e.attacks[a].seconds:.2f}", e.attacks[a].forward_passes,
                    e.attacks[a].backward_passes] for e in report.results for a in names]  # fmt: skip

@@ -148,8 +148,17 @@ class AttackReport:
               if self.forward_passes else []),
         ]
 
-    def to_markdown(self) -> str:
-        return markdown_table(["metric", "value"], self.rows())
+    def title(self) -> str:
+        """``pgd on zoo:fmnist-cnn (fashion-mnist), linf eps 0.1``: what was attacked, with what (the model and data
+        are named where the run was given them by name)."""
+        model, data = self.config.get("model"), self.config.get("dataset")
+        where = f" on {model}" + (f" ({data})" if data else "") if isinstance(model, str) else ""
+        return f"{self.name}{where}, {self.threat.get('norm')} eps {self.threat.get('eps', 0):.4g}"
+
+    def to_markdown(self, header: bool = True) -> str:
+        """The results table, under a title naming the model and the attack (``header=False``: the table alone)."""
+        table = markdown_table(["metric", "value"], self.rows())
+        return f"# Attack {self.title()}\n\n{table}" if header else table
 
 
 def used_config(attack: Any, threat: ThreatModel) -> dict[str, Any]:

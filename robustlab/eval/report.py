@@ -236,9 +236,9 @@ class EvalReport:
         e = max(self.results, key=lambda entry: entry.eps)
         text = f"robust accuracy {_ci(e.robust_accuracy, e.intervals.get('robust_accuracy'))} % at eps {e.eps:.4g}"
         text += f" ({self.headline_note})"
-        if e.per_class and self.class_names:
-            weak = ", ".join(f"{n} {100 * r:.1f} %" for n, r, _ in e.weakest_classes(self.class_names))
-            text += f"; weakest classes: {weak}"
+        weakest = e.weakest_classes(self.class_names) if e.per_class and self.class_names else []
+        if weakest and e.robust_accuracy > 0:  # when every class is at 0 %, no class is the weakest
+            text += "; weakest classes: " + ", ".join(f"{n} {100 * r:.1f} %" for n, r, _ in weakest)
         return text
 
     def detail_lines(self) -> list[str]:

@@ -28,7 +28,7 @@ th,td{border:1px solid #d8dde6;padding:.25rem .55rem;text-align:left}th{backgrou
 .passed{background:#edf7ee;border-left:4px solid #2e7d32}figure{display:inline-block;margin:.5rem 1rem .5rem 0}
 figure img{max-width:34rem;border:1px solid #d8dde6}figcaption{font-size:.85rem;color:#5b6472}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}.tile{border:1px solid #d8dde6;border-radius:4px;padding:.35rem;
-font-size:.78rem;background:#fafbfc}.tile img{width:80px;height:80px;image-rendering:pixelated;margin-right:2px}
+font-size:.78rem;background:#fafbfc}.tile img{width:112px;height:112px;image-rendering:pixelated;margin-right:2px}
 .broken{border-top:3px solid #c62828}.held{border-top:3px solid #2e7d32}
 """
 
@@ -74,7 +74,9 @@ def _title(kind: str, data: dict[str, Any]) -> str:
     if kind == "eval":
         return f"Evaluation of {data.get('model')} on {data.get('dataset')}"
     if kind == "attack":
-        return f"Attack {data.get('name')} (eps {data.get('threat', {}).get('eps')})"
+        model, dataset = (data.get("config") or {}).get("model"), (data.get("config") or {}).get("dataset")
+        where = f" on {model}" + (f" ({dataset})" if dataset else "") if model else ""
+        return f"Attack {data.get('name')}{where} (eps {data.get('threat', {}).get('eps')})"
     if kind == "transfer":
         return f"Transfer of {', '.join(data.get('attacks', []))} from {', '.join(data.get('sources', []))}"
     return f"Training: robustlab {kind} ({data.get('method', {}).get('method', kind)})"
@@ -155,12 +157,23 @@ def _rows(d: dict[str, Any]) -> str:
     return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cells(v)}</td></tr>" for k, v in d.items())
 
 
+SETTING_IN_METHOD = {"pgd_steps": "steps", "gradalign_lambda": "lambda"}  # a setting's name in method.config()
+
+
+def resolved_settings(settings: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
+    """The command's settings with the values the method resolved where the command left them unset (step size,
+    noise sigma, PGD steps, ...), and "-" where a setting was not given and does not apply."""
+    resolved = {k: method.get(SETTING_IN_METHOD.get(k, k)) if v is None else v for k, v in settings.items()}
+    return {k: "-" if v is None else v for k, v in resolved.items()}
+
+
 def config_section(data: dict[str, Any]) -> str:
     """The run's configuration and environment, as they are in ``report.json``."""
     config = {**({"threat": data["threat"]} if "threat" in data else {}), **(data.get("config") or {})}
     if "settings" in data:
-        settings = data["settings"]  # the command's settings, then the loop's where they add something
-        config = {**settings, **{f"loop.{k}": v for k, v in config.items() if settings.get(k, object()) != v}}
+        settings = data["settings"]  # the command's settings (resolved), then the loop's where they add something
+        loop = {f"loop.{k}": "-" if v is None else v for k, v in config.items() if settings.get(k, object()) != v}
+        config = {**resolved_settings(settings, data.get("method") or {}), **loop}
     env = data.get("environment") or {}
     return (
         f'<section id="config"><h2>Configuration</h2><div class="table"><table>{_rows(config)}</table></div>'

@@ -95,6 +95,8 @@ def evaluation_rows(evaluation: dict[str, Any] | None) -> list[list[str]]:
 
 def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
     """Clean / FGSM / PGD accuracy of the monitor batch and the training loss per epoch, as a PNG."""
+    from matplotlib.ticker import MaxNLocator
+
     from robustlab.plots import save_png, subplots
 
     epochs = [h["epoch"] for h in history]
@@ -110,6 +112,8 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     ax.legend(fontsize=8)
     ax_loss.plot(epochs, [h.get("loss", float("nan")) for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for axis in (ax, ax_loss):  # epochs are whole numbers: no 1.0, 1.2, ... ticks
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     save_png(fig, path, dpi=100)
 
@@ -145,10 +149,13 @@ class TrainReport:
     def summary_rows(self) -> list[list[str]]:
         """The rows of the summary table the CLI prints."""
         last = self.history[-1] if self.history else {}
-        rows = [["training time", f"{self.train_seconds:.1f} s ({self.epochs_done} epochs)"]]
+        from robustlab.eval.progress import plural
+
+        rows = [["training time", f"{self.train_seconds:.1f} s ({plural(self.epochs_done, 'epoch')})"]]
         if self.kind == "train":
             rows.append(["stopped early", self.stop_reason or "no"])
-            rows.append(["CO detected", f"{len(self.extra.get('co_events', []))} time(s)"])
+            co = len(self.extra.get("co_events", []))
+            rows.append(["CO detected", plural(co, "time") if co else "no"])
         show = lambda k, v: f"{100 * v:.2f} %" if "accuracy" in k else f"{v:.4f}"  # noqa: E731
         rows += [[k.replace("_", " "), show(k, last[k])] for k in self.summary_keys if k in last]
         return rows + evaluation_rows(self.evaluation)
