@@ -51,9 +51,16 @@ def test_compare_takes_training_runs_and_reads_only_saved_files(two_runs, tmp_pa
                                                    "evaluation": evaluation}))  # fmt: skip
     comparison = compare_runs([two_runs[1], train])
     assert comparison.kinds == ["attack", "ssl"]
-    assert comparison.figures["train"]["robust accuracy under pgd-50-10, linf eps 0.1"] == (0.3, None)
+    # the final evaluation's accuracies get their interval over its n (10 images); the kNN monitor's has no n
+    from robustlab.eval.intervals import clopper_pearson
+
+    pgd = comparison.figures["train"]["robust accuracy under pgd-50-10, linf eps 0.1"]
+    assert pgd == (0.3, list(clopper_pearson(3, 10)))
     assert comparison.figures["train"]["kNN accuracy (last epoch)"] == (0.5, None)
-    assert comparison.figures["train"]["clean accuracy"] == (0.8, None)
+    assert comparison.figures["train"]["clean accuracy"] == (0.8, list(clopper_pearson(8, 10)))
+    assert comparison.n == {two_runs[1].name: 100, "train": 10}
+    assert comparison.rows()[0] == ["n (samples)", "100", "10"] and "different numbers of samples (10, 100)" in (
+        comparison.to_markdown())  # fmt: skip
 
 
 def test_compare_user_mistakes_are_one_line(two_runs, tmp_path, cli_error):

@@ -82,6 +82,26 @@ def headline_figures(data: dict[str, Any]) -> dict[str, Figure]:
     return figures
 
 
+def sample_count(data: dict[str, Any]) -> int | None:
+    """How many samples a run's headline figures are over (a training run: its final evaluation's)."""
+    scored = data if report_kind(data) in ("eval", "attack", "transfer") else data.get("evaluation") or {}
+    n = scored.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def with_intervals(figures: dict[str, Figure], n: int | None) -> dict[str, Figure]:
+    """Accuracies over ``n`` samples get their 95 % Clopper-Pearson interval where the report has none (a training
+    run's final evaluation), so runs of different n compare by their intervals."""
+    from robustlab.eval.intervals import clopper_pearson
+
+    if n is None:
+        return figures
+    return {
+        m: (v, ci if ci or "accuracy" not in m or "kNN" in m else list(clopper_pearson(round(v * n), n)))
+        for m, (v, ci) in figures.items()
+    }
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -95,6 +115,7 @@ class Comparison:
     metrics: list[str]
     figures: dict[str, dict[str, Figure]]
     files: dict[str, str] = field(default_factory=dict)
+    n: dict[str, int | None] = field(default_factory=dict)  # samples behind each run's figures
 
     def rows(self) -> list[list[str]]:
         """One row per metric, one column per run (in %, with the 95 % interval where the run has one)."""
@@ -105,12 +126,22 @@ class Comparison:
             value, ci = self.figures[run][metric]
             return f"{100 * value:.2f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
-        return [[metric, *[cell(run, metric) for run in self.runs]] for metric in self.metrics]
+        rows = [[metric, *[cell(run, metric) for run in self.runs]] for metric in self.metrics]
+        if self.n:
+            rows.insert(0, ["n (samples)", *[str(self.n.get(run) or "-") for run in self.runs]])
+        return rows
 
     def to_markdown(self) -> str:
         kinds = ", ".join(f"`{r}`: {k}" for r, k in zip(self.runs, self.kinds))
         table = markdown_table(["metric (%)", *self.runs], self.rows())
-        return f"# Runs compared\n\n{kinds}. Figures from each run's report.json, in %.\n\n{table}\n"
+        ns = sorted({n for n in self.n.values() if n})
+        note = (
+            f" The runs are over different numbers of samples ({', '.join(map(str, ns))}): compare them by their 95 % "
+            "Clopper-Pearson intervals (in brackets); a difference inside them is not a difference."
+            if len(ns) > 1
+            else ""
+        )
+        return f"# Runs compared\n\n{kinds}. Figures from each run's report.json, in %.{note}\n\n{table}\n"
 
     def plot(self, path: str | os.PathLike) -> None:
         """A grouped bar chart: one group per metric, one bar per run (with the interval where known)."""
@@ -148,13 +179,14 @@ def compare_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike | Non
         names = [str(p) for p in paths]
     reports = [load_report(p) for p in paths]
     figures = {}
+    counts = {name: sample_count(data) for name, data in zip(names, reports)}
     for name, path, data in zip(names, paths, reports):
         try:
-            figures[name] = headline_figures(data)
+            figures[name] = with_intervals(headline_figures(data), counts[name])
         except RobustlabError as exc:
             raise RobustlabError(f"{path / 'report.json'}: {exc}") from None
     metrics = list(dict.fromkeys(m for f in figures.values() for m in f))
-    comparison = Comparison(names, [report_kind(d) for d in reports], metrics, figures)
+    comparison = Comparison(names, [report_kind(d) for d in reports], metrics, figures, n=counts)
     if out is not None:
         out = Path(out)
         with writing_into(out):
