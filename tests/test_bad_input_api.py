@@ -121,11 +121,13 @@ def test_cuda_without_a_gpu_is_one_line():
 
 def test_knn_n_beyond_the_train_split_is_refused(tmp_path, cli_error):
     from robustlab.data import first_n, load_dataset
+    from robustlab.models import load_model
     from robustlab.ssl.knn import KNNMonitor
 
     small = first_n(load_dataset("fashion-mnist", "test"), 50)
     monitor = KNNMonitor.from_datasets(small, small, 50)
     assert len(monitor.train[1]) == 50 and len(monitor.test[1]) == 50  # 100 test items asked, 50 there: all
+    assert 0 <= monitor.measure(load_model("zoo:fmnist-cnn")) <= 1  # still the training loop's epoch callback
     with pytest.raises(RobustlabError, match="--knn-n 51 is more than the 50 labelled train items"):
         KNNMonitor.from_datasets(small, small, 51)
     cli_error(["ssl", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "64", "--epochs", "1", "--knn-n",

@@ -64,12 +64,6 @@ class KNNMonitor:
             )
         return cls(first_items(train, n), first_items(test, min(max(n // 4, 100), len(test))), k)  # type: ignore[arg-type]
 
-
-def first_items(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
-    """The first ``n`` items of ``dataset`` as ``(images, labels)`` tensors."""
-    images, labels = default_collate([dataset[i] for i in range(n)])
-    return images, torch.as_tensor(labels)
-
     def measure(self, model: nn.Module) -> float:
         model = unwrap(model)
         encoder = model.encoder if isinstance(model, SSLModel) else model
@@ -77,6 +71,12 @@ def first_items(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
 
     def on_epoch_end(self, ctx: TrainContext) -> None:
         ctx.stats["knn_accuracy"] = self.measure(ctx.model)
+
+
+def first_items(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` items of ``dataset`` as ``(images, labels)`` tensors."""
+    images, labels = default_collate([dataset[i] for i in range(n)])
+    return images, torch.as_tensor(labels)
 
 
 __all__ = ["KNNMonitor", "embed", "first_items", "knn_accuracy"]
