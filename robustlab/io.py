@@ -90,8 +90,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        record_file(path, hashlib.sha256(data).hexdigest())  # before the rename: a kill leaves a known digest
+        digest = hashlib.sha256(data).hexdigest()
+        tracked = record_file(path, digest)  # before the rename: a kill leaves a known digest
         os.replace(tmp, path)
+        if not tracked:
+            _note_in_manifest(path, digest)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -130,12 +133,12 @@ def _tracked_run(path: Path) -> Path | None:
     return next((p for p in path.parents if p in _TRACKED), None)
 
 
-def record_file(path: str | os.PathLike, digest: str | None, folder: bool = False) -> None:
-    """Append ``path``'s digest to its run folder's journal (nothing outside a run folder being written).
-    ``digest`` None marks a file the run owns but appends to (a log), ``folder`` a folder it owns entirely."""
+def record_file(path: str | os.PathLike, digest: str | None, folder: bool = False) -> bool:
+    """Append ``path``'s digest to its run folder's journal; False (nothing done) outside a run folder being
+    written. ``digest`` None marks a file the run owns but appends to (a log), ``folder`` a folder it owns."""
     run = _tracked_run(Path(path))
     if run is None:
-        return
+        return False
     entry = {"file": Path(os.path.abspath(path)).relative_to(run).as_posix(), "sha256": digest}
     line = (json.dumps({**entry, **({"folder": True} if folder else {})}) + "\n").encode()
     fd = open_no_follow(run / DIGESTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what="the run's file journal")
@@ -148,6 +151,26 @@ def record_file(path: str | os.PathLike, digest: str | None, folder: bool = Fals
         raise
     finally:
         os.close(fd)
+    return True
+
+
+def _note_in_manifest(path: Path, digest: str) -> None:
+    """A file robustlab (re)writes in a finished run folder (``robustlab report`` redoing report.md) stays one of
+    the run's files, with its new digest in ``run.json``'s manifest."""
+    path = Path(os.path.abspath(path))
+    if path.name == RUN_FILE:
+        return
+    for folder in list(path.parents)[:4]:
+        if not (folder / RUN_FILE).is_file():
+            continue
+        try:
+            saved = json.loads((folder / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and isinstance(saved.get("files"), dict):
+            saved["files"][path.relative_to(folder).as_posix()] = digest
+            write_json(folder / RUN_FILE, saved)
+        return
 
 
 def read_journal(folder: str | os.PathLike) -> dict[str, list[str | None]]:

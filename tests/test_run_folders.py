@@ -143,6 +143,22 @@ with RunFolder(sys.argv[1], "eval", {"seed": 1}, overwrite=True) as run:
 """
 
 
+def test_a_failed_attack_overwrite_keeps_the_earlier_attack(tmp_path, monkeypatch):
+    import robustlab.eval.attack_run as attack_run
+
+    out = tmp_path / "a"
+    assert main([*ATTACK, "--out", str(out)]) == 0
+    before = snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model failed in the middle of the attack")
+
+    monkeypatch.setattr(attack_run.Evaluator, "run", broken)
+    with pytest.raises(RuntimeError, match="middle of the attack"):
+        main([*ATTACK, "--out", str(out), "--overwrite"])
+    assert snapshot(out) == before and siblings(out) == []
+
+
 def test_a_killed_overwrite_leaves_the_earlier_run_and_the_next_run_clears_its_staging(tmp_path):
     out = tmp_path / "r"
     with RunFolder(out, "eval", {"seed": 0}) as run:
@@ -215,6 +231,15 @@ def test_overwrite_of_a_killed_run_removes_what_its_journal_lists(tmp_path, monk
     assert (out / "partial").is_dir() and (out / ".files.jsonl").is_file()
     assert main([*EVAL, "--n", "8", "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "report.json").read_text())["n"] == 8 and not (out / "partial").exists()
+
+
+def test_files_robustlab_rewrites_in_a_finished_run_stay_the_runs_own(tmp_path):
+    out = tmp_path / "e"
+    assert main([*EVAL, "--out", str(out)]) == 0
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0  # rewrites report.md and report.html in the finished folder
+    verify(out)  # the manifest follows the rewrite
+    assert main([*EVAL, "--out", str(out), "--overwrite"]) == 0  # nothing in it is foreign
 
 
 # --------------------------------------------------------------- item 9: digests recorded and checked when read
