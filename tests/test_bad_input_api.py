@@ -93,6 +93,17 @@ def test_bad_data_is_one_line(case, words, zoo_cnn, fmnist_batch):
     assert len(str(info.value).splitlines()) == 1 and all(w in str(info.value) for w in words), info.value
 
 
+def test_run_evaluation_takes_numpy_and_refuses_lists_too(fmnist_batch):
+    from robustlab.eval import EvalConfig, run_evaluation
+
+    x, y = fmnist_batch(8)
+    config = EvalConfig(eps=0.1, attacks="fgsm", sanity_n=0, plots=False)
+    expected = run_evaluation("zoo:fmnist-cnn", (x, y), config).results[0].clean_accuracy
+    assert run_evaluation("zoo:fmnist-cnn", (x.numpy(), y.numpy()), config).results[0].clean_accuracy == expected
+    with pytest.raises(RobustlabError, match="y is a list"):
+        run_evaluation("zoo:fmnist-cnn", (x, y.tolist()), config)
+
+
 def test_an_empty_batch_is_refused(zoo_cnn, fmnist_batch):
     x, y = fmnist_batch(4)
     with pytest.raises(RobustlabError, match="batch is empty"):

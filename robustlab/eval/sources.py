@@ -182,6 +182,9 @@ def resolve_data(data: Data | str | DataSource) -> tuple[Data, str, str, dict]:
         with contextlib.suppress(TypeError):
             _DATA_NAMES[loaded] = canonical_name(data.name)
         return loaded, data.name, data.split, {**data.fingerprint(), "data_sha256": data_digest(loaded)}
+    from robustlab.eval.evaluator import as_data
+
+    data = as_data(data)  # numpy arrays as tensors; lists, a label count that differs: one line
     return data, type(data).__name__, "-", data_fingerprint(data)
 
 
