@@ -408,6 +408,12 @@ class RunFolder:
     def _make_staging(self) -> Path:
         """An empty folder beside ``out`` (same file system, so it can take out's place), locked by this run."""
         target = Path(os.path.realpath(self.out))
+        here = Path(os.path.realpath(os.getcwd()))
+        if here == target or target in here.parents:  # swapping the folder this process stands in would lose it
+            raise RobustlabError(
+                f"--overwrite replaces {self.out} by a new folder, but it is the current folder (or holds it); run "
+                "from another folder, e.g. cd .., or choose another --out"
+            )
         while True:
             staging = target.parent / f"{target.name}.staging-{secrets.token_hex(6)}"
             try:

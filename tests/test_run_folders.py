@@ -182,6 +182,15 @@ def test_a_killed_overwrite_leaves_the_earlier_run_and_the_next_run_clears_its_s
     assert siblings(out) == [] and json.loads((out / "report.json").read_text()) == {"newest": True}
 
 
+def test_overwrite_of_the_current_folder_is_refused(tmp_path, monkeypatch, cli_error):
+    out = tmp_path / "here"
+    assert main([*EVAL, "--out", str(out)]) == 0
+    before = snapshot(out)
+    monkeypatch.chdir(out)
+    cli_error([*EVAL, "--out", ".", "--overwrite"], "current folder", "cd ..")
+    assert snapshot(out) == before
+
+
 # ------------------------------------------------------------------- item 3: --overwrite deletes only a run's files
 
 
