@@ -108,3 +108,39 @@ def test_missing_renamed_required_flags_are_one_line_errors(cli_error):
     cli_error(["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"], "--attacks")
     cli_error(["pseudo-at", "--teacher", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"],
               "--pseudo-targets")  # fmt: skip
+
+
+# Start-up (issue 25, item 9): the top-level help loads no torch; a subcommand loads only its own module.
+
+
+def test_top_level_help_version_and_a_mistyped_command_load_no_torch():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom robustlab.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['evl']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('loaded:', 'torch' in sys.modules, 'robustlab.cli.train' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "usage: robustlab" in done.stdout and "invalid choice: 'evl'" in done.stderr
+    assert done.stdout.strip().endswith("loaded: False False"), done.stdout[-300:]
+    named = "import sys\nfrom robustlab.cli import main\nmain(['eval', '--model', 'zoo:fmnist-cnn', '--eps', 'abc'])"
+    done = subprocess.run([sys.executable, "-c", named + "\n"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "eps 'abc' is not a number" in done.stderr
+
+
+def test_each_subcommand_says_the_one_line_help_the_top_level_lists(capsys):
+    import argparse
+
+    from robustlab.cli import SUBCOMMANDS, build_parser
+
+    full = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {a.dest: a.help for a in full._choices_actions} == SUBCOMMANDS
+    light = next(a for a in build_parser(None)._actions if isinstance(a, argparse._SubParsersAction))
+    assert {a.dest: a.help for a in light._choices_actions} == SUBCOMMANDS
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in SUBCOMMANDS)

@@ -13,10 +13,22 @@ from typing import NoReturn
 from robustlab import __version__
 from robustlab.errors import RobustlabError
 
-# Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``.
-SUBCOMMANDS = [
-    "attack", "eval", "transfer", "train", "ssl", "deacl", "pseudo-at", "finetune", "zoo", "report", "compare",
-]  # fmt: skip
+# Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``; its one-line help is here too,
+# so ``robustlab --help`` lists them without importing them (and torch): a test checks the two agree.
+SUBCOMMANDS = {
+    "attack": "attack a model with any attack spec (FGSM, PGD, top-k, AutoAttack, ...) and report robust accuracy",
+    "eval": "robust accuracy under several attacks and eps values (worst case, AutoAttack, top-k, reports)",
+    "transfer": "transfer attacks: craft on surrogates, evaluate on targets, top-k ASR matrix",
+    "train": "adversarial training: noiseaug, fgsm-rs, n-fgsm, gradalign, pgd (PGD-AT), fgsm, standard",
+    "ssl": "stage 1: train a self-supervised teacher encoder (SimCLR or SimCo)",
+    "deacl": "stage 2: DeACL, a robust student encoder learns a frozen SSL teacher's features (no labels)",
+    "pseudo-at": "pseudo-supervised adversarial training: a robust student of a frozen teacher's embedding, k-means "
+    "clusters or linear-head predictions",
+    "finetune": "fine-tune an encoder into a classifier: slf (linear), alf (adversarial linear), aff (TRADES, full)",
+    "zoo": "list the embedded model zoo (architecture, training, clean and robust accuracy)",
+    "report": "rebuild report.html and report.md of a run folder from its saved results",
+    "compare": "the headline figures of several runs side by side (table, Markdown, plot)",
+}
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -43,12 +55,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def torch_version() -> str:
-    import torch
+    """The installed torch's version, read from its metadata (importing torch takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return torch.__version__
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand in full (``"*"``), or only ``command`` in full and the others as
+    their names and one-line helps (nothing imported for them: ``robustlab --help`` and a mistyped subcommand answer
+    without loading torch)."""
     parser = Parser(
         prog="robustlab",
         description="Attack image classifiers and make them robust: one threat model, one evaluator.",
@@ -56,15 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     parser.add_argument("--version", action="version", version=f"robustlab {__version__} (torch {torch_version()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        import_module(f"robustlab.cli.{name.replace('-', '_')}").add_parser(subparsers)
+    for name, help_text in SUBCOMMANDS.items():
+        if command in ("*", name):
+            import_module(f"robustlab.cli.{name.replace('-', '_')}").add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), or None."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words and words[0] in SUBCOMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a user mistake, with one line on stderr)."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(named_command(argv))
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["robustlab", *argv])  # for reports: the library never reads sys.argv
     logging.basicConfig(
