@@ -207,7 +207,7 @@ class NoProgress:
 
 def _attack_label(name: str, attack: Any, n: int) -> str:
     restarts = getattr(attack, "restarts", None) or getattr(attack, "n_restarts", None)
-    restarts_text = f", {plural(restarts, 'restart')}" if isinstance(restarts, int) else ""
+    restarts_text = f", {plural(restarts, 'restart')}" if isinstance(restarts, int) and restarts > 1 else ""
     return f"{name} on {plural(n, 'sample')}{restarts_text}"
 
 
