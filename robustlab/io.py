@@ -155,8 +155,8 @@ def record_file(path: str | os.PathLike, digest: str | None, folder: bool = Fals
 
 
 def _note_in_manifest(path: Path, digest: str) -> None:
-    """A file robustlab (re)writes in a finished run folder (``robustlab report`` redoing report.md) stays one of
-    the run's files, with its new digest in ``run.json``'s manifest."""
+    """A file of a finished run that robustlab rewrites (``robustlab report`` redoing report.md) stays one of the
+    run's files, with its new digest in ``run.json``'s manifest (a file the run did not write is not claimed)."""
     path = Path(os.path.abspath(path))
     if path.name == RUN_FILE:
         return
@@ -167,8 +167,10 @@ def _note_in_manifest(path: Path, digest: str) -> None:
             saved = json.loads((folder / RUN_FILE).read_text())
         except (OSError, ValueError):
             return
-        if isinstance(saved, dict) and isinstance(saved.get("files"), dict):
-            saved["files"][path.relative_to(folder).as_posix()] = digest
+        name = path.relative_to(folder).as_posix()
+        files = saved.get("files") if isinstance(saved, dict) else None
+        if isinstance(files, dict) and name in files and files[name] != digest:  # a new file is not the run's
+            files[name] = digest
             write_json(folder / RUN_FILE, saved)
         return
 

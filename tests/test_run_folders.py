@@ -242,13 +242,18 @@ def test_overwrite_of_a_killed_run_removes_what_its_journal_lists(tmp_path, monk
     assert json.loads((out / "report.json").read_text())["n"] == 8 and not (out / "partial").exists()
 
 
-def test_files_robustlab_rewrites_in_a_finished_run_stay_the_runs_own(tmp_path):
+def test_files_robustlab_rewrites_in_a_finished_run_stay_the_runs_own(tmp_path, monkeypatch):
+    import robustlab.reports.rebuild as rebuild
+
     out = tmp_path / "e"
     assert main([*EVAL, "--out", str(out)]) == 0
-    (out / "report.md").unlink()
-    assert main(["report", str(out)]) == 0  # rewrites report.md and report.html in the finished folder
+    (out / "notes.md").write_text("mine\n")
+    # a newer robustlab renders report.md differently: `robustlab report` rewrites it in the finished folder
+    monkeypatch.setattr(rebuild, "report_markdown", lambda data: "# rendered again\n")
+    assert main(["report", str(out)]) == 0
     verify(out)  # the manifest follows the rewrite
-    assert main([*EVAL, "--out", str(out), "--overwrite"]) == 0  # nothing in it is foreign
+    files = json.loads((out / "run.json").read_text())["files"]
+    assert files["report.md"] == hashlib.sha256(b"# rendered again\n").hexdigest() and "notes.md" not in files
 
 
 # --------------------------------------------------------------- item 9: digests recorded and checked when read
