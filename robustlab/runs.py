@@ -352,12 +352,36 @@ class RunFolder:
     def _replace(self) -> None:
         """The staging folder takes ``out``'s place in one step; then the earlier run's files are deleted."""
         target = Path(os.path.realpath(self.out))
-        exchange(self.path, target)
-        # each lock file moved with its folder: out's lock is now the staging folder's (still held)
-        self._locks = [(fd, target / LOCK_FILE if p.parent == self.path else self.path / LOCK_FILE)
-                       for fd, p in self._locks]  # fmt: skip
-        earlier, self.path, self.staging = self.path, self.out, False
+        here = Path(os.path.realpath(os.getcwd()))
+        if here == target or target in here.parents:  # the folder this process stands in keeps its identity
+            earlier = self._move_entries(target)
+        else:
+            exchange(self.path, target)
+            # each lock file moved with its folder: out's lock is now the staging folder's (still held)
+            self._locks = [(fd, target / LOCK_FILE if p.parent == self.path else self.path / LOCK_FILE)
+                           for fd, p in self._locks]  # fmt: skip
+            earlier = self.path
+        self.path, self.staging = self.out, False
         self._remove_run(earlier)
+
+    def _move_entries(self, target: Path) -> Path:
+        """``out`` is (or holds) the current folder: instead of swapping folders, the earlier run's entries move to
+        a folder beside it and the staging folder's entries into it, one rename each; returns the earlier run."""
+        earlier = target.parent / f"{target.name}.replaced-{secrets.token_hex(6)}"
+        earlier.mkdir()
+        for entry in sorted(target.iterdir()):
+            if entry.name != LOCK_FILE:
+                os.rename(entry, earlier / entry.name)
+        for entry in sorted(self.path.iterdir()):
+            if entry.name != LOCK_FILE:
+                os.rename(entry, target / entry.name)
+        staging_lock = self.path / LOCK_FILE
+        for fd, path in [lock for lock in self._locks if lock[1] == staging_lock]:
+            staging_lock.unlink(missing_ok=True)
+            os.close(fd)
+            self._locks.remove((fd, path))
+        self.path.rmdir()
+        return earlier
 
     def _remove_run(self, folder: Path) -> None:
         """Delete the files the run in ``folder`` wrote, then the folder; anything else there is kept (renamed)."""
@@ -408,12 +432,6 @@ class RunFolder:
     def _make_staging(self) -> Path:
         """An empty folder beside ``out`` (same file system, so it can take out's place), locked by this run."""
         target = Path(os.path.realpath(self.out))
-        here = Path(os.path.realpath(os.getcwd()))
-        if here == target or target in here.parents:  # swapping the folder this process stands in would lose it
-            raise RobustlabError(
-                f"--overwrite replaces {self.out} by a new folder, but it is the current folder (or holds it); run "
-                "from another folder, e.g. cd .., or choose another --out"
-            )
         while True:
             staging = target.parent / f"{target.name}.staging-{secrets.token_hex(6)}"
             try:

@@ -182,13 +182,17 @@ def test_a_killed_overwrite_leaves_the_earlier_run_and_the_next_run_clears_its_s
     assert siblings(out) == [] and json.loads((out / "report.json").read_text()) == {"newest": True}
 
 
-def test_overwrite_of_the_current_folder_is_refused(tmp_path, monkeypatch, cli_error):
+def test_overwrite_of_the_current_folder_keeps_the_folder_itself(tmp_path, monkeypatch):
+    """``--out .``: the folder the process (and the user's shell) stands in is not swapped away; the earlier run's
+    files move out and the new run's move in."""
     out = tmp_path / "here"
     assert main([*EVAL, "--out", str(out)]) == 0
-    before = snapshot(out)
+    identity = out.stat().st_ino
     monkeypatch.chdir(out)
-    cli_error([*EVAL, "--out", ".", "--overwrite"], "current folder", "cd ..")
-    assert snapshot(out) == before
+    assert main([*EVAL, "--n", "8", "--out", ".", "--overwrite"]) == 0
+    assert out.stat().st_ino == identity and Path.cwd() == out and siblings(out) == []
+    assert json.loads((out / "report.json").read_text())["n"] == 8 and not (out / ".lock").exists()
+    verify(out)
 
 
 # ------------------------------------------------------------------- item 3: --overwrite deletes only a run's files
