@@ -171,10 +171,10 @@ def plain_pgd(model, x, y, threat, *, steps, step_size, seed, restarts=1, target
                 g = torch.Generator().manual_seed((key ^ salt) % 2**63)
                 if linf:
                     delta = (2 * torch.rand(x.shape[1:], generator=g) - 1) * eps
-                else:  # a uniform direction, radius eps * U (PGD's L2 start)
+                else:  # uniform in the ball (PGD's L2 start): a uniform direction, radius eps * U^(1/d)
                     direction = torch.randn((1, *x.shape[1:]), generator=g)
                     direction = direction / l2(direction)
-                    delta = direction[0] * (eps * torch.rand((1,), generator=g))
+                    delta = direction[0] * (eps * torch.rand((1,), generator=g).pow(1.0 / x[0].numel()))
                 x_adv[i] = (x[i] + delta).clamp(lo, hi)
         velocity = torch.zeros_like(x)
         for _ in range(steps):

@@ -45,11 +45,14 @@ def test_iterative_is_stronger_than_single_step(zoo_cnn, fmnist_batch):
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.5)])
 def test_our_pgd_is_at_least_as_strong_as_torchattacks(zoo_cnn, fmnist_batch, norm, eps):
-    """Same eps, step and steps on 500 Fashion-MNIST test images: robust accuracy not higher by > 1 point."""
+    """Same eps, step, steps and start distribution on 500 Fashion-MNIST test images: robust accuracy not higher by
+    > 1 point. L2: torchattacks' start of radius eps * U; PGD's default, uniform in the ball, leaves 54.0 % robust
+    here (torchattacks 52.0 %) but is 30 points stronger where the gradient near x misleads (test_native_attacks)."""
     x, y = fmnist_batch(500)
     steps, step_size = 10, eps / 4
     threat = ThreatModel(norm, eps)
-    ours = accuracy(zoo_cnn, PGD(steps=steps, step_size=step_size)(zoo_cnn, x, y, threat).x_adv, y)
+    pgd = PGD(steps=steps, step_size=step_size, l2_start_radius="uniform")
+    ours = accuracy(zoo_cnn, pgd(zoo_cnn, x, y, threat).x_adv, y)
     if norm == "linf":
         reference = torchattacks.PGD(zoo_cnn, eps=eps, alpha=step_size, steps=steps, random_start=True)
     else:
