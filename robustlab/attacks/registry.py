@@ -5,6 +5,7 @@ A new attack is one small file plus one :func:`register` line. Specs, as the com
 
     fgsm | ifgsm | bim | pgd | mifgsm | topk     robustlab's gradient attacks
     NAME+LOSS                                    the same with another loss: pgd+cw, ifgsm+normalized-ce
+    apgd | apgd-t | aa                           native APGD, APGD-T, and AutoAttack standard on them: apgd+dlr
     autoattack[:standard|plus|rand]              AutoAttack through pyautoattack (default: standard)
     autoattack:apgd-ce,apgd-t                    AutoAttack with a custom list of its attacks
     torchattacks:NAME                            any torchattacks attack: torchattacks:CW, torchattacks:Square
