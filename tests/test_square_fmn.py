@@ -9,6 +9,7 @@ from torch import nn
 from robustlab.attacks import PGD, attack_from_spec
 from robustlab.attacks.fmn import FMN, robust_accuracy_curve
 from robustlab.attacks.square import Square, p_schedule, square_side
+from robustlab.errors import RobustlabError
 from robustlab.models import load_model
 from robustlab.threat import ThreatModel
 
@@ -126,6 +127,9 @@ def test_square_specs_from_the_registry():
     square = attack_from_spec("square(n_queries=1000)", seed=7, steps=10)
     assert isinstance(square, Square) and square.n_queries == 1000 and square.seed == 7
     assert attack_from_spec("square").config()["n_queries"] == 5000
+    for bad in ("square(n_queries=0)", "square(p_init=1.5)", "square(p_init=0)"):
+        with pytest.raises(RobustlabError, match="n_queries|p_init"):
+            attack_from_spec(bad)
 
 
 @pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
@@ -184,6 +188,13 @@ def test_fmn_targeted_reaches_the_target(zoo_cnn, fmnist_batch):
         top = zoo_cnn(result.x_adv).argmax(1)
     assert bool(result.success.sum() >= 15)
     assert torch.equal(result.success, top == target) and torch.equal(result.success, result.norms.isfinite())
+
+
+def test_fmn_norms_of_a_sample_do_not_depend_on_its_batch(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(12)
+    threat = ThreatModel("l2", 1.0)
+    whole, part = FMN(steps=15)(zoo_cnn, x, y, threat), FMN(steps=15)(zoo_cnn, x[3:7], y[3:7], threat)
+    assert FMN.per_sample and torch.allclose(whole.norms[3:7], part.norms, atol=1e-5)
 
 
 def test_fmn_specs_from_the_registry():
