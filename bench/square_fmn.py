@@ -4,7 +4,7 @@ Run: ``python bench/square_fmn.py --part square`` (robustlab's ``square`` vs pya
 robust accuracy and wall time, the two interleaved) and ``python bench/square_fmn.py --part fmn`` (robustlab's
 ``fmn`` vs adv-lib's FMN at equal steps: median minimal norm and time; adv-lib is an optional extra, ``pip install
 adv-lib visdom``, or ``--adv-lib-path`` to folders holding them). Results go to bench/results/square_fmn.json, one
-key per part and model.
+key per part, model and norm.
 """
 
 from __future__ import annotations
@@ -119,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(args.part, model, x, y, budget, norms)
     out = Path(args.out)
     saved = json.loads(out.read_text()) if out.exists() else {}
-    saved[f"{args.part}:{args.model}"] = {
-        "command": "python bench/square_fmn.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "n": args.n,
-        **result,
-        "environment": environment(),
-    }
+    command = "python bench/square_fmn.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for norm in norms:  # one entry per part, model and norm: a run of one norm keeps the other's
+        saved[f"{args.part}:{args.model}:{norm}"] = {
+            "command": command,
+            "n": args.n,
+            "clean_accuracy": result["clean_accuracy"],
+            "budget": budget,
+            **result[norm],
+            "environment": environment(),
+        }
     out.write_text(json.dumps(saved, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
