@@ -63,8 +63,8 @@ def _evaluate(model: nn.Module, data, attacks: dict, eps: float = 0.1, batch_siz
 
 @pytest.mark.parametrize(
     "spec",
-    ["pgd(steps=5,restarts=3)", "pgd(steps=5,eot_samples=3)", "fgsm", "autoattack:apgd-ce(n_iter=5)",
-     "torchattacks:PGD(steps=5)"],
+    ["pgd(steps=5,restarts=3)", "pgd(steps=5,eot_samples=3)", "pgd(steps=5,precision=bf16)", "fgsm",
+     "autoattack:apgd-ce(n_iter=5)", "torchattacks:PGD(steps=5)"],
 )  # fmt: skip
 def test_each_attack_counts_what_an_independent_counter_sees(cnn, fmnist_batch, spec):
     """Restarts, EOT draws and the adapters' own loops are all counted, in images, forward and backward."""
@@ -76,6 +76,21 @@ def test_each_attack_counts_what_an_independent_counter_sees(cnn, fmnist_batch, 
     assert result.forward_passes[spec] + result.clean_passes == counter.forward
     assert result.backward_passes[spec] == counter.backward
     assert result.backward_passes[spec] >= attacked > 0  # at least one input gradient per attacked image
+
+
+def test_bpda_attacks_are_counted_on_the_whole_model(cnn, fmnist_batch):
+    """BPDA swaps an inner module for the attack's duration; the passes through the whole model are still counted."""
+    from robustlab.attacks.bpda import BPDAAttack
+    from robustlab.attacks.presets import PGD
+
+    x, y = fmnist_batch(24)
+    attack = BPDAAttack(PGD(steps=5, seed=0), ["model.features.1"])
+    result, counter = _evaluate(cnn, (x, y), {"bpda-pgd": attack}, eps=0.05)
+    assert (result.forward_passes["bpda-pgd"] + result.clean_passes, result.backward_passes["bpda-pgd"]) == (
+        counter.forward,
+        counter.backward,
+    )
+    assert result.backward_passes["bpda-pgd"] == 5 * int(result.attacked["bpda-pgd"].sum())  # no early stop
 
 
 def test_early_stopping_restarts_and_eot_show_in_the_counts(cnn, fmnist_batch):
