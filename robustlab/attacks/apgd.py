@@ -128,9 +128,9 @@ class APGD(GradientAttack):
         s = _Rows(x=x_adv, x_prev=x_adv, grad=grad, eta=eta, best_x=x_adv, best_grad=grad, best=objective,
                   last=objective, increases=torch.zeros_like(objective), best_at_check=objective,
                   reduced=torch.ones_like(objective, dtype=torch.bool), x0=x, y=y, target=target)  # fmt: skip
-        found = Found(x_adv, early, samples)
+        found = _Found(x_adv, early, samples)
         s = found.judge(s, logits, model, criterion, run)
-        marks = checkpoints(self.steps)
+        previous = dict(zip(checkpoints(self.steps), [0, *checkpoints(self.steps)]))  # checkpoint -> the one before
         for i in range(1, self.steps + 1):
             if s.x.shape[0] == 0:
                 break
@@ -145,9 +145,8 @@ class APGD(GradientAttack):
             s.best = torch.where(better, objective, s.best)
             s.best_x, s.best_grad = _where(better, s.x, s.best_x), _where(better, s.grad, s.best_grad)
             s = found.judge(s, logits, model, criterion, run)
-            if i in marks:  # halve the step and restart from the best point where the loss stalled
-                length = i - max([0, *[m for m in marks if m < i]])
-                halve = (s.increases < self.rho * length) | (~s.reduced & (s.best <= s.best_at_check))
+            if i in previous:  # halve the step and restart from the best point where the loss stalled
+                halve = (s.increases < self.rho * (i - previous[i])) | (~s.reduced & (s.best <= s.best_at_check))
                 s.eta = _where(halve, s.eta / 2, s.eta)
                 s.x, s.grad = _where(halve, s.best_x, s.x), _where(halve, s.best_grad, s.grad)
                 s.reduced, s.best_at_check, s.increases = halve, s.best.clone(), torch.zeros_like(s.increases)
@@ -170,7 +169,7 @@ def _where(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
-class Found:
+class _Found:
     """Which rows met the criterion, and at which iterate: with early stopping such rows leave the batch (and, with
     restarts as rows, every row of their sample); without, the first success is kept while the row goes on."""
 
