@@ -133,6 +133,14 @@ def test_the_counter_changes_nothing(cnn, fmnist_batch):
     with count_passes(cnn):
         assert torch.equal(cnn(x), plain) and not cnn.training
         assert torch.equal(torch.autograd.grad(cnn(x).sum(), x)[0], grad)
+    class InPlace(nn.Module):  # writes into its input, which a counter must not forbid
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(2).flatten(1).sum(1)
+
+    shifted = x * 1
+    with count_passes(in_place := InPlace()) as passes:
+        (in_place_grad,) = torch.autograd.grad(in_place(shifted).sum(), x)
+    assert torch.equal(in_place_grad, torch.full_like(x, 2.0)) and (passes.forward, passes.backward) == (8, 8)
     scripted = torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), x.detach())
     wrapped = PassCounter(scripted)
     wrapped(x).sum().backward()

@@ -53,7 +53,7 @@ class _CountBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, count: PassCount) -> Tensor:  # type: ignore[override]
         ctx.count = count
-        return x.view_as(x)
+        return x.clone()  # not a view: a model may write into its input in place (a view would forbid it)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
