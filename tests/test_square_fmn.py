@@ -55,6 +55,7 @@ def test_square_stays_in_the_ball_and_the_bounds(zoo_cnn, fmnist_batch, threat):
     assert bool(result.success.any())  # a non-robust model breaks within 100 queries
 
 
+@pytest.mark.slow
 def test_square_is_as_strong_as_pyautoattack_at_equal_queries(zoo_pgdat, fmnist_batch):
     """200 images of the adversarially trained CNN, 300 queries: native Square's robust accuracy is at most the
     reference's + 2 points (as strong) and within 5 points either way (seeds differ: over seeds 0-2 the reference
@@ -160,6 +161,7 @@ def test_fmn_norms_are_the_distances_of_real_adversarial_examples(zoo_cnn, fmnis
     assert torch.equal(FMN(steps=30)(zoo_cnn, x, y, threat).norms, result.norms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threat", [ThreatModel("linf", 0.05), ThreatModel("l2", 1.0)], ids=["linf", "l2"])
 def test_fmn_is_as_strong_as_pgd50_and_its_curve_is_consistent(zoo_cnn, fmnist_batch, threat):
     """100 images of zoo:fmnist-cnn: FMN-100 at a fixed eps within 3 points of PGD-50 (measured on 200 images:
