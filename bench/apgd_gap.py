@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             for loss in args.losses.split(","):
                 row = compare(model, x, y, ThreatModel(norm, THREATS[norm]), loss, args.steps, args.restarts, args.seed)
                 key = f"{spec} {norm} {THREATS[norm]} {loss} n={args.n} steps={args.steps} restarts={args.restarts}"
+                key += f" seed={args.seed}" if args.seed else ""
                 results[key] = row
                 results["environment"] = environment()
                 write_json(OUT, results)  # after each row: a run stopped early keeps what it measured
