@@ -75,7 +75,8 @@ class SampleProgress:
 
         with _counting(model, count):
             yield
-        self.bar.set_postfix_str(f"{label}: {plural(self.passes, 'forward pass', 'forward passes')}", refresh=False)
+        # drawn now: an attack shorter than the redraw interval would otherwise show only its first pass
+        self.bar.set_postfix_str(f"{label}: {plural(self.passes, 'forward pass', 'forward passes')}")
 
     def update(self, n: int) -> None:
         self.bar.update(n)
