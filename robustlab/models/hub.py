@@ -159,7 +159,7 @@ def load_timm(
 ) -> nn.Module:
     """A timm architecture (weights from ``checkpoint``, never the hub) behind timm's own normalisation."""
     timm = _require("timm", f"timm:{name}")
-    from robustlab.models.loader import load_checkpoint, load_weights
+    from robustlab.models.checkpoint import load_checkpoint, load_weights
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)

@@ -120,7 +120,7 @@ def model_from_file(spec: str, saved: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
-        from robustlab.models.loader import mismatch
+        from robustlab.models.checkpoint import mismatch
 
         detail = mismatch(model, state) if isinstance(state, dict) else None
         raise CheckpointError(
