@@ -17,39 +17,20 @@ earlier run stays exactly as it was either way.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import hashlib
 import json
-import logging
 import os
-import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import (
-    DIGESTS_FILE,
-    RUN_FILE,
-    check_digest,
-    disk_full,
-    file_digest,
-    open_no_follow,
-    read_journal,
-    read_manifest,
-    track_run,
-    untrack_run,
-    write_json,
-)
-
-log = logging.getLogger(__name__)
-LOCK_FILE = ".lock"
-_OWN = {RUN_FILE, LOCK_FILE, DIGESTS_FILE}  # the run folder's own bookkeeping, never a foreign file
-# files an older robustlab (before run.json) left in a run folder: such a folder holds a run too
-_LEGACY_MARKERS = ("last.pt", "partial", "report.json", "results.pt")
+from robustlab.io import DIGESTS_FILE, RUN_FILE, check_digest, file_digest, track_run, untrack_run, write_json
+from robustlab.run_checks import RunChecks
+from robustlab.run_files import _OWN, LOCK_FILE, run_files
+from robustlab.run_lock import RunLock
+from robustlab.run_staging import RunStaging
 
 
 def jsonable(value: Any) -> Any:
@@ -129,69 +110,7 @@ def check_no_links(folder: str | os.PathLike) -> None:
                 )
 
 
-_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{12}")  # an atomic write's temporary file, left by a kill
-
-
-def run_files(folder: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """The files and folders (relative paths) the run in ``folder`` wrote: ``run.json``'s manifest of a finished
-    run and the journal of one still written (or killed)."""
-    journal = read_journal(folder)
-    files = set(read_manifest(folder) or {}) | {k for k in journal if not k.endswith("/")}
-    return files, {k.rstrip("/") for k in journal if k.endswith("/")}
-
-
-def foreign_file(folder: str | os.PathLike) -> str | None:
-    """The first entry of ``folder`` (relative path, top-down) that its run did not write, else None."""
-    folder = Path(folder)
-    files, folders = run_files(folder)
-    parents = {str(Path(f).parent.as_posix()) for f in files}
-    parents |= {p.as_posix() for f in files for p in Path(f).parents}
-
-    def owned(rel: str, is_dir: bool) -> bool:
-        if rel in _OWN or rel in files or _TEMP_FILE.fullmatch(Path(rel).name):
-            return True
-        if any(rel == f or rel.startswith(f + "/") for f in folders):
-            return True
-        return is_dir and rel in parents
-
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        base = Path(root).relative_to(folder)
-        for name, is_dir in sorted([(d, True) for d in dirs] + [(n, False) for n in names]):
-            rel = (base / name).as_posix()
-            if not owned(rel, is_dir and not (Path(root) / name).is_symlink()):
-                return rel
-    return None
-
-
-def verify(folder: str | os.PathLike) -> None:
-    """Refuse (one line) a finished run folder holding a file that no longer matches the SHA-256 its run recorded
-    in ``run.json``'s manifest: for readers of a finished run (``robustlab report``, ``--model runs/NAME``)."""
-    for name in sorted(read_manifest(folder) or {}):
-        if (Path(folder) / name).is_file():
-            check_digest(Path(folder) / name)
-
-
-def exchange(a: Path, b: Path) -> None:
-    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere three renames)."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        renameat2 = None
-    if renameat2 is not None:
-        at_fdcwd, rename_exchange = -100, 2
-        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(code, os.strerror(code), str(a))
-    swap = a.with_name(f"{a.name}.swap-{secrets.token_hex(6)}")
-    os.rename(a, swap)
-    os.rename(b, a)
-    os.rename(swap, b)
-
-
-class RunFolder:
+class RunFolder(RunChecks, RunStaging, RunLock):
     """``with RunFolder(out, "eval", fingerprint, resume=..., overwrite=...) as run:`` -- locked for the block;
     the run writes into ``run.path`` (``out`` itself, or the staging folder of a run that replaces another).
 
@@ -349,67 +268,6 @@ class RunFolder:
         if self.staging:
             self._replace()
 
-    def _replace(self) -> None:
-        """The staging folder takes ``out``'s place in one step; then the earlier run's files are deleted."""
-        target = Path(os.path.realpath(self.out))
-        here = Path(os.path.realpath(os.getcwd()))
-        if here == target or target in here.parents:  # the folder this process stands in keeps its identity
-            earlier = self._move_entries(target)
-        else:
-            exchange(self.path, target)
-            # each lock file moved with its folder: out's lock is now the staging folder's (still held)
-            self._locks = [(fd, target / LOCK_FILE if p.parent == self.path else self.path / LOCK_FILE)
-                           for fd, p in self._locks]  # fmt: skip
-            earlier = self.path
-        self.path, self.staging = self.out, False
-        self._remove_run(earlier)
-
-    def _move_entries(self, target: Path) -> Path:
-        """``out`` is (or holds) the current folder: instead of swapping folders, the earlier run's entries move to
-        a folder beside it and the staging folder's entries into it, one rename each; returns the earlier run."""
-        earlier = target.parent / f"{target.name}.replaced-{secrets.token_hex(6)}"
-        earlier.mkdir()
-        for entry in sorted(target.iterdir()):
-            if entry.name != LOCK_FILE:
-                os.rename(entry, earlier / entry.name)
-        for entry in sorted(self.path.iterdir()):
-            if entry.name != LOCK_FILE:
-                os.rename(entry, target / entry.name)
-        staging_lock = self.path / LOCK_FILE
-        for fd, path in [lock for lock in self._locks if lock[1] == staging_lock]:
-            staging_lock.unlink(missing_ok=True)
-            os.close(fd)
-            self._locks.remove((fd, path))
-        self.path.rmdir()
-        return earlier
-
-    def _remove_run(self, folder: Path) -> None:
-        """Delete the files the run in ``folder`` wrote, then the folder; anything else there is kept (renamed)."""
-        files, folders = run_files(folder)
-        for name in folders:
-            shutil.rmtree(folder / name, ignore_errors=True)
-        for name in [*files, RUN_FILE, DIGESTS_FILE]:
-            entry = folder / name
-            if entry.is_file() or entry.is_symlink():
-                entry.unlink()
-        for root, dirs, names in os.walk(folder, topdown=False):
-            for name in names:
-                if _TEMP_FILE.fullmatch(name):
-                    (Path(root) / name).unlink()
-            for name in dirs:
-                with_content = Path(root) / name
-                if not with_content.is_symlink() and not any(with_content.iterdir()):
-                    with_content.rmdir()
-        left = {e.name for e in folder.iterdir()} - {LOCK_FILE}
-        if not left:
-            (folder / LOCK_FILE).unlink(missing_ok=True)  # still held: the lock is released when closed
-            folder.rmdir()
-            return
-        kept = folder.with_name(f"{self.out.name}.previous-{secrets.token_hex(6)}")
-        os.rename(folder, kept)
-        self._locks = [(fd, kept / LOCK_FILE if p.parent == folder else p) for fd, p in self._locks]
-        log.warning("%s held files its run did not write (%s); they are kept in %s", self.out, sorted(left)[0], kept)
-
     def _forget_failed_start(self) -> None:
         """A fresh run that failed before it made progress a ``--resume`` could continue leaves nothing behind (a
         corrected command would otherwise find the folder holding a run)."""
@@ -427,161 +285,6 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 self.out.rmdir()
 
-    # ------------------------------------------------------------------------------------------ staging
-
-    def _make_staging(self) -> Path:
-        """An empty folder beside ``out`` (same file system, so it can take out's place), locked by this run."""
-        target = Path(os.path.realpath(self.out))
-        while True:
-            staging = target.parent / f"{target.name}.staging-{secrets.token_hex(6)}"
-            try:
-                staging.mkdir()
-                break
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise RobustlabError(
-                    f"--overwrite builds the new run beside {self.out} and replaces the earlier one when it has "
-                    f"finished, but {str(target.parent)!r} is not writable ({exc.strerror}); choose another --out"
-                ) from None
-        self._lock(staging / LOCK_FILE)
-        return staging
-
-    def _remove_stale_staging(self) -> None:
-        """Staging folders of runs on ``out`` that were killed (no run holds their lock: we hold out's)."""
-        target = Path(os.path.realpath(self.out))
-        pattern = re.compile(re.escape(target.name) + r"\.staging-[0-9a-f]{12}")
-        for entry in target.parent.iterdir():
-            if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
-                continue
-            try:
-                self._lock(entry / LOCK_FILE)
-            except RobustlabError:
-                continue  # alive (or not robustlab's): left alone
-            fd, _ = self._locks.pop()
-            shutil.rmtree(entry, ignore_errors=True)
-            os.close(fd)
-            log.info("removed %s, the staging folder of a run that was killed", entry)
-
-    # ------------------------------------------------------------------------------------------ the lock
-
-    def _lock(self, path: Path) -> None:
-        import fcntl
-
-        while True:
-            # a link, hard link, FIFO or folder planted as the lock is refused before anything is written
-            fd = open_no_follow(path, os.O_RDWR | os.O_CREAT, what="the lock file")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RobustlabError(
-                    f"{self.out} is in use by another robustlab run (PID {holder}); wait for it to finish, "
-                    "or choose another --out"
-                ) from None
-            try:  # the run that held it may have removed the file meanwhile: then lock the one that is there now
-                if os.path.samestat(os.fstat(fd), os.lstat(path)):
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        self._locks.append((fd, path))
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:
-            self._unlock()
-            full = disk_full(exc, path, 16)
-            if full is not None:
-                raise full from None
-            raise
-
-    def _unlock(self) -> None:
-        """Remove each lock file while still holding it, then release it (a run that opened the old file finds
-        it gone and locks the new one)."""
-        while self._locks:
-            fd, path = self._locks.pop()
-            try:
-                if os.path.samestat(os.fstat(fd), os.lstat(path)):
-                    path.unlink()
-            except OSError:
-                pass
-            os.close(fd)
-
-    # ------------------------------------------------------------------------------------------ the checks
-
-    def saved(self) -> dict[str, Any] | None:
-        """The previous run's ``run.json`` (None when the folder holds none)."""
-        path = self.out / RUN_FILE
-        if not path.is_file():
-            return None
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RobustlabError(
-                f"{path} is not valid JSON ({exc}); the folder's run cannot be resumed: use --overwrite or "
-                "another --out"
-            ) from None
-        if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), dict):
-            raise RobustlabError(f"{path} is not a robustlab run record; use --overwrite or another --out")
-        return saved
-
-    def holds_run(self) -> bool:
-        return (self.out / RUN_FILE).exists() or any((self.out / m).exists() for m in _LEGACY_MARKERS)
-
-    def _check(self) -> str:
-        """``"fresh"``, ``"overwrite"`` or ``"resume"``, or one error line saying why the folder cannot be used."""
-        if not self.holds_run():
-            if self.resume:
-                raise RobustlabError(f"--resume: {self.out} holds no run to continue; drop --resume")
-            return "fresh"
-        if self.overwrite:
-            self._check_overwrite()
-            return "overwrite"
-        if not self.resume:
-            hint = "continue it with --resume, " if self.resumable else ""
-            raise RobustlabError(
-                f"{self.out} already holds a run; {hint}replace it with --overwrite, or choose another --out"
-            )
-        saved = self.saved()
-        if saved is None:
-            raise RobustlabError(
-                f"{self.out} holds a run of an older robustlab without {RUN_FILE}; it cannot be checked for "
-                "--resume: choose another --out"
-            )
-        if saved.get("kind") != self.kind:
-            raise RobustlabError(
-                f"{self.out} holds a '{saved.get('kind')}' run, not '{self.kind}'; choose another --out"
-            )
-        previous = saved["fingerprint"]
-        changed = sorted(k for k in {*previous, *self.fingerprint} if previous.get(k) != self.fingerprint.get(k))
-        if changed:
-            detail = ", ".join(f"{k} {previous.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed[:6])
-            raise RobustlabError(
-                f"{self.out} holds a run with different {', '.join(changed)} ({detail}); --resume needs the same "
-                "arguments, or use --overwrite or another --out"
-            )
-        return "resume"
-
-    def _check_overwrite(self) -> None:
-        """``overwrite`` deletes only the files the earlier run lists: a folder holding anything else, or a run
-        that lists nothing (an older robustlab's), is refused in one line naming the first such file."""
-        foreign = foreign_file(self.out)
-        if foreign is None:
-            return
-        files, folders = run_files(self.out)
-        if not files and not folders:
-            raise RobustlabError(
-                f"{self.out} holds a run that does not list its files (an older robustlab's, or files of your own: "
-                f"{foreign}), so --overwrite cannot tell what it may delete; delete the folder yourself or choose "
-                "another --out"
-            )
-        raise RobustlabError(
-            f"{self.out} holds {foreign}, which its run did not write; --overwrite deletes only the run's own files: "
-            "move it away or choose another --out"
-        )
-
 
 __all__ = [
     "LOCK_FILE",
@@ -592,11 +295,7 @@ __all__ = [
     "check_not_in_run",
     "check_writable_file",
     "check_writable_folder",
-    "exchange",
     "file_digest",
-    "foreign_file",
     "jsonable",
-    "run_files",
     "text_digest",
-    "verify",
 ]

@@ -21,7 +21,8 @@ from robustlab import RobustlabError
 from robustlab.cli import main
 from robustlab.eval import EvalConfig, run_evaluation
 from robustlab.io import atomic_torch_save, atomic_write_bytes, write_json
-from robustlab.runs import RunFolder, verify
+from robustlab.run_files import verify
+from robustlab.runs import RunFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
