@@ -11,10 +11,17 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options, runtime
 from robustlab.attacks.inputs import diverse_inputs, eot_rng
-from robustlab.attacks.protocol import AttackResult, check_first_logits, frozen_parameters, model_logits, untouched
+from robustlab.attacks.protocol import (
+    AttackResult,
+    check_batch,
+    check_first_logits,
+    frozen_parameters,
+    model_logits,
+    untouched,
+)
 from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, select_rows, stack_rows, stop_rows
 from robustlab.attacks.runtime import Runtime
-from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
+from robustlab.criteria import Criterion, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, is_targeted_loss
 from robustlab.threat import LOW_PRECISION, ThreatModel
@@ -139,15 +146,10 @@ class GradientAttack:
 
     def _setup(self, x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None) -> Criterion:
         """Refuse a batch that does not fit; the criterion of this call."""
-        if x.dim() < 2 or x.shape[0] != y.shape[0] or (target is not None and target.shape[0] != y.shape[0]):
-            shapes = f"{tuple(x.shape)}, labels {tuple(y.shape)}" + (
-                f", targets {tuple(target.shape)}" if target is not None else ""
-            )
-            raise RobustlabError(f"inputs {shapes} do not match; give x of shape (N, ...) and labels of shape (N,)")
-        threat.check_inputs(x)
+        criterion = check_batch(x, y, target, threat, self.criterion)
         if target is None and is_targeted_loss(self.loss_fn):
             raise RobustlabError(f"the {self.loss_name} loss is a targeted loss; call the attack with target=...")
-        return self.criterion or (TargetedMisclassified() if target is not None else Misclassified())
+        return criterion
 
     def _loss(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """The per-sample attack loss: of ``y`` (untargeted), of the target, or of both (a targeted loss)."""

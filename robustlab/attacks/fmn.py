@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from robustlab.attacks import options
 from robustlab.attacks.protocol import (
     AttackResult,
+    check_batch,
     check_first_logits,
     frozen_parameters,
     model_logits,
     untouched,
 )
-from robustlab.attacks.square import check_batch
 from robustlab.criteria import Criterion, check_criterion
 from robustlab.losses import cw_margin
 from robustlab.threat import ThreatModel

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from robustlab.criteria import Criterion
+from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -92,6 +92,19 @@ def model_logits(model: nn.Module, x: Tensor) -> Tensor:
             "logits of shape (N, num_classes) (wrap feature extractors with a linear head)"
         )
     return logits
+
+
+def check_batch(
+    x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel, criterion: Criterion | None
+) -> Criterion:
+    """Refuse a batch that does not fit; the criterion of this call (misclassified, or top-1 = target)."""
+    if x.dim() < 2 or x.shape[0] != y.shape[0] or (target is not None and target.shape[0] != y.shape[0]):
+        shapes = f"{tuple(x.shape)}, labels {tuple(y.shape)}" + (
+            f", targets {tuple(target.shape)}" if target is not None else ""
+        )
+        raise RobustlabError(f"inputs {shapes} do not match; give x of shape (N, ...) and labels of shape (N,)")
+    threat.check_inputs(x)
+    return criterion or (TargetedMisclassified() if target is not None else Misclassified())
 
 
 def check_labels(labels: Tensor, num_classes: int, what: str = "labels") -> None:

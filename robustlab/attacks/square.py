@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options
-from robustlab.attacks.protocol import AttackResult, check_first_logits, model_logits, untouched
+from robustlab.attacks.protocol import AttackResult, check_batch, check_first_logits, model_logits, untouched
 from robustlab.attacks.restarts import sample_keys
-from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
+from robustlab.criteria import Criterion, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.losses import cw_margin
 from robustlab.threat import ThreatModel
@@ -109,17 +109,6 @@ def _l2_normalised(delta: Tensor) -> Tensor:
     return delta / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
 
 
-def check_batch(
-    x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel, criterion: Criterion | None
-) -> Criterion:
-    """Refuse a batch that does not fit; the criterion of this call (misclassified, or top-1 = target)."""
-    if x.dim() < 2 or x.shape[0] != y.shape[0] or (target is not None and target.shape[0] != y.shape[0]):
-        shapes = f"{tuple(x.shape)}, labels {tuple(y.shape)}" + (
-            f", targets {tuple(target.shape)}" if target is not None else ""
-        )
-        raise RobustlabError(f"inputs {shapes} do not match; give x of shape (N, ...) and labels of shape (N,)")
-    threat.check_inputs(x)
-    return criterion or (TargetedMisclassified() if target is not None else Misclassified())
 
 
 class Square:
@@ -291,4 +280,4 @@ class Square:
         return threat.project(x + threat.eps * _l2_normalised(delta), x)
 
 
-__all__ = ["SCHEDULE_BREAKPOINTS", "Square", "check_batch", "keyed_uniform", "p_schedule", "square_side"]
+__all__ = ["SCHEDULE_BREAKPOINTS", "Square", "keyed_uniform", "p_schedule", "square_side"]
