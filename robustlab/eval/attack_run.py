@@ -199,7 +199,7 @@ def run_attack(
         check_not_in_run(save_adv, out, "--save-adv", ATTACK_WRITES)
         check_writable_file(save_adv, "--save-adv")
     module, _, _ = resolve_model(model, device)
-    data, data_name, _, _ = resolve_data(dataset)
+    data, data_name, _, _ = resolve_data(dataset, digest=False)
     num_classes = probe(module, data, device, config.topk)
     ks = list(config.topk or default_topk(num_classes))
     with folder:  # a bad model, dataset or top-k has been refused before an earlier run is replaced

@@ -172,20 +172,22 @@ def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | s
     return model, type(model).__name__, model_fingerprint(model)
 
 
-def resolve_data(data: Data | str | DataSource) -> tuple[Data, str, str, dict]:
+def resolve_data(data: Data | str | DataSource, digest: bool = True) -> tuple[Data, str, str, dict]:
     """``(dataset, name, split, fingerprint)`` of data given as a dataset, an ``(x, y)`` pair, a name or a
-    :class:`DataSource`; the fingerprint holds the digest of the items used (:func:`data_digest`)."""
+    :class:`DataSource`; the fingerprint holds the digest of the items used (:func:`data_digest`), computed only
+    with ``digest`` (a caller that keys its run otherwise skips the extra pass over the items)."""
     if isinstance(data, str):
         data = DataSource(data)
     if isinstance(data, DataSource):
         loaded = data.load()
         with contextlib.suppress(TypeError):
             _DATA_NAMES[loaded] = canonical_name(data.name)
-        return loaded, data.name, data.split, {**data.fingerprint(), "data_sha256": data_digest(loaded)}
+        key = {**data.fingerprint(), "data_sha256": data_digest(loaded)} if digest else data.fingerprint()
+        return loaded, data.name, data.split, key
     from robustlab.eval.evaluator import as_data
 
     data = as_data(data)  # numpy arrays as tensors; lists, a label count that differs: one line
-    return data, type(data).__name__, "-", data_fingerprint(data)
+    return data, type(data).__name__, "-", data_fingerprint(data) if digest else {}
 
 
 def first_batch(data: Data, n: int) -> tuple[Tensor, Tensor]:

@@ -146,7 +146,7 @@ def run_transfer(
         check_not_in_run(save_adv, out, "--save-adv", TRANSFER_WRITES)
         check_writable_file(save_adv, "--save-adv")
     surrogates, judged = load_models(sources, targets, device)
-    data, name, split, _ = resolve_data(dataset)
+    data, name, split, _ = resolve_data(dataset, digest=False)
     for model in [*surrogates.values(), *judged.values()]:
         probe(model, data, device, config.topk)
     with folder:  # a bad model, dataset or top-k has been refused before an earlier run is replaced
