@@ -4,7 +4,7 @@ Every file robustlab writes into a run folder goes through :func:`atomic_write_b
 :func:`open_no_follow`). While a run folder is being written (:func:`track_run`), each write also appends the
 file's SHA-256 to the folder's journal (``.files.jsonl``), before the file takes its name; the finished run folds it
 into ``run.json``'s manifest. :func:`check_digest` refuses a file that matches none of the digests its run recorded
-(a flipped bit, an edit): :func:`safe_load` calls it for every file it reads.
+(a flipped bit, an edit): :func:`robustlab.safe_load.safe_load` calls it for every file it reads.
 """
 
 from __future__ import annotations
@@ -14,13 +14,9 @@ import hashlib
 import io
 import json
 import os
-import pickle
-import pickletools
 import platform
 import secrets
 import stat
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -281,71 +277,6 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
-
-
-def safe_load(path: str | os.PathLike, trust: bool = False, what: str = "checkpoint") -> Any:
-    """The one ``torch.load`` of robustlab: ``weights_only=True`` (tensors, numbers, strings, lists, dicts) unless
-    the user trusts the file; a missing, empty, corrupt or hostile file raises one :class:`CheckpointError` line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {str(path)!r} does not exist; check the path")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{what} {str(path)!r} is empty (0 bytes); it was not saved completely: save it again")
-    check_digest(path, what)
-    try:
-        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says what matters
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # torch raises anything from IndexError to RuntimeError on a damaged file
-        found = python_objects_in(path) if isinstance(exc, pickle.UnpicklingError) and not trust else None
-        if found:
-            raise CheckpointError(
-                f"{what} {str(path)!r} holds Python objects ({found}) that safe loading refuses (they could run "
-                "code); only if you trust the file, pass --trust-checkpoint (trust_checkpoint=True)"
-            ) from None
-        raise CheckpointError(f"{what} {str(path)!r} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
-
-
-def python_objects_in(path: str | os.PathLike) -> str | None:
-    """The first global outside PyTorch's safe list that a well-formed pickle in ``path`` would import
-    (``"posix.system"``), else None: random bytes or a truncated file are corrupt, not objects to be trusted."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            data = archive.read(names[0]) if names else b""
-    except (zipfile.BadZipFile, OSError):
-        data = Path(path).read_bytes()
-    found, strings = None, []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            name = None
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings = [*strings[-1:], str(arg)]
-            elif op.name in ("GLOBAL", "INST"):
-                name = str(arg).replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
-                name = ".".join(strings)
-            if name is not None and found is None and name not in _safe_globals():
-                found = name
-    except Exception:  # not a complete pickle stream
-        return None
-    return found
-
-
-def _safe_globals() -> set[str]:
-    """The globals ``torch.load(weights_only=True)`` accepts (private API, so an empty set if it moves)."""
-    try:
-        from torch import _weights_only_unpickler as unpickler
-
-        return set(unpickler._get_allowed_globals())
-    except Exception:
-        return set()
-
-
-def _first_line(exc: BaseException) -> str:
-    """The cause in a few words (torch's weights-only message buries it after a paragraph of advice)."""
-    text = str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def write_report(out: str | os.PathLike, data: dict[str, Any], markdown: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from robustlab.cli import main
-from robustlab.io import python_objects_in, safe_load
+from robustlab.safe_load import python_objects_in, safe_load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PACKAGE = Path(__file__).parents[1] / "robustlab"
@@ -188,7 +188,7 @@ def test_trusted_whole_module_files_load(tmp_path, zoo_cnn, fmnist_batch):
 
 
 def test_no_unsafe_load_in_the_package():
-    """Only ``robustlab.io.safe_load`` calls ``torch.load``, and it passes ``weights_only=not trust``; nothing
+    """Only ``robustlab.safe_load.safe_load`` calls ``torch.load``, and it passes ``weights_only=not trust``; nothing
     unpickles directly (calls found in the syntax tree, so docstrings do not count)."""
     loads, unpickles = {}, []
     for path in PACKAGE.rglob("*.py"):
@@ -201,7 +201,7 @@ def test_no_unsafe_load_in_the_package():
                 loads.setdefault(path.relative_to(PACKAGE).as_posix(), []).append(kwargs.get("weights_only"))
             if owner in ("pickle", "dill", "joblib") and node.func.attr in ("load", "loads", "Unpickler"):
                 unpickles.append(f"{path}:{node.lineno}")
-    assert loads == {"io.py": ["not trust"]}, loads
+    assert loads == {"safe_load.py": ["not trust"]}, loads
     assert not unpickles, unpickles
 
 

@@ -23,8 +23,9 @@ from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.eval.progress import NoProgress, SampleProgress, sample_progress
 from robustlab.eval.result import EvalResult
-from robustlab.io import atomic_torch_save, safe_load
+from robustlab.io import atomic_torch_save
 from robustlab.models.counting import counted_model
+from robustlab.safe_load import safe_load
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)

@@ -368,7 +368,7 @@ def _sanity(
 
 def load_results(out: str | os.PathLike) -> list[EvalResult]:
     """The per-eps :class:`EvalResult` objects a run saved in ``out/results.pt`` (safe loading)."""
-    from robustlab.io import safe_load
+    from robustlab.safe_load import safe_load
 
     return [EvalResult.from_state(s) for s in safe_load(Path(out) / "results.pt", what="results file")["results"]]
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
-from robustlab.io import ChangedFileError, safe_load
+from robustlab.io import ChangedFileError
 from robustlab.models.model_file import check_weights, is_model_file
 from robustlab.models.normalize import Normalize
+from robustlab.safe_load import safe_load
 
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import RobustlabError
-from robustlab.io import atomic_write_bytes, safe_load
+from robustlab.io import atomic_write_bytes
 from robustlab.reports.markdown import inline, markdown_to_html
+from robustlab.safe_load import safe_load
 
 HTML_FILE = "report.html"
 STYLE = """

@@ -100,7 +100,7 @@ def load_projector(spec: str | os.PathLike, trust_checkpoint: bool = False) -> P
     """The SSL projector of a ``robustlab ssl`` run (``spec``: its run folder or its model.pt), in eval mode, read
     from the run's training checkpoint ``last.pt`` (model.pt holds the encoder's classifier only); one line where
     there is none (a zoo model, a lone model file, a supervised run)."""
-    from robustlab.io import safe_load
+    from robustlab.safe_load import safe_load
 
     path = Path(spec)
     ckpt = path / "last.pt" if path.is_dir() else path.parent / "last.pt"

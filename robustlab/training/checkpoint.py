@@ -11,7 +11,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from robustlab.errors import CheckpointError, RobustlabError
-from robustlab.io import atomic_torch_save, safe_load, write_json
+from robustlab.io import atomic_torch_save, write_json
+from robustlab.safe_load import safe_load
 
 if TYPE_CHECKING:
     from robustlab.training.loop import _Loop
