@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from robustlab.training import Callback
+
 
 class FlatFeatures(nn.Module):
     """Not a classifier: returns a 4-D feature map instead of (N, classes) logits."""
@@ -44,7 +46,7 @@ def noisy_cnn(sigma: float = 0.3) -> nn.Module:
     return defended(load_model("zoo:fmnist-cnn"), GaussianNoise(sigma))
 
 
-class KillAfterEpoch:
+class KillAfterEpoch(Callback):
     """A training callback that simulates a kill: raises KeyboardInterrupt after epoch ``at`` ended (its records
     are written, its checkpoint is not), so a test can resume and compare with an uninterrupted run."""
 

@@ -15,7 +15,7 @@ from robustlab.defenses.monitor import COMonitor
 from robustlab.errors import RobustlabError
 from robustlab.models import build_model
 from robustlab.threat import ThreatModel
-from robustlab.training import TrainConfig, train
+from robustlab.training import Callback, TrainConfig, train
 
 THREAT = ThreatModel("linf", 0.1)
 
@@ -99,7 +99,7 @@ def test_a_step_check_finds_the_best_state_and_rollback_returns_to_it_inside_the
     data, x_mon, y_mon = small_train
     monitor, weights = ScriptedStepCO(x_mon, y_mon, THREAT, on_co="rollback", every_steps=1), []
 
-    class Record:  # the weights after each step, in the order the checks see them
+    class Record(Callback):  # the weights after each step, in the order the checks see them
         every_steps = 1
 
         def on_step_end(self, ctx):

@@ -11,7 +11,7 @@ from robustlab.defenses.methods import METHODS, NoiseAug, make_method
 from robustlab.errors import RobustlabError
 from robustlab.models import build_model
 from robustlab.threat import ThreatModel
-from robustlab.training import TrainConfig, TrainContext, lr_at, train
+from robustlab.training import Method, TrainConfig, TrainContext, lr_at, train
 
 EPS = 0.1
 THREAT = ThreatModel("linf", EPS)
@@ -168,7 +168,7 @@ def test_inner_attacks_skip_the_final_forward_pass(zoo_cnn, fmnist_batch):
         PGD(restarts=2).perturb(zoo_cnn, x, y, THREAT)
 
 
-class _NaNAtEpoch2:
+class _NaNAtEpoch2(Method):
     """Standard training whose loss turns NaN in epoch 2 (a diverging run)."""
 
     name = "nan-at-epoch-2"

@@ -18,13 +18,13 @@ from robustlab.attacks.presets import FGSM, PGD
 from robustlab.errors import RobustlabError
 from robustlab.models.mode import temporary_mode
 from robustlab.threat import ThreatModel
-from robustlab.training.context import Decision, TrainContext
+from robustlab.training.context import Callback, Decision, TrainContext
 
 log = logging.getLogger(__name__)
 ON_CO = ("stop", "rollback", "continue")
 
 
-class COMonitor:
+class COMonitor(Callback):
     """Epoch-end (and optionally every ``every_steps`` steps) callback for :func:`robustlab.training.train`.
 
     Adds ``monitor_clean_acc``, ``monitor_fgsm_acc``, ``monitor_pgd_acc`` and ``co`` (0/1) to the epoch stats;

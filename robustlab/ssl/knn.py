@@ -11,7 +11,7 @@ from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
 from robustlab.models.mode import temporary_mode
 from robustlab.ssl.encoder import SSLModel
-from robustlab.training.context import TrainContext
+from robustlab.training.context import Callback, TrainContext
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def knn_accuracy(
     return correct / len(query)
 
 
-class KNNMonitor:
+class KNNMonitor(Callback):
     """Training-loop callback: the kNN accuracy of the encoder after each epoch, as ``knn_accuracy`` in the
     epoch's stats (a small labelled train/test split that only monitors; training never sees the labels)."""
 

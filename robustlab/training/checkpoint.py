@@ -7,32 +7,48 @@ global step is saved too, so step-level callbacks (``--monitor-every``) fire at 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
 
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import atomic_torch_save, write_json
 from robustlab.safe_load import safe_load
-
-if TYPE_CHECKING:
-    from robustlab.training.loop import _Loop
+from robustlab.training.config import TrainConfig
+from robustlab.training.context import Callback, TrainContext
+from robustlab.training.method import Method
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "method", "callbacks", "epoch", "history"}
 
 
-def _state(obj: Any) -> Any:
-    fn = getattr(obj, "state_dict", None)
-    return fn() if callable(fn) else None
+class LoopState(Protocol):
+    """What a checkpoint saves and restores of the training loop (its ``_Loop``)."""
+
+    model: nn.Module
+    method: Method
+    callbacks: Sequence[Callback]
+    config: TrainConfig
+    ctx: TrainContext
+    batches: Any  # len(batches): the steps per epoch
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    out: Path | None
+    start_epoch: int
+    best_epoch: int | None
+    best_value: float | None
+    best_state: dict[str, Tensor] | None
+    best_step: int | None
+    stop_reason: str | None
+    train_seconds: float
 
 
-def _load_state(obj: Any, state: Any) -> None:
-    fn = getattr(obj, "load_state_dict", None)
-    if state is not None and callable(fn):
-        fn(state)
-
-
-def save_checkpoint(loop: _Loop, epoch: int) -> None:
+def save_checkpoint(loop: LoopState, epoch: int) -> None:
     """``last.pt`` and ``history.json`` of the run after ``epoch`` (rank 0 only; nothing without an out folder)."""
     out = loop.out
     if out is None or not loop.ctx.is_main:
@@ -41,7 +57,7 @@ def save_checkpoint(loop: _Loop, epoch: int) -> None:
         {
             "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
             "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
-            "method": _state(loop.method), "callbacks": [_state(cb) for cb in loop.callbacks], "epoch": epoch,
+            "method": loop.method.state_dict(), "callbacks": [cb.state_dict() for cb in loop.callbacks], "epoch": epoch,
             "step": loop.ctx.step, "history": loop.ctx.history, "best_epoch": loop.best_epoch,
             "best_value": loop.best_value, "best_step": loop.best_step, "stop_reason": loop.stop_reason,
             "train_seconds": loop.train_seconds,
@@ -52,7 +68,7 @@ def save_checkpoint(loop: _Loop, epoch: int) -> None:
     write_json(out / "history.json", {"config": asdict(loop.config), "history": loop.ctx.history})
 
 
-def resume_from(loop: _Loop, trust: bool = False) -> None:
+def resume_from(loop: LoopState, trust: bool = False) -> None:
     """Restore the run in ``loop.out/last.pt`` (weights, optimizer, schedule, method and callback state, step)."""
     out = loop.out
     if out is None or not (out / "last.pt").is_file():
@@ -80,9 +96,11 @@ def resume_from(loop: _Loop, trust: bool = False) -> None:
         ) from None
     loop.scheduler.load_state_dict(ckpt["scheduler"])
     loop.scaler.load_state_dict(ckpt["scaler"])
-    _load_state(loop.method, ckpt["method"])
+    if ckpt["method"] is not None:
+        loop.method.load_state_dict(ckpt["method"])
     for cb, state in zip(loop.callbacks, ckpt["callbacks"]):
-        _load_state(cb, state)
+        if state is not None:
+            cb.load_state_dict(state)
     loop.start_epoch, loop.ctx.history = ckpt["epoch"], ckpt["history"]
     loop.ctx.step = ckpt.get("step", ckpt["epoch"] * ckpt["steps_per_epoch"])
     loop.best_epoch, loop.best_value, loop.stop_reason = ckpt["best_epoch"], ckpt["best_value"], ckpt["stop_reason"]

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from robustlab.errors import RobustlabError
-from robustlab.training.method import check_number
 
 OPTIMIZERS = ("sgd", "adam")
 TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -31,7 +30,6 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (Adam: beta1)
     weight_decay: float = 5e-4
     seed: int = 0
-    amp: bool = False  # the old name of precision="fp16"
     precision: str = "fp32"  # "fp32" | "bf16" (autocast; CUDA, or CPUs with native bf16) | "fp16" (CUDA, grad scaling)
     memory_format: str = "contiguous"  # "contiguous" | "channels_last" (model and image batches; 1.4x on the zoo CNN)
     num_workers: int = 0
@@ -83,9 +81,13 @@ def make_optimizer(params: Sequence[nn.Parameter] | Any, config: TrainConfig) ->
     return torch.optim.Adam(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
 
 
-def _state(obj: Any) -> Any:
-    fn = getattr(obj, "state_dict", None)
-    return fn() if callable(fn) else None
+def check_number(name: str, value: float | None, low: float = 0.0, strict: bool = False) -> None:
+    """Refuse a non-finite hyper-parameter or one below ``low`` (``strict``: at or below) with one line."""
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (value <= low if strict else value < low)
+    if bad:
+        raise RobustlabError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
 
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainConfig", "lr_at", "make_optimizer"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainConfig", "check_number", "lr_at", "make_optimizer"]

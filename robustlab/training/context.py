@@ -1,21 +1,22 @@
 """What the training loop's plug-ins see: the :class:`TrainContext` a method's ``setup`` and the callbacks receive,
 and the callback contract with its decisions.
 
-Callbacks (the catastrophic-overfitting monitor, the kNN monitor, ...):
+Callbacks (the catastrophic-overfitting monitor, the kNN monitor, ...) subclass :class:`Callback` and override
+what they need; the loop calls every hook of every callback:
 
 - ``callback.on_epoch_end(ctx) -> Decision | None``: runs on rank 0 after each epoch; may add numbers to
   ``ctx.stats``; returns ``"continue"`` (or ``None``), ``"stop"`` (keep the current weights) or ``"rollback"``
   (restore the best weights, then stop). The decision is broadcast to every rank.
-- optional ``callback.every_steps`` (int > 0) and ``callback.on_step_end(ctx)``: the same, every ``every_steps``
+- ``callback.every_steps`` (int; 0: never) and ``callback.on_step_end(ctx)``: the same, every ``every_steps``
   optimizer steps, counted over the whole run (a resumed run checks at the same steps).
-- optional ``callback.state_dict()`` / ``callback.load_state_dict(state)``.
+- ``callback.state_dict()`` / ``callback.load_state_dict(state)``: saved in every checkpoint (default: nothing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,10 +27,26 @@ Decision = Literal["continue", "stop", "rollback"]
 DECISIONS = ("continue", "stop", "rollback")
 
 
-class Callback(Protocol):
-    """An epoch-end hook (e.g. the catastrophic-overfitting monitor) that may ask to stop or roll back."""
+class Callback:
+    """A training-loop hook (e.g. the catastrophic-overfitting monitor) that may ask to stop or roll back; every
+    hook defaults to doing nothing."""
 
-    def on_epoch_end(self, ctx: TrainContext) -> Decision | None: ...
+    every_steps: int = 0  # on_step_end runs every this many optimizer steps (0: never)
+
+    def on_epoch_end(self, ctx: TrainContext) -> Decision | None:
+        """After each epoch (rank 0): add to ``ctx.stats``, and continue (None), stop or roll back."""
+        return None
+
+    def on_step_end(self, ctx: TrainContext) -> Decision | None:
+        """Every ``every_steps`` optimizer steps (rank 0): as :meth:`on_epoch_end`."""
+        return None
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of this callback (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state on resume."""
 
 
 @dataclass

@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from robustlab.distributed import Shard, broadcast_ints, current_shard
 from robustlab.errors import RobustlabError
 from robustlab.training.batches import Batches
+from robustlab.training.checkpoint import resume_from, save_checkpoint
 from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_at, make_optimizer
-from robustlab.training.context import DECISIONS, TrainContext
+from robustlab.training.context import DECISIONS, Callback, TrainContext
 from robustlab.training.method import Method
 from robustlab.training.metrics import open_metrics
 
@@ -56,8 +57,8 @@ class _Loop:
 
     model: nn.Module
     trained: nn.Module  # the model, DDP-wrapped under torchrun
-    method: Any
-    callbacks: Sequence[Any]
+    method: Method
+    callbacks: Sequence[Callback]
     config: TrainConfig
     ctx: TrainContext
     shard: Shard
@@ -81,11 +82,11 @@ class _Loop:
     def device(self) -> torch.device:
         return self.ctx.device
 
-    def decide(self, hook: str, callback: Any) -> str:
-        """Run a callback hook on rank 0 and broadcast its decision."""
+    def decide(self, hook: Callable[[TrainContext], str | None], callback: Callback) -> str:
+        """Run a callback's hook on rank 0 and broadcast its decision."""
         decision = None
         if self.ctx.is_main:
-            decision = getattr(callback, hook)(self.ctx)
+            decision = hook(self.ctx)
             if decision not in (None, *DECISIONS):
                 raise ValueError(f"callback {type(callback).__name__} returned {decision!r}; expected {DECISIONS}")
         return _broadcast(decision, False, self.shard, self.device)[0]
@@ -93,10 +94,9 @@ class _Loop:
     def step_callbacks(self) -> str:
         """The step-level callbacks due at this (global) step; their first non-"continue" decision."""
         for c in self.callbacks:
-            every = int(getattr(c, "every_steps", 0) or 0)
-            if every > 0 and hasattr(c, "on_step_end") and self.ctx.step % every == 0:
+            if c.every_steps > 0 and self.ctx.step % c.every_steps == 0:
                 self.ctx.stats = {}
-                decision = self.decide("on_step_end", c)
+                decision = self.decide(c.on_step_end, c)
                 if self.metrics is not None:
                     self.metrics.monitor(self.ctx.step, self.ctx.stats)
                 self.keep_if_best(self.ctx.stats, at_step=True)  # a rollback can return to a state inside an epoch
@@ -181,9 +181,8 @@ class _Loop:
         }  # fmt: skip
         decision = step_decision
         for c in self.callbacks:
-            if hasattr(c, "on_epoch_end"):
-                d = self.decide("on_epoch_end", c)
-                decision = d if decision == "continue" else decision
+            d = self.decide(c.on_epoch_end, c)
+            decision = d if decision == "continue" else decision
         stats = dict(ctx.stats)
         ctx.history.append(stats)
         if self.metrics is not None:
@@ -206,8 +205,6 @@ class _Loop:
 
     def run(self, on_epoch: Callable[[dict[str, float]], None] | None) -> int:
         """Epochs from the start (or the resumed) epoch until the last one or a stop; returns the last epoch."""
-        from robustlab.training.checkpoint import save_checkpoint
-
         epoch = self.start_epoch
         while self.stop_reason is None and epoch < self.config.epochs:
             epoch += 1
@@ -239,11 +236,8 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
     if config.memory_format == "channels_last":
         model.to(memory_format=torch.channels_last)  # undone when train() returns
     ctx = TrainContext(model, method, config, device, rank, world_size, config.seed, out_dir=out)
-    if hasattr(method, "setup"):
-        method.setup(ctx)
-    params_fn = getattr(method, "trainable_parameters", None)
-    params = list(params_fn(model)) if callable(params_fn) else [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
+    method.setup(ctx)
+    optimizer = make_optimizer(list(method.trainable_parameters(model)), config)
     batches = Batches(
         train_set, config.batch_size, config.seed, rank, world_size, config.drop_last, config.max_steps_per_epoch,
         config.num_workers,
@@ -266,15 +260,10 @@ def _build_loop(model, method, train_set, config, out, callbacks, device) -> _Lo
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
-    """The precision the run trains in: ``config.precision`` (``amp`` is the old fp16 switch, fp32 off CUDA),
-    refused with one line where the device does not compute it natively."""
+    """The precision the run trains in: ``config.precision``, refused with one line where the device does not
+    compute it natively."""
     from robustlab.attacks.runtime import offered_precisions
 
-    if config.amp and config.precision == "fp32":
-        if device.type != "cuda":
-            log.info("mixed precision asked for, but the device is %s: training in float32", device.type)
-            return "fp32"
-        return "fp16"
     offered = offered_precisions(device)
     if config.precision not in offered:
         raise RobustlabError(
@@ -291,7 +280,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     *,
     resume: bool = False,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Callback] = (),
     device: str | torch.device | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     trust_checkpoint: bool = False,
@@ -305,16 +294,17 @@ def train(
     strings, lists and dicts, so resuming reads them with ``weights_only=True`` (``trust_checkpoint`` lifts that).
     A non-finite loss stops training with a :class:`RobustlabError` before it reaches the weights.
     """
+    if not isinstance(method, Method):
+        raise TypeError(f"{type(method).__name__} is not a robustlab.training.Method; subclass it")
+    bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        raise TypeError(f"callbacks {', '.join(bad)} do not subclass robustlab.training.Callback; subclass it")
     config.validate()
-    check = getattr(method, "check", None)
-    if callable(check):
-        check(config)
+    method.check(config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = Path(out_dir) if out_dir is not None else None
     loop = _build_loop(model, method, train_set, config, out, callbacks, device)
     if resume:
-        from robustlab.training.checkpoint import resume_from
-
         resume_from(loop, trust_checkpoint)
     loop.metrics = open_metrics(out, loop.ctx.is_main, config.tensorboard, loop.ctx.step if resume else None)
     try:

@@ -11,21 +11,22 @@ Contract (the loop in :mod:`robustlab.training.loop` calls these):
 - ``check(config)``: refuses a training configuration the method cannot train with, before any work is done.
 - ``state_dict()`` / ``load_state_dict(state)``: the random generator (and any extra state), saved in every
   checkpoint so that ``resume`` continues bit-for-bit.
-- optional ``trainable_parameters(model)``: the parameters the optimizer updates (default: those that require grad).
+- ``trainable_parameters(model)``: the parameters the optimizer updates (default: those that require grad).
+
+A new method subclasses :class:`Method` and overrides ``training_loss`` (and ``name``); the rest has defaults.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from robustlab.errors import RobustlabError
+from robustlab.training.config import TrainConfig, check_number  # check_number: the methods' argument checks
 
 if TYPE_CHECKING:
-    from robustlab.training.config import TrainConfig
     from robustlab.training.context import TrainContext
 
 
@@ -50,6 +51,10 @@ class Method:
 
     def check(self, config: TrainConfig) -> None:
         """Refuse a training configuration this method cannot train with (default: any is fine)."""
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """The parameters the optimizer updates (default: those that require grad)."""
+        return [p for p in model.parameters() if p.requires_grad]
 
     def setup(self, ctx: TrainContext) -> None:
         """Called by the training loop once: this rank's generator on the training device."""
@@ -77,15 +82,6 @@ class Method:
         if state.get("generator") is not None:
             gen = self._generator if self._generator is not None else self.generator("cpu")
             gen.set_state(state["generator"].to(torch.uint8).cpu())
-
-
-def check_number(name: str, value: float | None, low: float = 0.0, strict: bool = False) -> None:
-    """Refuse a non-finite hyper-parameter or one below ``low`` (``strict``: at or below) with one line."""
-    if value is None:
-        return
-    bad = not math.isfinite(value) or (value <= low if strict else value < low)
-    if bad:
-        raise RobustlabError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
 
 
 __all__ = ["Method", "check_number"]
