@@ -114,6 +114,29 @@ def test_square_schedule_is_rescaled_to_the_query_budget():
     assert min(l2_sides) == 3 and all(s % 2 for s in l2_sides)
 
 
+def test_square_budget_grows_until_a_block_breaks_nothing(zoo_pgdat, fmnist_batch):
+    x, y = correct_only(zoo_pgdat, *fmnist_batch(40))
+    threat = ThreatModel("linf", 0.1)
+    fixed = Square(n_queries=50, seed=1)(zoo_pgdat, x, y, threat)
+    counting = CountingModel(zoo_pgdat)
+    grown = Square(n_queries=50, max_queries=1500, seed=1)(counting, x, y, threat)
+    blocks = grown.info["blocks"]
+    assert blocks[0] == {"queries": 50, "broken": int(fixed.success.sum())}  # the first block is the fixed run
+    budgets = [b["queries"] for b in blocks]  # each block twice the one before, the last cut to what is left
+    assert all(b == min(2 * a, 1500 - sum(budgets[: i + 1])) for i, (a, b) in enumerate(zip(budgets, budgets[1:])))
+    assert sum(b["queries"] for b in blocks) <= 1500 and len(blocks) > 1
+    assert blocks[-1]["broken"] == 0 or sum(b["queries"] for b in blocks) == 1500  # stopped for a reason
+    assert bool((grown.success | ~fixed.success).all())  # never weaker than the first block alone
+    assert int(grown.success.sum()) == sum(b["broken"] for b in blocks)
+    assert bool((grown.info["queries"][~grown.success] == sum(b["queries"] for b in blocks)).all())
+    assert counting.rows == int(grown.info["queries"].sum())
+    with torch.no_grad():
+        assert torch.equal(grown.success, zoo_pgdat(grown.x_adv).argmax(1) != y)
+    assert float(threat.distance(grown.x_adv, x).max()) <= 0.1 * (1 + 1e-5)
+    with pytest.raises(RobustlabError, match="max_queries"):
+        Square(n_queries=100, max_queries=50)
+
+
 def test_square_targeted_reaches_the_target(zoo_cnn, fmnist_batch):
     x, y = fmnist_batch(20)
     target = (y + 1) % 10
@@ -202,3 +225,11 @@ def test_fmn_norms_of_a_sample_do_not_depend_on_its_batch(zoo_cnn, fmnist_batch)
 def test_fmn_specs_from_the_registry():
     assert attack_from_spec("fmn(steps=200)", steps=10).steps == 200
     assert attack_from_spec("fmn", steps=10, seed=3).steps == 100  # the CLI's --steps is PGD's, not FMN's
+
+
+def test_the_autoattack_adapter_rescales_squares_schedule_to_a_given_budget(zoo_cnn):
+    from robustlab.attacks import AutoAttack
+
+    threat = ThreatModel("linf", 0.1)
+    assert AutoAttack(attacks=["square"], n_queries=1000).build(zoo_cnn, threat, "cpu").square.rescale_schedule
+    assert not AutoAttack(attacks=["square"]).build(zoo_cnn, threat, "cpu").square.rescale_schedule  # standard's own

@@ -170,7 +170,9 @@ def apply_overrides(
     n_target_classes: int | None = None,
     n_queries: int | None = None,
 ) -> None:
-    """Set iterations/restarts/targets/queries on a ``pyautoattack.AutoAttack`` (None keeps the package's)."""
+    """Set iterations/restarts/targets/queries on a ``pyautoattack.AutoAttack`` (None keeps the package's); a
+    query budget of Square's also rescales its p-schedule to that budget (the package builds its Square with the
+    schedule of 10000 queries, so a shorter run would stop with squares 16x too large)."""
     if n_iter is not None:
         aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = int(n_iter)
     if n_restarts is not None:
@@ -179,6 +181,7 @@ def apply_overrides(
         aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = int(n_target_classes)
     if n_queries is not None:
         aa.square.n_queries = int(n_queries)
+        aa.square.rescale_schedule = True
 
 
 class TorchattacksAttack:

@@ -109,6 +109,13 @@ def _l2_normalised(delta: Tensor) -> Tensor:
     return delta / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
 
 
+def _merge(best: AttackResult, run: AttackResult, rows: Tensor) -> AttackResult:
+    """Take ``run`` (on ``best``'s ``rows``) where it breaks the sample or finds a higher margin."""
+    better = run.success | (run.loss > best.loss[rows])
+    take = rows[better]
+    best.x_adv[take], best.success[take] = run.x_adv[better], run.success[better]
+    best.loss[take], best.logits[take] = run.loss[better], run.logits[better]
+    return best
 
 
 class Square:
@@ -121,9 +128,14 @@ class Square:
         restarts: independent runs on the samples not broken yet, each with fresh draws.
         seed: the salt of each sample's keyed draws; the global RNG is never touched.
         criterion: success criterion; default misclassified (untargeted) or top-1 = target (targeted).
+        max_queries: a budget that grows (``None``: fixed at ``n_queries``). The samples still robust after the
+            first ``n_queries`` get blocks of twice the previous block's queries, each continuing from their best
+            perturbation with the p-schedule rescaled to the block, until a block breaks no sample or a sample has
+            spent ``max_queries``: the search stops where more queries stopped paying.
 
     The loss is the margin on the model's logits (``max_{j != y} z_j - z_y``; targeted: ``z_t - max_{j != t} z_j``).
-    ``result.info["queries"]`` holds each sample's number of model queries.
+    ``result.info["queries"]`` holds each sample's number of model queries; ``result.info["blocks"]`` the budget
+    of each block of a growing run and the samples it broke.
     """
 
     name = "square"
@@ -136,8 +148,14 @@ class Square:
         restarts: int = 1,
         seed: int = 0,
         criterion: Criterion | None = None,
+        max_queries: int | None = None,
     ) -> None:
         self.n_queries = options.whole("n_queries", n_queries)
+        self.max_queries = None if max_queries is None else options.whole("max_queries", max_queries)
+        if self.max_queries is not None and self.max_queries < self.n_queries:
+            raise RobustlabError(
+                f"max_queries {self.max_queries} is below n_queries {self.n_queries}; give max_queries >= n_queries"
+            )
         self.p_init = options.number("p_init", p_init, low=0, high=1)
         if self.p_init == 0:
             raise RobustlabError("p_init must be > 0 (the fraction of pixels a square changes), e.g. 0.8")
@@ -154,6 +172,7 @@ class Square:
             "n_queries": self.n_queries,
             "p_init": self.p_init,
             "restarts": self.restarts,
+            "max_queries": self.max_queries,
             "seed": self.seed,
             "loss": "margin",
             "criterion": getattr(self.criterion, "name", None),
@@ -179,18 +198,29 @@ class Square:
                 if rows.numel() == 0:
                     break
                 tr = target[rows] if target is not None else None
-                run = self._run(model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, queries, rows)
-                if best is None:
-                    best = run
-                else:  # a later restart wins where it breaks the sample or finds a higher loss
-                    better = run.success | (run.loss > best.loss[rows])
-                    take = rows[better]
-                    best.x_adv[take], best.success[take] = run.x_adv[better], run.success[better]
-                    best.loss[take], best.logits[take] = run.loss[better], run.logits[better]
-        assert best is not None
+                run = self._run(
+                    model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, queries, rows, self.n_queries
+                )  # fmt: skip
+                best = run if best is None else _merge(best, run, rows)
+            assert best is not None
+            blocks = [{"queries": self.n_queries, "broken": int(best.success.sum())}]
+            budget, spent, block = self.n_queries, self.n_queries * self.restarts, 0
+            while self.max_queries is not None and spent < self.max_queries and blocks[-1]["broken"] > 0:
+                rows = todo[~best.success]
+                if rows.numel() == 0:
+                    break
+                block += 1
+                budget = min(2 * budget, self.max_queries - spent)
+                tr = target[rows] if target is not None else None
+                salt = int(salts[0]) ^ (block * 0x9E3779B97F4A7C15 & (2**62 - 1))  # fresh draws per block
+                run = self._run(model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, queries, rows,
+                                budget, start=best.x_adv[rows])  # fmt: skip
+                best = _merge(best, run, rows)
+                blocks.append({"queries": budget, "broken": int(run.success.sum())})
+                spent += budget
         sign = -1.0 if target is not None else 1.0
         best.loss = sign * best.loss  # the margin towards the target, as targeted attacks report it
-        best.info = {"time_s": time.perf_counter() - start, **self.config(), "queries": queries.cpu()}
+        best.info = {"time_s": time.perf_counter() - start, **self.config(), "queries": queries.cpu(), "blocks": blocks}
         return best
 
     def _objective(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -199,11 +229,11 @@ class Square:
 
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel,
-        criterion: Criterion, keys: Tensor, queries: Tensor, rows: Tensor,
+        criterion: Criterion, keys: Tensor, queries: Tensor, rows: Tensor, budget: int, start: Tensor | None = None,
     ) -> AttackResult:  # fmt: skip
-        """One restart on ``x``: the random search; ``queries[rows]`` counts each sample's model calls."""
-        n, c, h, w = x.shape
-        x_best = self._init(x, threat, keys)
+        """One run of ``budget`` queries on ``x`` from ``start`` (default: the paper's first query); ``queries[rows]``
+        counts each sample's model calls."""
+        x_best = self._init(x, threat, keys) if start is None else start.clone()
         logits = model_logits(model, x_best)
         check_first_logits(logits, y, target, criterion)
         logits = logits.float()
@@ -211,12 +241,12 @@ class Square:
         success = criterion(logits, y, target)
         queries[rows] += 1
         active = (~success).nonzero().squeeze(1)
-        for i in range(self.n_queries - 1 if self.n_queries > 1 else 0):
+        for i in range(budget - 1):
             if active.numel() == 0:
                 break
             xa, xb, ka = x[active], x_best[active], keys[active]
             ya, ta = y[active], target[active] if target is not None else None
-            p = p_schedule(i, self.n_queries, self.p_init)
+            p = p_schedule(i, budget, self.p_init)
             x_new = (self._linf_step if threat.norm == "linf" else self._l2_step)(xa, xb, threat, ka, i + 1, p)
             new_logits = model_logits(model, x_new).float()
             queries[rows[active]] += 1
