@@ -53,7 +53,7 @@ class RandomSign:
 
 @pytest.fixture
 def toy():
-    register("toy", RandomSign, "a random corner of the eps-cube", takes=("seed",))  # the one registry line
+    register("toy", RandomSign, "a random corner of the eps-cube")  # the one registry line: it takes seed
     yield
     unregister("toy")
 

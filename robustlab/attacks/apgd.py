@@ -230,6 +230,7 @@ class APGDTargeted:
     """
 
     name = "apgd-t"
+    options_from = APGD  # its **kwargs are APGD's options (robustlab.registry.signature_options)
 
     def __init__(
         self,

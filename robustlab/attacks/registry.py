@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import ast
 import functools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from robustlab.attacks.aa import AutoAttackNative
-from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AUTOATTACK_OPTIONS, AutoAttack, TorchattacksAttack
+from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AutoAttack, TorchattacksAttack
 from robustlab.attacks.apgd import APGD, APGDTargeted
 from robustlab.attacks.fmn import FMN
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
@@ -33,9 +32,10 @@ from robustlab.attacks.square import Square
 from robustlab.attacks.topk import TopK
 from robustlab.errors import RobustlabError
 from robustlab.losses import get_loss, loss_names
+from robustlab.registry import Registry, signature_options
 
-RUNTIME_OPTIONS = ("memory_format", "precision")  # how an attack runs, not what it finds (issue 15)
-GRADIENT_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", "early_stop", *RUNTIME_OPTIONS)
+# the shared defaults (--steps, --step-size, --loss, ...) an attack takes where its constructor names them
+SHARED_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", "early_stop", "memory_format", "precision")
 VARIANTS = ("none", "optional", "required")
 
 
@@ -43,10 +43,10 @@ VARIANTS = ("none", "optional", "required")
 class AttackEntry:
     """A registered attack: how to build it, one line for ``--help``, and which shared defaults it takes.
 
-    ``takes`` names the shared defaults (``--steps``, ``--step-size``, ``--loss``, ``--restarts``, ``--seed``, ...)
-    that apply to it; the others are left out silently, as they are meant for other attacks in the list.
-    ``variant`` says whether the spec names a variant after a colon (``autoattack:plus``, ``torchattacks:CW``);
-    the factory then gets it as its first argument.
+    ``takes``: the shared defaults (``--steps``, ``--step-size``, ``--loss``, ``--restarts``, ``--seed``, ...) its
+    constructor names, less those it ``skips``; the others are left out silently, as they are meant for other attacks
+    in the list. ``variant`` says whether the spec names a variant after a colon (``autoattack:plus``,
+    ``torchattacks:CW``); the factory then gets it as its first argument.
     """
 
     name: str
@@ -61,64 +61,53 @@ class AttackEntry:
         return {"none": self.name, "optional": f"{self.name}[:VARIANT]", "required": f"{self.name}:NAME"}[self.variant]
 
 
-_REGISTRY: dict[str, AttackEntry] = {}
-_ALIASES: dict[str, str] = {}
-
-
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
+
+
+ATTACKS: Registry[AttackEntry] = Registry("attack", key=_key, refusal="{name} has no option {option!r}")
 
 
 def register(
     name: str,
     factory: Callable[..., Attack],
     summary: str,
-    takes: tuple[str, ...] = (),
     variant: str = "none",
     aliases: tuple[str, ...] = (),
+    skips: tuple[str, ...] = (),
     replace: bool = False,
 ) -> AttackEntry:
-    """Register an attack under ``name`` (and ``aliases``): ``factory(**options) -> Attack``."""
+    """Register an attack under ``name`` (and ``aliases``): ``factory(**options) -> Attack``; ``skips`` names shared
+    defaults its constructor takes but that mean something else to it (fgsm's one step, fmn's own step count)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    keys = [_key(n) for n in (name, *aliases)]
-    taken = [k for k in keys if (k in _REGISTRY or k in _ALIASES) and not replace]
-    if taken:
-        raise ValueError(f"attack name(s) {taken} are registered already; pass replace=True to replace them")
-    entry = AttackEntry(name, factory, summary, tuple(takes), variant)
-    _REGISTRY[keys[0]] = entry
-    _ALIASES.update(dict.fromkeys(keys[1:], keys[0]))
-    return entry
+    named, _ = signature_options(factory)
+    takes = tuple(o for o in SHARED_OPTIONS if o in named and o not in skips)
+    return ATTACKS.register(name, AttackEntry(name, factory, summary, takes, variant), aliases, replace)
 
 
 def unregister(name: str) -> None:
     """Remove an attack and its aliases from the registry (for tests and plug-ins)."""
-    key = _key(name)
-    _REGISTRY.pop(key, None)
-    for alias in [a for a, k in _ALIASES.items() if k == key]:
-        del _ALIASES[alias]
+    ATTACKS.unregister(name)
 
 
 def attack_entry(name: str) -> AttackEntry:
     """The registry entry of an attack name or alias; an unknown name raises with the list of choices."""
-    key = _key(name)
-    entry = _REGISTRY.get(_ALIASES.get(key, key))
-    if entry is None:
-        raise RobustlabError(f"unknown attack {name!r}; choose one of: {', '.join(attack_names())}")
-    return entry
+    return ATTACKS.get(name)
 
 
 def attack_names() -> list[str]:
     """The registered attack names, in registration order (the choices for the CLI)."""
-    return [entry.name for entry in _REGISTRY.values()]
+    return ATTACKS.names()
 
 
 def attack_help(summaries: bool = False) -> str:
     """The attack choices for ``--help``: one line of spec syntax, or one ``syntax: summary`` line per attack."""
+    entries = [ATTACKS.get(name) for name in ATTACKS]
     if summaries:
-        return "\n".join(f"{entry.syntax}: {entry.summary}" for entry in _REGISTRY.values())
+        return "\n".join(f"{entry.syntax}: {entry.summary}" for entry in entries)
     return (
-        f"{', '.join(entry.syntax for entry in _REGISTRY.values())}; NAME+LOSS for another loss "
+        f"{', '.join(entry.syntax for entry in entries)}; NAME+LOSS for another loss "
         f"({', '.join(loss_names())}); options in parentheses, e.g. pgd(steps=50)"
     )
 
@@ -158,14 +147,11 @@ def _split_options(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _build(entry: AttackEntry, variant: str | None, kwargs: dict[str, Any], spec: str | None) -> Attack:
-    """Call the entry's factory; a wrong option becomes one line naming the spec (if the attack came from one)."""
+    """Check the options against the factory's signature and call it; a refusal names the spec (if one was given)."""
     args = () if entry.variant == "none" else (variant,) if variant is not None else ()
     try:
+        ATTACKS.check_options(entry.name, kwargs, entry.factory)
         return entry.factory(*args, **kwargs)
-    except TypeError as exc:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        problem = f"{entry.name} has no option {unknown.group(1)!r}" if unknown else str(exc)
-        raise RobustlabError(f"attack spec {spec!r}: {problem}" if spec else problem) from None
     except RobustlabError as exc:
         if spec is None or str(exc).startswith("attack spec"):
             raise
@@ -242,25 +228,25 @@ def split_specs(text: str) -> list[str]:
 
 
 # The built-in attacks: one line each.
-FGSM_OPTIONS = ("step_size", "loss", "seed", "early_stop", *RUNTIME_OPTIONS)
-register("fgsm", FGSM, "one signed step of size eps (Goodfellow et al. 2015)", FGSM_OPTIONS)
-register("ifgsm", IFGSM, "I-FGSM / BIM: steps of eps/steps (Kurakin et al. 2017)", GRADIENT_OPTIONS, aliases=("bim",))
-register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et al. 2018)", GRADIENT_OPTIONS)
-register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)", GRADIENT_OPTIONS)
-TOPK_OPTIONS = ("steps", "step_size", "loss", "restarts", "seed", *RUNTIME_OPTIONS)  # no early stop: ranks
-register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", TOPK_OPTIONS)
-register("apgd", APGD, "APGD: step halving at checkpoints, momentum 0.75 (Croce & Hein 2020)", GRADIENT_OPTIONS)
-APGD_T_OPTIONS = ("steps", "step_size", "restarts", "seed", "early_stop", *RUNTIME_OPTIONS)
-register("apgd-t", APGDTargeted, "APGD, targeted DLR towards the top 9 other classes in turn", APGD_T_OPTIONS)
-register("square", Square, "black-box random search on squares, n_queries=5000 (Andriushchenko et al. 2020)", ("seed",))
-register("fmn", FMN, "fast minimum-norm: each sample's smallest perturbation, steps=100 (Pintor et al. 2021)")
-AA_OPTIONS = ("seed", "early_stop", *RUNTIME_OPTIONS)  # the members' budgets are AutoAttack standard's
+register("fgsm", FGSM, "one signed step of size eps (Goodfellow et al. 2015)", skips=("steps", "restarts"))
+register("ifgsm", IFGSM, "I-FGSM / BIM: steps of eps/steps (Kurakin et al. 2017)", aliases=("bim",))
+register("pgd", PGD, "random start, steps of 2.5 eps/steps, restarts (Madry et al. 2018)")
+register("mifgsm", MIFGSM, "I-FGSM with momentum (Dong et al. 2018)")
+register("topk", TopK, "push the true class out of the top k (Zhang et al. 2022)", skips=("early_stop",))  # ranks
+register("apgd", APGD, "APGD: step halving at checkpoints, momentum 0.75 (Croce & Hein 2020)")
+register("apgd-t", APGDTargeted, "APGD, targeted DLR towards the top 9 other classes in turn", skips=("loss",))
+SQUARE = "black-box random search on squares, n_queries=5000 (Andriushchenko et al. 2020)"
+register("square", Square, SQUARE, skips=("restarts",))
+register("fmn", FMN, "fast minimum-norm: each sample's smallest perturbation, steps=100 (Pintor et al. 2021)",
+         skips=("steps",))  # fmt: skip
 AA = functools.partial(AutoAttackNative.standard, attack_from_spec, attack_names)  # members built from this registry
-register("aa", AA, "native AutoAttack standard: apgd, apgd-t, fmn, square on what is still robust", AA_OPTIONS)
-register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", AUTOATTACK_OPTIONS, "optional")
-register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", ("seed",), "required")
+register("aa", AA, "native AutoAttack standard: apgd, apgd-t, fmn, square on what is still robust")
+register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", "optional")
+register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", "required")
 
 __all__ = [
+    "ATTACKS",
+    "SHARED_OPTIONS",
     "AttackEntry",
     "attack_entry",
     "attack_from_spec",

@@ -39,6 +39,8 @@ class TopK:
             ``diversity_prob``, ``seed``, ...).
     """
 
+    options_from = PGD  # its **kwargs are the base attack's options (robustlab.registry.signature_options)
+
     def __init__(
         self,
         k: int = 1,
