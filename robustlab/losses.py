@@ -13,20 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-LOSSES: dict[str, LossFn] = {}
+LOSSES: Registry[LossFn] = Registry("loss")
 
 
-def register_loss(*names: str) -> Callable[[LossFn], LossFn]:
-    """Register a per-sample loss under one or more names."""
-
-    def wrap(fn: LossFn) -> LossFn:
-        for name in names:
-            LOSSES[name] = fn
-        return fn
-
-    return wrap
+def register_loss(name: str, *aliases: str) -> Callable[[LossFn], LossFn]:
+    """Register a per-sample loss under ``name`` and ``aliases`` (a decorator)."""
+    return lambda fn: LOSSES.register(name, fn, aliases)
 
 
 def _other_max(logits: Tensor, labels: Tensor) -> Tensor:
@@ -57,7 +52,7 @@ def dlr(logits: Tensor, labels: Tensor) -> Tensor:
     return cw_margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-@register_loss("normalized-ce", "normalized_ce", "rce")
+@register_loss("normalized-ce", "rce")
 def normalized_ce(logits: Tensor, labels: Tensor) -> Tensor:
     """Normalized (relative) CE of the top-k paper: ``CE(z, y) - mean_k CE(z, k) = mean_k z_k - z_y``.
 
@@ -89,7 +84,7 @@ def topk_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, reduction="none") - normalized_ce(logits, y)
 
 
-@register_loss("dlr-targeted", "dlr_targeted")
+@register_loss("dlr-targeted")
 @targeted_loss
 def dlr_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
     """Targeted DLR of APGD-T (Croce & Hein 2020), to be minimised: ``(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``.
@@ -104,18 +99,13 @@ def dlr_targeted(logits: Tensor, target: Tensor, y: Tensor) -> Tensor:
 
 
 def get_loss(name: str | LossFn) -> LossFn:
-    """Look up a loss by name (or pass a callable through)."""
-    if callable(name):
-        return name
-    key = str(name).lower()
-    if key not in LOSSES:
-        raise RobustlabError(f"unknown loss {name!r}; choose one of: {', '.join(sorted(set(LOSSES)))}")
-    return LOSSES[key]
+    """Look up a loss by name or alias, case-insensitive, ``_`` = ``-`` (or pass a callable through)."""
+    return name if callable(name) else LOSSES.get(name)
 
 
 def loss_names() -> list[str]:
-    """Primary names of the registered losses (for --help)."""
-    return ["ce", "cw", "dlr", "normalized-ce"]
+    """The registered untargeted losses, the choices of ``--loss`` (targeted ones serve targeted calls only)."""
+    return [name for name in LOSSES if not is_targeted_loss(LOSSES.get(name))]
 
 
 __all__ = [
@@ -126,6 +116,7 @@ __all__ = [
     "dlr_targeted",
     "get_loss",
     "is_targeted_loss",
+    "loss_names",
     "normalized_ce",
     "register_loss",
     "targeted_loss",

@@ -9,7 +9,6 @@ the bounds (N-FGSM; a larger N-FGSM step is taken in a ball of its own radius, s
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from robustlab.attacks.base import GradientAttack, frozen_parameters
 from robustlab.attacks.presets import FGSM, PGD
 from robustlab.distributed import unwrap
 from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 from robustlab.threat import ThreatModel
 from robustlab.training.method import Method, check_number
 
@@ -209,32 +209,25 @@ class PGDAT(AdversarialMethod):
         return attack.perturb(model, x, y, self.threat)
 
 
-METHODS: dict[str, type[AdversarialMethod]] = {
-    "standard": Standard,
-    "fgsm": FGSMTraining,
-    "fgsm-rs": FGSMRS,
-    "noiseaug": NoiseAug,
-    "n-fgsm": NFGSM,
-    "gradalign": GradAlign,
-    "pgd": PGDAT,
-}
-_ALIASES = {"nfgsm": "n-fgsm", "fgsmrs": "fgsm-rs", "pgd-at": "pgd", "pgdat": "pgd", "noise-aug": "noiseaug"}
+# The training methods: one line each (a new method is one small class plus one line).
+METHODS: Registry[type[AdversarialMethod]] = Registry("method")
+METHODS.register("standard", Standard)
+METHODS.register("fgsm", FGSMTraining)
+METHODS.register("fgsm-rs", FGSMRS, aliases=("fgsmrs",))
+METHODS.register("noiseaug", NoiseAug, aliases=("noise-aug",))
+METHODS.register("n-fgsm", NFGSM, aliases=("nfgsm",))
+METHODS.register("gradalign", GradAlign)
+METHODS.register("pgd", PGDAT, aliases=("pgd-at", "pgdat"))
 
 
 def make_method(
     name: str, threat: ThreatModel | None = None, step_size: float | None = None, **kwargs: Any
 ) -> AdversarialMethod:
     """A training method by name; ``kwargs`` are method options (``noise``, ``noise_sigma``, ``noise_multiple``,
-    ``lam``, ``steps``); ``None`` values fall back to the defaults."""
-    key = name.lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in METHODS:
-        raise RobustlabError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    ``lam``, ``steps``: checked against its constructor); ``None`` values fall back to the defaults."""
+    cls = METHODS.get(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    cls = METHODS[key]
-    unknown = set(kwargs) - (set(inspect.signature(cls.__init__).parameters) - {"self", "threat", "step_size"})
-    if unknown:
-        raise RobustlabError(f"method {key} does not take {', '.join(sorted(unknown))}")
+    METHODS.check_options(cls.name, kwargs)
     return cls(threat, step_size, **kwargs)
 
 

@@ -5,7 +5,7 @@ method (``deacl``), the student encoder and the frozen teacher and projector it 
 pseudo-supervised AT (``pseudo``), TRADES (``trades``) and the fine-tuning protocols SLF/ALF/AFF (``finetune``).
 Every method trains through the one loop, :func:`robustlab.training.train`."""
 
-from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
 from robustlab.ssl.augment import AUGMENT_STRENGTHS, AnnealedAugment, Augment
 from robustlab.ssl.base import ContrastiveMethod
 from robustlab.ssl.deacl import DeACL, deacl_loss, feature_pgd, negative_cosine
@@ -36,14 +36,15 @@ from robustlab.ssl.student import (
     widened,
 )
 
-SSL_METHODS: dict[str, type[ContrastiveMethod]] = {"simclr": SimCLR, "simco": SimCo}
+SSL_METHODS: Registry[type[ContrastiveMethod]] = Registry("SSL method")
+SSL_METHODS.register("simclr", SimCLR)
+SSL_METHODS.register("simco", SimCo)
 
 
 def make_ssl_method(name: str, **kwargs: object) -> ContrastiveMethod:
-    """A contrastive method by name (``simclr``, ``simco``) with its options."""
-    if name not in SSL_METHODS:
-        raise RobustlabError(f"unknown SSL method {name!r}; choose one of: {', '.join(SSL_METHODS)}")
-    return SSL_METHODS[name](**kwargs)  # type: ignore[arg-type]
+    """A contrastive method by name (``simclr``, ``simco``) with its options (checked against its constructor)."""
+    SSL_METHODS.check_options(name, kwargs)
+    return SSL_METHODS.get(name)(**kwargs)  # type: ignore[arg-type]
 
 
 __all__ = [
