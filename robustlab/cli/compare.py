@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reports.compare import compare_runs
+    from robustlab.report_kinds import compare_runs  # (with every kind of report loaded)
 
     comparison = compare_runs(args.run_dirs, args.out)
     print(comparison.to_markdown())

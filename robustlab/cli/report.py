@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reports import rebuild_report
+    from robustlab.report_kinds import rebuild_report  # (with every kind of report loaded)
 
     files = rebuild_report(args.run_dir)
     print("; ".join(f"{kind}: {path}" for kind, path in files.items()))

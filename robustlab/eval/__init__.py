@@ -1,7 +1,8 @@
 """Evaluation: the one evaluator, metrics, typed reports, and runs in one call (``run_evaluation``,
 ``run_attack``, ``run_transfer``: what ``robustlab eval``, ``attack`` and ``transfer`` do)."""
 
-from robustlab.eval.attack_run import AttackConfig, AttackReport, run_attack
+from robustlab.eval.attack_report import AttackReport
+from robustlab.eval.attack_run import AttackConfig, run_attack
 from robustlab.eval.evaluator import EvalResult, Evaluator, merge_batches, merge_results
 from robustlab.eval.report import EvalReport
 from robustlab.eval.run import EvalConfig, load_results, run_evaluation

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from robustlab.eval.result import EvalResult
 from robustlab.io import atomic_torch_save
 from robustlab.models.mode import temporary_mode
+from robustlab.reports.html import GALLERY_FILE
 from robustlab.threat import ThreatModel
 
-GALLERY_FILE = "gallery.pt"
 MAX_CLASSES = 20  # classes shown (the first ones met in the data)
 MAX_SIDE = 64  # larger images are stored (and shown) at this size, to keep the file and the page small
 

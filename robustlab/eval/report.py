@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from robustlab.errors import RobustlabError
 from robustlab.eval.entries import AttackStats, EpsEntry, TopKStats
@@ -19,6 +19,7 @@ from robustlab.eval.figures import plot_icr_histogram, plot_per_class, plot_robu
 from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.sanity import Flag
 from robustlab.io import markdown_table, write_report
+from robustlab.reports.kinds import Figure, from_fields, register_report
 
 
 def _pct(value: float) -> str:
@@ -52,10 +53,12 @@ def run_cost(results: list[EpsEntry], sanity: list[Flag] | None, setup: dict[str
     return {**total, **parts}
 
 
+@register_report
 @dataclass
 class EvalReport:
     """What ``robustlab eval`` (and :func:`~robustlab.eval.run_evaluation`) reports; renders itself."""
 
+    kind: ClassVar[str] = "eval"
     model: str
     dataset: str
     split: str
@@ -98,7 +101,7 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         """``report.json``: the keys every reader of robustlab's reports knows."""
         return {
-            "model": self.model, "dataset": self.dataset, "split": self.split, "n": self.n,
+            "kind": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split, "n": self.n,
             "threat": {"norm": self.norm, "bounds": list(self.bounds)}, "eps": list(self.eps),
             "only_robust": self.only_robust, "attacks": self.attacks, "seeds": self.seeds,
             "results": [e.to_dict() for e in self.results],
@@ -111,19 +114,29 @@ class EvalReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
+        """The report of a ``report.json`` (:meth:`to_dict`), fields read by name; keys older reports lack take
+        their defaults."""
         try:
-            sanity = None if d.get("sanity") is None else [Flag(**f) for f in d["sanity"]]
-            return cls(
-                d["model"], d["dataset"], d["split"], d["n"], d["threat"]["norm"], tuple(d["threat"]["bounds"]),
-                list(d["eps"]), d["only_robust"], d["attacks"], d.get("seeds", {}),
-                [EpsEntry.from_dict(e) for e in d["results"]], sanity, d.get("world_size", 1), d.get("config", {}),
-                d.get("wall_time_s", 0.0), d.get("environment", {}), d.get("files", {}), 0,
-                d.get("eps_protocol", "separate"), d.get("class_names", []), d.get("adaptive", {}),
-                d.get("judgement", {"predictions": 1, "vote": "mean"}), d.get("min_eps", {}), d.get("runtime", {}),
-                d.get("cost", {}),
+            return from_fields(
+                cls, d, norm=d["threat"]["norm"], bounds=tuple(d["threat"]["bounds"]), eps=list(d["eps"]),
+                seeds=d.get("seeds", {}), results=[EpsEntry.from_dict(e) for e in d["results"]],
+                protocol=d.get("eps_protocol", "separate"),
+                sanity=None if d.get("sanity") is None else [Flag(**f) for f in d["sanity"]],
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise RobustlabError(f"not a robustlab evaluation report (missing or bad {exc})") from None
+
+    def headline(self) -> dict[str, Figure]:
+        """Clean accuracy and the worst-case robust accuracy at each eps, with their 95 % intervals."""
+        figures: dict[str, Figure] = {}
+        for e in sorted(self.results, key=lambda entry: entry.eps):
+            figures.setdefault("clean accuracy", (e.clean_accuracy, e.intervals.get("clean_accuracy")))
+            figures[f"robust accuracy, {self.norm} eps {e.eps:.4g}"] = (
+                e.robust_accuracy, e.intervals.get("robust_accuracy"))  # fmt: skip
+        return figures
+
+    def page_title(self) -> str:
+        return f"Evaluation of {self.model} on {self.dataset}"
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> EvalReport:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from robustlab.eval.intervals import format_interval, interval
 from robustlab.eval.metrics import default_topk, topk_metrics
 from robustlab.io import markdown_table
 from robustlab.plots import save_png, subplots
+from robustlab.reports.kinds import Figure, from_fields, register_report
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 WHITE_BOX = "white-box"
 
 
+@register_report
 @dataclass
 class TransferResult:
     """Top-k metrics of every (attack, surrogate, target), the white-box metrics, and the crafted examples.
@@ -42,6 +44,7 @@ class TransferResult:
     every k of ``curve_ks`` (1 .. classes - 1) for the ASR-against-k curves.
     """
 
+    kind: ClassVar[str] = "transfer"
     sources: list[str]
     targets: list[str]
     attacks: list[str]
@@ -59,6 +62,9 @@ class TransferResult:
     dataset: str = "-"
     split: str = "-"
     files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # a run's settings, wall time and environment (report.json)
+    wall_time_s: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -78,8 +84,11 @@ class TransferResult:
         return [[self.asr(attack, s, t, k) for t in self.targets] for s in self.sources]
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the adversarial examples, as JSON-ready data."""
+        """Everything but the labels and the adversarial examples, as JSON-ready data."""
         return {
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "split": self.split,
             "n": self.n,
             "num_classes": self.num_classes,
             "threat": self.threat.to_dict(),
@@ -97,7 +106,32 @@ class TransferResult:
             "transfer": self.transfer,
             "seconds": self.seconds,
             "passes": self.passes,
+            "files": self.files,
+            "config": self.config,
+            "wall_time_s": self.wall_time_s,
+            "environment": self.environment,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferResult:
+        """The result of a ``report.json`` (:meth:`to_dict`; the dataset of an older one from its config). It
+        holds the sample count, not the labels or the crafted examples: the labels read back are -1 (one per
+        sample), ``x_adv`` is empty."""
+        config, t = d.get("config") or {}, d["threat"]
+        return from_fields(
+            cls, d, attacks=list(d["attacks"]), attack_configs=dict(d["attacks"]), ks=list(d["ks"]),
+            threat=ThreatModel(t["norm"], t["eps"], tuple(t["bounds"])), labels=torch.full((d["n"],), -1),
+            dataset=d.get("dataset", config.get("dataset", "-")), split=d.get("split", config.get("split", "-")),
+        )  # fmt: skip
+
+    def headline(self) -> dict[str, Figure]:
+        """Each attack's top-1 ASR (the smallest k of the tables) from every surrogate on every target."""
+        k = min(self.ks)
+        return {f"{a} top-{k} ASR, {s} -> {t}": (self.asr(a, s, t, k), None)
+                for a in self.attacks for s in self.sources for t in self.targets}  # fmt: skip
+
+    def page_title(self) -> str:
+        return f"Transfer of {', '.join(self.attacks)} from {', '.join(self.sources)}"
 
     def clean_table(self) -> str:
         """Clean accuracy of every surrogate and target."""

@@ -1,5 +1,6 @@
-"""Several runs side by side: the headline figures of evaluation, attack, transfer or training run folders
-(read from their ``report.json``, nothing recomputed) as one table, Markdown and a bar plot."""
+"""Several runs side by side: the headline figures of any runs -- evaluation, attack, transfer, training or a kind
+of your own, also of different kinds (each report's :meth:`headline`, read from its ``report.json`` through the
+registry of kinds, nothing recomputed) -- as one table, Markdown and a bar plot."""
 
 from __future__ import annotations
 
@@ -10,100 +11,34 @@ from typing import Any
 
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes, markdown_table
-from robustlab.reports.html import report_kind
+from robustlab.reports.kinds import DAMAGE, Figure, Report, report_from_dict
 from robustlab.reports.rebuild import load_report, writing_into
 
-Figure = tuple[float, list[float] | None]  # a fraction in [0, 1] and its 95 % interval, if the report has one
 
-
-def _eval_figures(d: dict[str, Any]) -> dict[str, Figure]:
-    figures: dict[str, Figure] = {}
-    for e in sorted(d["results"], key=lambda entry: entry["eps"]):
-        ci = e.get("intervals", {})
-        figures.setdefault("clean accuracy", (e["clean_accuracy"], ci.get("clean_accuracy")))
-        figures[f"robust accuracy, {d['threat']['norm']} eps {e['eps']:.4g}"] = (
-            e["robust_accuracy"], ci.get("robust_accuracy"))  # fmt: skip
-    return figures
-
-
-def _attack_figures(d: dict[str, Any]) -> dict[str, Figure]:
-    ci, eps = d.get("intervals", {}), f"{d['threat']['norm']} eps {d['threat']['eps']:.4g}"
-    return {
-        "clean accuracy": (d["clean_accuracy"], ci.get("clean_accuracy")),
-        f"robust accuracy, {eps}": (d["robust_accuracy"], ci.get("robust_accuracy")),
-        f"{d['name']} attack success rate, {eps}": (d["attack_success_rate"], ci.get("attack_success_rate")),
-    }
-
-
-def _transfer_figures(d: dict[str, Any]) -> dict[str, Figure]:
-    figures: dict[str, Figure] = {}
-    for attack, by_k in d["matrix"].items():
-        top1 = by_k.get("1") or next(iter(by_k.values()))
-        for r, source in enumerate(top1["rows"]):
-            for c, target in enumerate(top1["columns"]):
-                figures[f"{attack} top-1 ASR, {source} -> {target}"] = (top1["asr"][r][c], None)
-    return figures
-
-
-def _training_figures(d: dict[str, Any]) -> dict[str, Figure]:
-    ev, last = d.get("evaluation") or {}, (d.get("history") or [{}])[-1]
-    figures: dict[str, Figure] = {}
-    if "clean_accuracy" in ev:
-        figures["clean accuracy"] = (ev["clean_accuracy"], None)
-        threat = ev.get("threat", {})
-        where = f", {threat.get('norm', '')} eps {threat['eps']:.4g}" if "eps" in threat else ""
-        figures[f"robust accuracy under {ev.get('pgd_attack', 'pgd')}{where}"] = (ev["pgd_accuracy"], None)
-        if "autoattack_accuracy" in ev:
-            figures[f"robust accuracy under PGD + AutoAttack{where}"] = (ev["autoattack_accuracy"], None)
-    if "knn_accuracy" in last:
-        figures["kNN accuracy (last epoch)"] = (last["knn_accuracy"], None)
-    return figures
-
-
-def headline_figures(data: dict[str, Any]) -> dict[str, Figure]:
-    """The figures a reader compares runs by, from a ``report.json`` of any kind."""
-    kind = report_kind(data)
+def headline_figures(report: Report) -> dict[str, Figure]:
+    """The figures a reader compares runs by (the report's :meth:`~robustlab.reports.kinds.Report.headline`),
+    checked to be fractions with a two-number interval or none: one error line if the report.json was not."""
     try:
-        if kind in ("eval", "attack", "transfer"):
-            figures = {"eval": _eval_figures, "attack": _attack_figures, "transfer": _transfer_figures}[kind](data)
-        else:
-            figures = _training_figures(data)
-    except KeyError as exc:
-        raise RobustlabError(f"report.json of this {kind} run lacks {exc}; run the command again") from None
-    except (TypeError, IndexError, ValueError, AttributeError) as exc:
-        raise RobustlabError(f"report.json of this {kind} run has a malformed field ({exc}); run it again") from None
+        figures = report.headline()
+    except DAMAGE as exc:
+        raise RobustlabError(f"report.json of this {report.kind} run is incomplete or damaged ({exc!r})") from None
     for metric, (value, ci) in figures.items():
         interval_ok = ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci)))
         if not _is_number(value) or not interval_ok:
             raise RobustlabError(
-                f"report.json of this {kind} run gives {metric} as {value!r} (interval {ci!r}), not a number; run "
-                "the command again"
+                f"report.json of this {report.kind} run gives {metric} as {value!r} (interval {ci!r}), not a number; "
+                "run the command again"
             )
     return figures
 
 
-def sample_count(data: dict[str, Any]) -> int | None:
-    """How many samples a run's headline figures are over (a training run: its final evaluation's)."""
-    scored = data if report_kind(data) in ("eval", "attack", "transfer") else data.get("evaluation") or {}
-    n = scored.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
-
-
-def with_intervals(figures: dict[str, Figure], n: int | None) -> dict[str, Figure]:
-    """Accuracies over ``n`` samples get their 95 % Clopper-Pearson interval where the report has none (a training
-    run's final evaluation), so runs of different n compare by their intervals."""
-    from robustlab.eval.intervals import clopper_pearson
-
-    if n is None:
-        return figures
-    return {
-        m: (v, ci if ci or "accuracy" not in m or "kNN" in m else list(clopper_pearson(round(v * n), n)))
-        for m, (v, ci) in figures.items()
-    }
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(n: Any) -> int | None:
+    """A sample count worth showing: a positive whole number, else None."""
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 @dataclass
@@ -177,16 +112,17 @@ def compare_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike | Non
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # the same folder name in several places: the paths tell them apart
         names = [str(p) for p in paths]
-    reports = [load_report(p) for p in paths]
-    figures = {}
-    counts = {name: sample_count(data) for name, data in zip(names, reports)}
-    for name, path, data in zip(names, paths, reports):
+    reports, figures = [], {}
+    for name, path in zip(names, paths):
+        data = load_report(path)
         try:
-            figures[name] = with_intervals(headline_figures(data), counts[name])
+            reports.append(report_from_dict(data))
+            figures[name] = headline_figures(reports[-1])
         except RobustlabError as exc:
             raise RobustlabError(f"{path / 'report.json'}: {exc}") from None
     metrics = list(dict.fromkeys(m for f in figures.values() for m in f))
-    comparison = Comparison(names, [report_kind(d) for d in reports], metrics, figures, n=counts)
+    counts = {name: _count(report.n) for name, report in zip(names, reports)}
+    comparison = Comparison(names, [r.kind for r in reports], metrics, figures, n=counts)
     if out is not None:
         out = Path(out)
         with writing_into(out):

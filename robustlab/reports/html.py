@@ -14,10 +14,12 @@ from typing import Any
 
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes
+from robustlab.reports.kinds import report_from_dict, report_kind
 from robustlab.reports.markdown import inline, markdown_to_html
 from robustlab.safe_load import safe_load
 
 HTML_FILE = "report.html"
+GALLERY_FILE = "gallery.pt"  # an attack run's gallery tiles (robustlab.eval.gallery writes it)
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;
 color:#1d2430;line-height:1.45}
@@ -32,19 +34,6 @@ figure img{max-width:34rem;border:1px solid #d8dde6}figcaption{font-size:.85rem;
 font-size:.78rem;background:#fafbfc}.tile img{width:112px;height:112px;image-rendering:pixelated;margin-right:2px}
 .broken{border-top:3px solid #c62828}.held{border-top:3px solid #2e7d32}
 """
-
-
-def report_kind(data: dict[str, Any]) -> str:
-    """``eval``, ``attack``, ``transfer`` or the training command (``train``, ``ssl``, ...) of a ``report.json``."""
-    if "results" in data and "eps" in data:
-        return "eval"
-    if "attack_success_rate" in data:
-        return "attack"
-    if "matrix" in data and "targets" in data:
-        return "transfer"
-    if "history" in data and "epochs_done" in data:
-        return str(data.get("kind", "train"))
-    raise RobustlabError("report.json is not a robustlab report (eval, attack, transfer or training)")
 
 
 def read_report(out: str | os.PathLike) -> dict[str, Any]:
@@ -69,18 +58,6 @@ def _tensor_png(image: Any) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _title(kind: str, data: dict[str, Any]) -> str:
-    if kind == "eval":
-        return f"Evaluation of {data.get('model')} on {data.get('dataset')}"
-    if kind == "attack":
-        model, dataset = (data.get("config") or {}).get("model"), (data.get("config") or {}).get("dataset")
-        where = f" on {model}" + (f" ({dataset})" if dataset else "") if model else ""
-        return f"Attack {data.get('name')}{where} (eps {data.get('threat', {}).get('eps')})"
-    if kind == "transfer":
-        return f"Transfer of {', '.join(data.get('attacks', []))} from {', '.join(data.get('sources', []))}"
-    return f"Training: robustlab {kind} ({data.get('method', {}).get('method', kind)})"
 
 
 def sanity_section(data: dict[str, Any]) -> str:
@@ -124,8 +101,6 @@ def plots_section(out: Path) -> str:
 
 def gallery_section(out: Path) -> str:
     """Per class: tiles of samples the attack broke and samples it did not (clean, adversarial, perturbation)."""
-    from robustlab.eval.gallery import GALLERY_FILE
-
     if not (out / GALLERY_FILE).is_file():
         return ""
     g = safe_load(out / GALLERY_FILE, what="gallery")
@@ -186,14 +161,15 @@ def render_html(out: str | os.PathLike) -> str:
     """The page for the run folder ``out`` (which must hold ``report.json``)."""
     out = Path(out)
     data = read_report(out)
-    kind = report_kind(data)
+    report = report_from_dict(data)
+    kind = report.kind
     markdown = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
     if data.get("sanity"):  # the flags get their own section, in plain words
         markdown = markdown.split("\n## Sanity checks")[0]
     env = data.get("environment") or {}
     meta = f"robustlab {env.get('robustlab', '')} · {kind} · wall time {data.get('wall_time_s', '-')} s"
     command = f'<p class="meta"><code>{html.escape(env["command"])}</code></p>' if env.get("command") else ""
-    title = html.escape(_title(kind, data))
+    title = html.escape(report.page_title())
     body = [
         f'<header><h1>{title}</h1><p class="meta">{html.escape(meta)}</p>{command}</header>',
         f'<section id="summary"><h2>Summary</h2>{markdown_to_html(markdown, heading_offset=2)}</section>',
@@ -215,4 +191,4 @@ def write_html(out: str | os.PathLike) -> str:
     return str(path)
 
 
-__all__ = ["HTML_FILE", "read_report", "render_html", "report_kind", "write_html"]
+__all__ = ["GALLERY_FILE", "HTML_FILE", "read_report", "render_html", "report_kind", "write_html"]

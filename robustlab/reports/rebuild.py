@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,36 +11,19 @@ from typing import Any
 
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes
-from robustlab.reports.html import HTML_FILE, read_report, render_html, report_kind
+from robustlab.reports.html import HTML_FILE, read_report, render_html
+from robustlab.reports.kinds import DAMAGE, report_from_dict, report_kind
 
 
-def report_markdown(data: dict[str, Any]) -> str | None:
-    """``report.md`` rendered again by the report's own type from ``report.json`` (None: the kind keeps its
-    saved Markdown, e.g. transfer, whose Markdown needs the per-sample tensors)."""
-    kind = report_kind(data)
+def report_markdown(data: dict[str, Any]) -> str:
+    """``report.md`` rendered again by the report's own type (the class registered for its kind) from
+    ``report.json``, ending in a newline as runs write it."""
+    report = report_from_dict(data)
     try:
-        if kind == "eval":
-            from robustlab.eval.report import EvalReport
-
-            return EvalReport.from_dict(data).to_markdown()
-        if kind == "attack":
-            from robustlab.eval.attack_run import AttackReport
-            from robustlab.eval.entries import TopKStats
-
-            names = {f.name for f in dataclasses.fields(AttackReport)}
-            fields = {k: v for k, v in data.items() if k in names}
-            return AttackReport(**{**fields, "topk": TopKStats.from_dict(data["topk"])}).to_markdown() + "\n"
-        if kind == "transfer":
-            return None
-        from robustlab.training.report import TrainReport
-
-        names = [f.name for f in dataclasses.fields(TrainReport) if f.name not in ("summary_keys", "extra")]
-        extra = {k: v for k, v in data.items() if k not in names and k != "epoch_seconds_mean"}
-        return TrainReport(**{k: data[k] for k in names if k in data}, extra=extra).markdown()
-    except RobustlabError as exc:
-        raise RobustlabError(f"report.json of this {kind} run is incomplete or damaged: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise RobustlabError(f"report.json of this {kind} run is incomplete or damaged ({exc!r})") from None
+        markdown = report.to_markdown()
+    except DAMAGE as exc:
+        raise RobustlabError(f"report.json of this {report.kind} run is incomplete or damaged ({exc!r})") from None
+    return markdown if markdown.endswith("\n") else markdown + "\n"
 
 
 def load_report(out: str | os.PathLike) -> dict[str, Any]:
@@ -52,7 +34,7 @@ def load_report(out: str | os.PathLike) -> dict[str, Any]:
         raise RobustlabError(
             f"{Path(out) / 'report.json'} holds {what}, not a robustlab report; run the command that wrote it again"
         )
-    report_kind(data)
+    report_kind(data)  # one error line for a file of no known kind
     return data
 
 
@@ -72,7 +54,7 @@ def _writing(out: Path) -> Iterator[None]:
 
 
 def rebuild_report(out: str | os.PathLike) -> dict[str, str]:
-    """Write ``OUT/report.md`` (where its type can render it again) and ``OUT/report.html``; returns the paths."""
+    """Write ``OUT/report.md`` and ``OUT/report.html`` again from ``OUT/report.json``; returns their paths."""
     out = Path(out)
     if not out.is_dir():
         raise RobustlabError(f"{out} is not a folder; give the folder of a finished robustlab run")
@@ -82,12 +64,11 @@ def rebuild_report(out: str | os.PathLike) -> dict[str, str]:
     files = {}
     markdown = report_markdown(data)  # checked before anything is written
     with writing_into(out):
-        if markdown is not None:
-            atomic_write_bytes(out / "report.md", markdown.encode())
-            files["markdown"] = str(out / "report.md")
+        atomic_write_bytes(out / "report.md", markdown.encode())
+        files["markdown"] = str(out / "report.md")
         try:
             html = render_html(out)  # (it embeds report.md)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except DAMAGE as exc:
             raise RobustlabError(
                 f"report.json of this {report_kind(data)} run is incomplete or damaged ({exc!r}); run the command again"
             ) from None
