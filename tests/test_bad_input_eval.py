@@ -97,11 +97,11 @@ def test_eval_refuses_a_malformed_run_record_and_a_truncated_batch(tmp_path, cli
     (tmp_path / "bad" / "run.json").write_text(json.dumps({"kind": "eval"}))
     cli_error([*EVAL, "--out", tmp_path / "bad", "--resume"], "not a robustlab run record")
 
-    import robustlab.eval.run as eval_run
+    import robustlab.executor as executor
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:  # the run stops after its batches: partial/ stays for --resume
-        patch.setattr(eval_run, "write_html", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+        patch.setattr(executor, "write_html", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
         assert main([*EVAL, "--batch-size", "4", "--out", str(out)]) == 130
     capsys.readouterr()
     (out / ".files.jsonl").unlink()  # no recorded digests (an older robustlab's run): the loader is the guard

@@ -117,13 +117,13 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
 
 def test_resume_with_another_eps_or_sanity_n_reuses_no_stale_cache(tmp_path, monkeypatch):
     args = [*BASE, "--n", "16", "--attacks", "fgsm", "--steps", "2", "--no-plots", "--out", str(tmp_path)]
-    import robustlab.eval.run as eval_run
+    import robustlab.executor as executor
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # each run stops after its batches: partial/ stays for --resume
 
     with monkeypatch.context() as patch:
-        patch.setattr(eval_run, "write_html", interrupted)
+        patch.setattr(executor, "write_html", interrupted)
         assert main([*args, "--eps", "0.05", "--sanity-n", "8"]) == 130
         # an eps equal to 6 significant digits is another eps: its own batches and its own sanity checks
         assert main([*args, "--eps", "0.0500001", "--sanity-n", "8", "--resume"]) == 130

@@ -65,12 +65,13 @@ def test_deterministic_attacks_nest_sample_by_sample(zoo_mlp, fmnist_batch, tmp_
 
 def test_nested_resume_reuses_every_finished_batch(zoo_mlp, fmnist_batch, tmp_path, monkeypatch):
     import robustlab.eval.run as eval_run
+    import robustlab.executor as executor
 
     x, y = fmnist_batch(60)
     config = EvalConfig(eps=EPS, attacks="pgd(steps=2)", sanity_n=0, batch_size=20, plots=False)
     first = run_evaluation(zoo_mlp, (x, y), config, tmp_path / "straight")
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(eval_run, "write_html", lambda out: (_ for _ in ()).throw(KeyboardInterrupt))
+        patch.setattr(executor, "write_html", lambda out: (_ for _ in ()).throw(KeyboardInterrupt))
         run_evaluation(zoo_mlp, (x, y), config, tmp_path / "stopped")  # stopped after every batch was done
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "stopped" / "partial").rglob("batch*.pt")}
     assert len(stamps) == 9 and len({p.parent for p in stamps}) == 3

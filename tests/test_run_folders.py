@@ -63,12 +63,12 @@ def flip_byte(path: Path, at: float = 0.5) -> None:
 
 def stop_after_batches(monkeypatch) -> None:
     """Stop an evaluation after its batches (as a Ctrl-C would), before it writes its report."""
-    import robustlab.eval.run as eval_run
+    import robustlab.executor as executor
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eval_run, "write_html", interrupted)
+    monkeypatch.setattr(executor, "write_html", interrupted)
 
 
 # ------------------------------------------------------------------------ item 2: --overwrite never loses a run

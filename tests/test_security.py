@@ -136,7 +136,7 @@ def _forget_digests(folder: Path) -> None:
 
 
 def test_evaluator_batches_are_read_safely(tmp_path, capsys, hostile, monkeypatch):
-    import robustlab.eval.run as eval_run
+    import robustlab.executor as executor
 
     argv = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "20", "--batch-size", "10", "--eps", "0.05",
             "--attacks", "fgsm", "--sanity-n", "0", "--no-plots", "--out", str(tmp_path)]  # fmt: skip
@@ -145,7 +145,7 @@ def test_evaluator_batches_are_read_safely(tmp_path, capsys, hostile, monkeypatc
         raise KeyboardInterrupt  # stopped after its batches: partial/ stays for --resume
 
     with monkeypatch.context() as patch:
-        patch.setattr(eval_run, "write_html", interrupted)
+        patch.setattr(executor, "write_html", interrupted)
         assert main(argv) == 130
     capsys.readouterr()
     batches = sorted((tmp_path / "partial").rglob("batch*.pt"))

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,9 @@ import torch
 from torch import nn
 
 from robustlab.attacks import attack_from_spec, split_specs
+from robustlab.attacks.default import stage_entries
 from robustlab.attacks.runtime import runtime_of
-from robustlab.distributed import (
-    Shard,
-    barrier,
-    broadcast_object,
-    current_shard,
-    finish,
-    gather_to_main,
-    init_distributed,
-    shard_device,
-)
+from robustlab.distributed import Shard, broadcast_object, gather_to_main
 from robustlab.errors import RobustlabError
 from robustlab.eval.adaptive import MODES, AdaptivePlan, plan_adaptive
 from robustlab.eval.evaluator import VOTES, EvalResult, Evaluator, gather_batches, merge_batches
@@ -49,11 +40,11 @@ from robustlab.eval.sources import (
     resolve_model,
     settings,
 )
-from robustlab.io import atomic_torch_save, check_digest, environment, write_json, write_report
+from robustlab.executor import Run, execute
+from robustlab.io import atomic_torch_save, check_digest, write_json
 from robustlab.models.bpda import bpda, check_modules
 from robustlab.models.counting import PassCount, count_passes, countable
-from robustlab.reports.html import write_html
-from robustlab.runs import RunFolder, text_digest
+from robustlab.runs import text_digest
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -85,7 +76,7 @@ class EvalConfig:
     """
 
     eps: tuple[float, ...]
-    attacks: str | tuple[str, ...] | Mapping[str, Any] = "pgd,autoattack"
+    attacks: str | tuple[str, ...] | Mapping[str, Any] = "default"
     norm: str = "linf"
     bounds: tuple[float, float] = (0.0, 1.0)
     topk: tuple[int, ...] | None = None
@@ -144,7 +135,7 @@ class EvalConfig:
     def build_attacks(self) -> dict[str, Any]:
         """``{name: attack}`` in order (specs built with the shared defaults); a repeated spec is refused."""
         if isinstance(self.attacks, Mapping):
-            return dict(self.attacks)
+            return stage_entries(self.attacks) if self.only_robust else dict(self.attacks)
         specs = split_specs(self.attacks) if isinstance(self.attacks, str) else [s.strip() for s in self.attacks]
         repeated = sorted({s for s in specs if specs.count(s) > 1})
         if repeated:
@@ -153,7 +144,8 @@ class EvalConfig:
         # top-k ranks need the final iterate; a randomised model's one pass is no verdict to stop on
         early = self.early_stop and (self.topk is None or max(self.topk) == 1) and self.predictions == 1
         defaults |= {"early_stop": early, "memory_format": self.memory_format, "precision": self.precision}
-        return {spec: attack_from_spec(spec, seed=self.seed, **defaults) for spec in specs}
+        built = {spec: attack_from_spec(spec, seed=self.seed, **defaults) for spec in specs}
+        return stage_entries(built) if self.only_robust else built  # a protocol's stages: entries of their own
 
     def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
         """What the cached per-eps batches depend on (eps has a folder per value; sanity_n its own cache key)."""
@@ -182,68 +174,75 @@ def run_evaluation(
     other ranks return it too, without sanity checks). Bad inputs raise one :class:`RobustlabError` line before
     any attack runs.
     """
-    started = time.time()
-    device = torch.device(device) if device is not None else torch.device("cpu")
     attacks = config.build_attacks()
-    joined = not current_shard().distributed  # a caller's own process group is left alone
-    shard = init_distributed(device)
-    try:
-        device = shard_device(device, shard)
-        module, model_name, model_key = resolve_model(model, device)
+
+    def build(run: Run) -> _Built:
+        module, model_name, model_key = resolve_model(model, run.device)
         data, data_name, split, data_key = resolve_data(dataset)
         setup = PassCount()  # this rank's passes outside the evaluator and the sanity checks (TorchScript: uncounted)
         with count_passes(module, setup) if countable(module) else contextlib.nullcontext():
-            probe(module, data, device, config.topk)
+            probe(module, data, run.device, config.topk)
         check_modules(module, config.bpda)
         surrogate, surrogate_key = None, {}
         if config.surrogate is not None:  # its weights, too: a surrogate changed under the same name is another run
-            surrogate, _, key = resolve_model(config.surrogate, device)
+            surrogate, _, key = resolve_model(config.surrogate, run.device)
             surrogate_key = {"surrogate_state_sha256": key["model_state_sha256"]}
         fingerprint = {**model_key, **data_key, **config.fingerprint(attacks), **surrogate_key}
-        folder = (
-            RunFolder(
-                out, "eval", fingerprint, resume=resume, overwrite=overwrite, is_main=shard.is_main,
-                barrier=lambda: barrier(shard), share=lambda value: broadcast_object(value, shard),
-                scratch=("partial",),  # the per-batch cache serves only the resume of an unfinished run
-            )
-            if out is not None
-            else contextlib.nullcontext()
-        )  # fmt: skip
-        with folder, bpda(module, config.bpda):
-            path = folder.path if isinstance(folder, RunFolder) else None  # out, or its staging folder
-            plan, sanity = _adapt(module, data, config, attacks, path, shard, device, fingerprint, surrogate, setup,
-                                  progress=progress)  # fmt: skip
-            report = _evaluate(module, data, config, {**attacks, **plan.attacks}, path, shard, device, progress, plan)
-            report.sanity = sanity
-            if sanity is not None and len(report.results) > 1:
-                curve = eps_curve_flag([e.eps for e in report.results], [e.robust_accuracy for e in report.results])
-                message = curve.message + (" (nested eps: monotone by construction)" if config.nested else "")
-                sanity.append(Flag(**{**curve.to_dict(), "name": "rises_with_eps_in_evaluation", "message": message}))
-            report.model, report.dataset, report.split = model_name, data_name, split
-            if report.results:
-                report.class_names = class_names(data, data_name, len(report.results[0].per_class["n"]))
-                chance = chance_flag(report.results[0].clean_accuracy, report.n, len(report.results[0].per_class["n"]))
-                if chance is not None:  # in the report and, through the flags, on the terminal
-                    log.warning(chance.message)
-                    report.sanity = [*(report.sanity or []), chance]
-            report.world_size, report.rank, report.environment = shard.world, shard.rank, environment(command_line)
-            setups = gather_to_main(setup.to_dict(), shard)  # every rank probes and plans: summed on rank 0
-            if setups is not None:
-                report.cost = run_cost(report.results, sanity, sum((PassCount.from_dict(s) for s in setups),
-                                                                   PassCount()).to_dict())  # fmt: skip
-            report.wall_time_s = round(time.time() - started, 3)
-            if path is not None and shard.is_main:
-                report.files = {"results": str(folder.out / "results.pt")}
-                report.write(path, plots=config.plots)
-                if folder.staging:  # the report records where its files will be once the run has finished
-                    report.files = folder.final(report.files)
-                    write_report(path, report.to_dict(), report.to_markdown())
-                write_html(path)
-            barrier(shard)
-            return report
-    finally:
-        if joined:
-            finish(shard)
+        return _Built(module, data, model_name, data_name, split, fingerprint, surrogate, setup)
+
+    return execute(
+        "eval", build, lambda run, built: _work(run, built, config, attacks, progress), out,
+        fingerprint=lambda built: built.fingerprint, resume=resume, overwrite=overwrite,
+        scratch=("partial",),  # the per-batch cache serves only the resume of an unfinished run
+        config={**settings(config, exclude=("attacks", "extra", "surrogate")), **config.extra},
+        distributed=True, device=device, command_line=command_line,
+    )  # fmt: skip
+
+
+@dataclass
+class _Built:
+    """What an evaluation run loads and checks before it takes its folder."""
+
+    module: nn.Module
+    data: Data
+    model_name: str
+    data_name: str
+    split: str
+    fingerprint: dict[str, Any]
+    surrogate: nn.Module | None
+    setup: PassCount
+
+
+def _work(run: Run, b: _Built, config: EvalConfig, attacks: dict[str, Any], progress: bool) -> EvalReport:
+    """Sanity checks, adaptive plan and the eps loop; the report with its flags, names, cost and plots."""
+    shard, path = run.shard, run.path
+    with bpda(b.module, config.bpda):
+        plan, sanity = _adapt(b.module, b.data, config, attacks, path, shard, run.device, b.fingerprint, b.surrogate,
+                              b.setup, progress=progress)  # fmt: skip
+        report = _evaluate(b.module, b.data, config, {**attacks, **plan.attacks}, path, shard, run.device, progress,
+                           plan)  # fmt: skip
+    report.sanity = sanity
+    if sanity is not None and len(report.results) > 1:
+        curve = eps_curve_flag([e.eps for e in report.results], [e.robust_accuracy for e in report.results])
+        message = curve.message + (" (nested eps: monotone by construction)" if config.nested else "")
+        sanity.append(Flag(**{**curve.to_dict(), "name": "rises_with_eps_in_evaluation", "message": message}))
+    report.model, report.dataset, report.split = b.model_name, b.data_name, b.split
+    if report.results:
+        report.class_names = class_names(b.data, b.data_name, len(report.results[0].per_class["n"]))
+        chance = chance_flag(report.results[0].clean_accuracy, report.n, len(report.results[0].per_class["n"]))
+        if chance is not None:  # in the report and, through the flags, on the terminal
+            log.warning(chance.message)
+            report.sanity = [*(report.sanity or []), chance]
+    report.world_size, report.rank = shard.world, shard.rank
+    setups = gather_to_main(b.setup.to_dict(), shard)  # every rank probes and plans: summed on rank 0
+    if setups is not None:
+        report.cost = run_cost(report.results, sanity, sum((PassCount.from_dict(s) for s in setups),
+                                                           PassCount()).to_dict())  # fmt: skip
+    if run.writes:
+        report.files = {"results": str(run.folder.out / "results.pt")}  # type: ignore[union-attr]
+        if config.plots:
+            report.files.update(report.plots(path))
+    return report
 
 
 def _adapt(

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +26,11 @@ from robustlab.eval.sources import (
     settings,
 )
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
-from robustlab.io import atomic_torch_save, environment, write_report
-from robustlab.reports.html import write_html
-from robustlab.runs import RunFolder, check_not_in_run, check_writable_file
+from robustlab.executor import Run, execute
 from robustlab.threat import ThreatModel
 
 DEFAULT_ATTACKS = "fgsm,ifgsm,ifgsm+normalized-ce"
-TRANSFER_WRITES = ("report.json", "report.md", "report.html", "heatmap.png", "topk_curves.png")  # into --out
+TRANSFER_WRITES = ("heatmap.png", "topk_curves.png")  # what a transfer run writes into --out beside its report
 
 
 @dataclass(frozen=True)
@@ -132,47 +128,41 @@ def run_transfer(
     """Craft every attack on every surrogate, judge every target; with ``out`` (one run per folder, locked while it
     runs, an earlier run replaced only with ``overwrite``), write the report and plots there. Outputs, attacks,
     models and data are checked before any attack runs."""
-    started = time.time()
-    device = torch.device(device) if device is not None else torch.device("cpu")
     threat = ThreatModel(config.norm, config.eps, config.bounds)
     attacks = config.build_attacks()
-    folder: RunFolder | contextlib.AbstractContextManager = contextlib.nullcontext()
-    if out is not None:  # checked now; taken once models and data have loaded (overwrite builds beside it)
-        models = _models_fingerprint(sources, targets)
-        fingerprint = {**models, **data_fingerprint(dataset), **config.fingerprint(attacks)}
-        folder = RunFolder(out, "transfer", fingerprint, overwrite=overwrite, resumable=False)
-        folder.precheck()
-    if save_adv is not None:
-        check_not_in_run(save_adv, out, "--save-adv", TRANSFER_WRITES)
-        check_writable_file(save_adv, "--save-adv")
-    surrogates, judged = load_models(sources, targets, device)
-    data, name, split, _ = resolve_data(dataset, digest=False)
-    for model in [*surrogates.values(), *judged.values()]:
-        probe(model, data, device, config.topk)
-    with folder:  # a bad model, dataset or top-k has been refused before an earlier run is replaced
+
+    def build(run: Run) -> tuple[dict[str, nn.Module], dict[str, nn.Module], Data, str, str]:
+        surrogates, judged = load_models(sources, targets, run.device)
+        data, name, split, _ = resolve_data(dataset, digest=False)
+        for model in [*surrogates.values(), *judged.values()]:
+            probe(model, data, run.device, config.topk)
+        return surrogates, judged, data, name, split
+
+    def work(run: Run, built: tuple[dict[str, nn.Module], dict[str, nn.Module], Data, str, str]) -> TransferResult:
+        surrogates, judged, data, name, split = built
         result = transfer_matrix(
-            surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress, device=device
-        )
+            surrogates, judged, attacks, threat, data, config.topk, config.batch_size, progress=progress,
+            device=run.device,
+        )  # fmt: skip
         result.dataset, result.split = name, split
-        if isinstance(folder, RunFolder):  # written into folder.path (out, or its staging folder)
-            path = folder.path
-            report = {
-                **result.to_dict(),
-                "config": {**settings(config, exclude=("attacks", "extra")), **config.extra},
-                "wall_time_s": round(time.time() - started, 3),
-                "environment": environment(command_line),
-            }
-            files = write_report(path, report, result.to_markdown())
-            files.update(heatmap=str(path / "heatmap.png"), topk_curves=str(path / "topk_curves.png"))
-            plot_heatmaps(result, files["heatmap"])
-            plot_topk_curves(result, files["topk_curves"])
-            files["html"] = write_html(path)
-            result.files = folder.final(files)
-        if save_adv is not None:
+        if run.path is not None:
+            result.files.update(heatmap=str(run.path / "heatmap.png"), topk_curves=str(run.path / "topk_curves.png"))
+            plot_heatmaps(result, result.files["heatmap"])
+            plot_topk_curves(result, result.files["topk_curves"])
+        if run.export is not None:
             adv = {"x_adv": result.x_adv, "y": result.labels, "index": torch.arange(result.n)}
-            atomic_torch_save(adv, folder.inside(save_adv) if isinstance(folder, RunFolder) else save_adv)
-            result.files["adversarial_examples"] = str(save_adv)
+            result.files["adversarial_examples"] = run.save_export(adv)
         return result
+
+    fingerprint = None
+    if out is not None:  # checked before anything loads; taken once models and data have loaded
+        fingerprint = {**_models_fingerprint(sources, targets), **data_fingerprint(dataset),
+                       **config.fingerprint(attacks)}  # fmt: skip
+    return execute(
+        "transfer", build, work, out, fingerprint=fingerprint, overwrite=overwrite, resumable=False,
+        config={**settings(config, exclude=("attacks", "extra")), **config.extra},
+        export=("--save-adv", save_adv, TRANSFER_WRITES), device=device, command_line=command_line,
+    )  # fmt: skip
 
 
 __all__ = ["DEFAULT_ATTACKS", "TransferConfig", "load_models", "run_transfer"]
