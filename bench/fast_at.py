@@ -33,6 +33,7 @@ from robustlab.models import build_model, seeded_weights
 from robustlab.plots import save_png, subplots
 from robustlab.threat import ThreatModel
 from robustlab.training import TrainConfig, final_evaluation, train
+from robustlab.training.report import evaluation_summary
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/fast_at_sweep.py, when imported from elsewhere (tests)
 import fast_at_sweep as sweep  # noqa: E402
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         epoch_s = [h["epoch_seconds"] for h in result.history]
         epoch_cpu = [h["epoch_cpu_seconds"] for h in result.history]
         aa = EVAL["autoattack"] if name in EVAL["autoattack_methods"] else False
-        evaluation = final_evaluation(model, first_n(test_full, EVAL["n_test"]), threat, autoattack=aa, batch_size=250)
+        evaluation = evaluation_summary(
+            final_evaluation(model, first_n(test_full, EVAL["n_test"]), threat, autoattack=aa, batch_size=250))
         main_runs[name] = {
             "epoch_seconds": epoch_s,
             "epoch_seconds_median": statistics.median(epoch_s),

@@ -60,6 +60,7 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
     from robustlab.models import build_model, seeded_weights
     from robustlab.threat import ThreatModel
     from robustlab.training import TrainConfig, final_evaluation, train
+    from robustlab.training.report import evaluation_summary
 
     s, run_cpu_started = settings, time.process_time()
     threat = ThreatModel("linf", s["eps"])
@@ -77,7 +78,7 @@ def train_one(settings: dict[str, Any]) -> dict[str, Any]:
     result = train(model, method, first_n(train_full, s["n_train"]), config, None, callbacks=[monitor])
     test = first_n(load_dataset("fashion-mnist", "test"), s["eval_n"])
     started, cpu_started = time.perf_counter(), time.process_time()
-    evaluation = final_evaluation(model, test, threat, batch_size=250)
+    evaluation = evaluation_summary(final_evaluation(model, test, threat, batch_size=250))
     eval_seconds, eval_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     epochs = [
         {k: c[k] for k in ("epoch", "monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc", "co")}

@@ -47,6 +47,7 @@ from robustlab.ssl import (
 from robustlab.ssl.augment import AnnealedAugment
 from robustlab.threat import ThreatModel
 from robustlab.training import TrainConfig, final_evaluation, train
+from robustlab.training.report import evaluation_summary
 
 ROOT = Path(__file__).resolve().parent
 SMALL = {
@@ -127,8 +128,8 @@ def timed_train(model, method, data, config) -> float:
 def evaluate(net, x, y, threat, spec: str, seed: int) -> dict:
     """Clean, PGD-10 and AutoAttack accuracy through the training benches' one final evaluation (AutoAttack runs
     on what PGD-10 left robust, so its figure is the per-sample worst case of both)."""
-    result = final_evaluation(net, (x, y), threat, autoattack=spec, pgd_steps=10, pgd_restarts=1,
-                              batch_size=len(y), seed=seed)  # fmt: skip
+    result = evaluation_summary(final_evaluation(net, (x, y), threat, autoattack=spec, pgd_steps=10, pgd_restarts=1,
+                                                 batch_size=len(y), seed=seed))  # fmt: skip
     return {
         "clean_accuracy": result["clean_accuracy"],
         "pgd10_accuracy": result["pgd_accuracy"],
