@@ -54,24 +54,20 @@ class Registry(Generic[T]):
     def register(self, name: str, thing: T, aliases: Iterable[str] = (), replace: bool = False) -> T:
         """Register ``thing`` under ``name`` and ``aliases``; a name taken already is refused unless ``replace``."""
         keys = [self._key(n) for n in (name, *aliases)]
-        taken = [k for k in keys if k in self._entries or k in self._aliases]
-        if taken and not replace:
+        if (taken := [k for k in keys if k in self]) and not replace:
             raise ValueError(f"{self.kind} name(s) {taken} are registered already; pass replace=True to replace them")
+        self._aliases = {a: k for a, k in self._aliases.items() if a not in keys}  # replaced aliases go
         self._entries[keys[0]] = (name, thing)
         self._aliases.update(dict.fromkeys(keys[1:], keys[0]))
         return thing
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` and its aliases (for tests and plug-ins)."""
-        key = self._key(name)
-        self._entries.pop(key, None)
+        self._entries.pop(key := self._key(name), None)
         self._aliases = {alias: k for alias, k in self._aliases.items() if k != key}
 
-    def _keys(self) -> list[str]:
-        return [*self._entries, *self._aliases]
-
     def __contains__(self, name: object) -> bool:
-        return self._key(str(name)) in self._keys()
+        return self._key(str(name)) in {**self._entries, **self._aliases}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -84,8 +80,8 @@ class Registry(Generic[T]):
         """The thing registered as ``name`` or an alias; an unknown name is refused in one line with the choices."""
         key = self._key(name)
         if (key := self._aliases.get(key, key)) not in self._entries:
-            close = [self._entries[self._aliases.get(c, c)][0] for c in difflib.get_close_matches(key, self._keys(), 1)]
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = difflib.get_close_matches(key, [*self._entries, *self._aliases], 1)
+            hint = f" (did you mean {self._entries[self._aliases.get(close[0], close[0])][0]}?)" if close else ""
             raise RobustlabError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}{hint}")
         return self._entries[key][1]
 

@@ -14,6 +14,7 @@ from robustlab.attacks import (
     FGSM,
     PGD,
     Attack,
+    AttackBase,
     AttackResult,
     attack_entry,
     attack_from_spec,
@@ -29,8 +30,9 @@ from robustlab.criteria import Misclassified
 from robustlab.losses import cross_entropy
 
 
-class RandomSign:
-    """A toy attack: a corner of the eps-cube drawn at random (a baseline every real attack must beat)."""
+class RandomSign(AttackBase):
+    """A toy attack: a corner of the eps-cube drawn at random (a baseline every real attack must beat); AttackBase
+    gives it the protocol's defaults (reported under its spec, batch-dependent, no fixed step size)."""
 
     name = "toy"
 
@@ -117,7 +119,8 @@ def test_split_specs_keeps_options_and_autoattack_lists_whole():
 
 
 def test_every_attack_speaks_the_one_protocol():
-    """name, config() and __call__(model, x, y, threat, target=None): the evaluator and the CLI need nothing else."""
+    """name, config() and __call__(model, x, y, threat, target=None), plus spec, per_sample and resolve_step_size
+    (AttackBase's defaults): the evaluator and the CLI need nothing else."""
     import inspect
 
     from robustlab.attacks import Targeted, TransferAttack
@@ -127,5 +130,6 @@ def test_every_attack_speaks_the_one_protocol():
     ]
     for attack in [*built, Targeted(PGD()), TransferAttack(PGD(), nn.Identity())]:
         assert isinstance(attack, Attack) and isinstance(attack.name, str) and isinstance(attack.config(), dict)
+        assert isinstance(attack.spec, str) and isinstance(attack.per_sample, bool)
         parameters = inspect.signature(attack.__call__).parameters
         assert list(parameters) == ["model", "x", "y", "threat", "target"] and parameters["target"].default is None

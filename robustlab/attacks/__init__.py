@@ -4,7 +4,16 @@ configurations, the top-k, targeted and transfer attacks, and adapters for AutoA
 from robustlab.attacks.adapters import AutoAttack, TorchattacksAttack
 from robustlab.attacks.base import GradientAttack
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
-from robustlab.attacks.protocol import Attack, AttackResult, check_labels, frozen_parameters, model_logits, untouched
+from robustlab.attacks.protocol import (
+    Attack,
+    AttackBase,
+    AttackResult,
+    as_attack,
+    check_labels,
+    frozen_parameters,
+    model_logits,
+    untouched,
+)
 from robustlab.attacks.registry import (
     attack_entry,
     attack_from_spec,
@@ -25,6 +34,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "Attack",
+    "AttackBase",
     "AttackResult",
     "AutoAttack",
     "Ensemble",
@@ -37,6 +47,7 @@ __all__ = [
     "attack_from_spec",
     "attack_help",
     "attack_names",
+    "as_attack",
     "check_labels",
     "choose_targets",
     "frozen_parameters",

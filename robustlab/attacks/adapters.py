@@ -21,7 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options
-from robustlab.attacks.protocol import AttackResult, check_labels, frozen_parameters, model_logits, untouched
+from robustlab.attacks.protocol import (
+    AttackBase,
+    AttackResult,
+    check_labels,
+    frozen_parameters,
+    model_logits,
+    untouched,
+)
 from robustlab.criteria import Misclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import cross_entropy
@@ -59,7 +66,7 @@ def _result(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, threat: Threa
     return AttackResult(x_adv, Misclassified()(logits, y), cross_entropy(logits, y), logits, info)
 
 
-class AutoAttack:
+class AutoAttack(AttackBase):
     """AutoAttack (Croce & Hein 2020) through the real ``pyautoattack`` package.
 
     Args:
@@ -184,7 +191,7 @@ def apply_overrides(
         aa.square.rescale_schedule = True
 
 
-class TorchattacksAttack:
+class TorchattacksAttack(AttackBase):
     """Any ``torchattacks`` attack by class name (``CW``, ``Square``, ``DeepFool``, ``APGD``, ...).
 
     The attack is built per call with the model and, where its constructor takes them, the threat model's

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.base import GradientAttack
-from robustlab.attacks.protocol import AttackResult, frozen_parameters, model_logits, untouched
+from robustlab.attacks.protocol import AttackBase, AttackResult, frozen_parameters, model_logits, untouched
 from robustlab.attacks.restarts import pick, stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
@@ -208,7 +208,7 @@ class _Found:
         return self.out.detach(), self.left, torch.cat(self.hits), logits
 
 
-class APGDTargeted:
+class APGDTargeted(AttackBase):
     """APGD-T (Croce & Hein 2020): APGD with the targeted DLR loss, run once per target class, the targets being the
     top classes other than the true one, each run only on the samples no earlier target broke.
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from robustlab.attacks import options, runtime
 from robustlab.attacks.inputs import diverse_inputs, eot_rng
 from robustlab.attacks.protocol import (
+    AttackBase,
     AttackResult,
     check_batch,
     check_first_logits,
@@ -29,7 +30,7 @@ from robustlab.threat import LOW_PRECISION, ThreatModel
 log = logging.getLogger(__name__)
 
 
-class GradientAttack:
+class GradientAttack(AttackBase):
     """Iterative signed/normalised gradient ascent on a per-sample loss, projected onto the threat model.
 
     Args:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.protocol import (
+    AttackBase,
     AttackResult,
     check_batch,
     check_first_logits,
@@ -50,7 +51,7 @@ def robust_accuracy_curve(norms: Tensor, clean_correct: Tensor, eps_values: Sequ
     return [float((correct & ~(norms <= eps)).sum()) / n for eps in eps_values]
 
 
-class FMN:
+class FMN(AttackBase):
     """Fast Minimum-Norm attack: the smallest Linf or L2 perturbation that meets the criterion, per sample.
 
     Args:

@@ -33,12 +33,19 @@ class AttackResult:
 
 @runtime_checkable
 class Attack(Protocol):
-    """Anything the evaluator, the transfer wrapper and the CLI can run as an attack."""
+    """Anything the evaluator, the transfer wrapper and the CLI can run as an attack (:class:`AttackBase` gives the
+    defaults of all but ``name``, ``config`` and ``__call__``)."""
 
     name: str
+    spec: str  # its name in reports: the spec it was built from (attack_from_spec sets it), else its name
+    per_sample: bool  # a sample's result does not depend on the rest of its batch (nested eps attack only survivors)
 
     def config(self) -> dict:
         """The attack's configuration, for reports."""
+        ...
+
+    def resolve_step_size(self, threat: ThreatModel) -> float | None:
+        """The step size a call inside ``threat`` takes (None: the attack has no fixed step), for reports."""
         ...
 
     def __call__(
@@ -46,6 +53,47 @@ class Attack(Protocol):
     ) -> AttackResult:
         """Attack ``model`` at ``x`` (true labels ``y``) inside ``threat``; with ``target``, a targeted attack."""
         ...
+
+
+class AttackBase:
+    """The defaults of what :class:`Attack` declares beyond ``name``, ``config`` and ``__call__``: batch-dependent
+    results, no fixed step size, reported under its name unless built from a spec."""
+
+    name: str = "attack"
+    per_sample: bool = False
+    _spec: str | None = None
+
+    @property
+    def spec(self) -> str:
+        """Its name in reports: the spec it was built from, else :attr:`name`."""
+        return self._spec or self.name
+
+    @spec.setter
+    def spec(self, value: str) -> None:
+        self._spec = value
+
+    def resolve_step_size(self, threat: ThreatModel) -> float | None:
+        """No fixed step size."""
+        return None
+
+
+class _Declared(AttackBase):
+    """An object with ``name``, ``config`` and ``__call__`` only, given the protocol's defaults (an attack written
+    before ``spec``, ``per_sample`` and ``resolve_step_size`` were declared)."""
+
+    def __init__(self, attack: object) -> None:
+        self.attack, self.name = attack, getattr(attack, "name", type(attack).__name__)
+
+    def config(self) -> dict:
+        return self.attack.config() if hasattr(self.attack, "config") else {"attack": self.name}  # type: ignore[attr-defined]
+
+    def __call__(self, *args: object, **kwargs: object) -> AttackResult:
+        return self.attack(*args, **kwargs)  # type: ignore[operator]
+
+
+def as_attack(attack: object) -> Attack:
+    """``attack`` itself when it speaks the whole protocol, else an :class:`AttackBase` around it."""
+    return attack if isinstance(attack, Attack) else _Declared(attack)
 
 
 @contextlib.contextmanager
@@ -135,7 +183,9 @@ def check_first_logits(logits: Tensor, y: Tensor, target: Tensor | None, criteri
 
 __all__ = [
     "Attack",
+    "AttackBase",
     "AttackResult",
+    "as_attack",
     "check_first_logits",
     "check_labels",
     "frozen_parameters",

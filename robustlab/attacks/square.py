@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options
-from robustlab.attacks.protocol import AttackResult, check_batch, check_first_logits, model_logits, untouched
+from robustlab.attacks.protocol import (
+    AttackBase,
+    AttackResult,
+    check_batch,
+    check_first_logits,
+    model_logits,
+    untouched,
+)
 from robustlab.attacks.restarts import sample_keys
 from robustlab.criteria import Criterion, check_criterion
 from robustlab.errors import RobustlabError
@@ -118,7 +125,7 @@ def _merge(best: AttackResult, run: AttackResult, rows: Tensor) -> AttackResult:
     return best
 
 
-class Square:
+class Square(AttackBase):
     """Square Attack: random search with square-shaped updates, ``n_queries`` model queries per sample at most.
 
     Args:

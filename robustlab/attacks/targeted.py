@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options
-from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
+from robustlab.attacks.protocol import Attack, AttackBase, AttackResult, as_attack, model_logits, untouched
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -30,17 +30,21 @@ def choose_targets(rule: str | int, logits: Tensor, labels: Tensor, generator: t
     raise RobustlabError(f"unknown target rule {rule!r}; give a class index, random or least-likely")
 
 
-class Targeted:
+class Targeted(AttackBase):
     """Wraps an attack so that the evaluator's ``attack(model, x, y, threat)`` call becomes targeted: the targets
     are chosen per sample by ``rule`` (a class index, ``random`` drawn from ``seed``, or ``least-likely``)."""
 
     def __init__(self, attack: Attack, rule: str | int = "random", seed: int = 0) -> None:
         if not (rule in RULES or str(rule).isdigit()):
             raise RobustlabError(f"unknown target rule {rule!r}; give a class index, {' or '.join(RULES)}")
-        self.attack = attack
+        self.attack = as_attack(attack)
         self.rule = rule
         self.seed = options.seed(seed)
-        self.name = f"{attack.name}-targeted"
+        self.name = f"{self.attack.name}-targeted"
+
+    def resolve_step_size(self, threat: ThreatModel) -> float | None:
+        """The wrapped attack's step size."""
+        return self.attack.resolve_step_size(threat)
 
     def config(self) -> dict:
         """The wrapped attack's configuration and the target rule, for reports."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.presets import IFGSM, MIFGSM, PGD
-from robustlab.attacks.protocol import AttackResult
+from robustlab.attacks.protocol import AttackBase, AttackResult
 from robustlab.criteria import Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn
@@ -24,7 +24,7 @@ from robustlab.threat import ThreatModel
 BASES = {"ifgsm": IFGSM, "pgd": PGD, "mifgsm": MIFGSM}
 
 
-class TopK:
+class TopK(AttackBase):
     """Top-k attack: I-FGSM / PGD / MI-FGSM with the normalized CE loss and a top-k success criterion.
 
     Args:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import Attack, AttackResult, model_logits, untouched
+from robustlab.attacks.protocol import Attack, AttackBase, AttackResult, as_attack, model_logits, untouched
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
@@ -44,7 +44,7 @@ class Ensemble(nn.Module):
         return sum(w * o for w, o in zip(self.weights.to(outputs[0].dtype), outputs))
 
 
-class TransferAttack:
+class TransferAttack(AttackBase):
     """An attack on ``model`` that only ever uses ``surrogate``'s gradients (black-box transfer).
 
     Called like any attack, ``transfer(model, x, y, threat)``: it crafts ``x_adv`` with ``attack`` on the
@@ -58,15 +58,19 @@ class TransferAttack:
     ) -> None:
         if criterion is not None:
             check_criterion(criterion)
-        self.attack = attack
+        self.attack = as_attack(attack)
         self.surrogate = surrogate
         self.criterion = criterion
-        self.name = name or f"transfer-{getattr(attack, 'name', 'attack')}"
+        self.name = name or f"transfer-{self.attack.name}"
 
     @property
     def per_sample(self) -> bool:
         """The inner attack's: whether a sample's result is independent of its batch."""
-        return bool(getattr(self.attack, "per_sample", False))
+        return self.attack.per_sample
+
+    def resolve_step_size(self, threat: ThreatModel) -> float | None:
+        """The crafting attack's step size."""
+        return self.attack.resolve_step_size(threat)
 
     def config(self) -> dict:
         """The crafting attack's configuration, for reports."""
