@@ -23,7 +23,7 @@ COMMANDS = {
     "train": ["train", "--method", "fgsm", "--model", "cnn", "--eps", "0.1", "--monitor-n", "0", "--no-eval"],
     "ssl": ["ssl", "--model", "cnn", "--knn-n", "0"],
     "deacl": ["deacl", *TEACHER, "--eps", "0.1", "--steps", "1"],
-    "pseudo-at": ["pseudo-at", *TEACHER, "--targets", "embedding", "--eps", "0.1", "--steps", "1"],
+    "pseudo-at": ["pseudo-at", *TEACHER, "--pseudo-targets", "embedding", "--eps", "0.1", "--steps", "1"],
     "finetune": ["finetune", "--encoder", "zoo:fmnist-simclr-slf", "--protocol", "slf", "--eval-n", "0"],
 }
 
@@ -72,7 +72,7 @@ def _cases(f) -> list[tuple[str, list[str], tuple[str, ...]]]:
             (["--alpha", "-0.1"], ("--alpha", "must be > 0")),
             (["--noise-sigma", "nan"], ("--noise-sigma", "finite")),
             (["--noise-sigma", "-1"], ("--noise-sigma", ">= 0")),
-            (["--method", "n-fgsm", "--k", "-1"], ("--k", ">= 0")),
+            (["--method", "n-fgsm", "--noise-multiple", "-1"], ("--noise-multiple", ">= 0")),
             (["--method", "n-fgsm", "--noise-multiple", "inf"], ("--noise-multiple", "finite")),
             (["--gradalign-lambda", "-1"], ("--gradalign-lambda", ">= 0")),
             (["--monitor-n", "-1"], ("--monitor-n", ">= 0")),
@@ -103,7 +103,7 @@ def _cases(f) -> list[tuple[str, list[str], tuple[str, ...]]]:
             *teacher_files,
             (["--beta", "-1"], ("--beta", ">= 0")),
             (["--clusters", "3"], ("--clusters only applies",)),
-            (["--targets", "kmeans", "--clusters", "1"], ("k-means needs", "k=1")),
+            (["--pseudo-targets", "kmeans", "--clusters", "1"], ("k-means needs", "k=1")),
             (["--kmeans-n", "0"], ("--kmeans-n", ">= 1")),
             (["--step-size", "-0.1"], ("--step-size", "must be > 0")),
         ],
@@ -112,7 +112,7 @@ def _cases(f) -> list[tuple[str, list[str], tuple[str, ...]]]:
             (["--protocol", "aff", "--eps", "0.1", "--beta", "-1"], ("--beta", ">= 0")),
             (["--eval-n", "-1"], ("--eval-n", ">= 0")),
             (["--protocol", "alf"], ("give --eps",)),
-            (["--pgd-steps", "0"], ("--pgd-steps", ">= 1")),
+            (["--eval-steps", "0"], ("--eval-steps", ">= 1")),
         ],
     }
     return [(c, args, words) for c, cases in per_command.items() for args, words in [*cases, *shared]]

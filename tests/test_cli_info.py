@@ -86,16 +86,13 @@ def test_one_meaning_per_flag_name_and_the_old_names_still_parse(capsys):
     assert "--attacks SPEC" in help_of("attack", capsys) and " --attack " not in help_of("attack", capsys)
     # --steps is the steps of the attack a command runs (train's inner PGD too); finetune's evaluation has its own
     train = ["--method", "pgd", "--model", "cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
-    assert parsed("train", *train, "--steps", "7").pgd_steps == 7
-    assert parsed("train", *train, "--pgd-steps", "7").pgd_steps == 7
+    assert parsed("train", *train, "--steps", "7").steps == 7
     tune = ["--encoder", "zoo:fmnist-cnn", "--protocol", "slf", "--dataset", "fashion-mnist"]
-    assert parsed("finetune", *tune, "--eval-steps", "9").pgd_steps == 9
-    assert parsed("finetune", *tune, "--pgd-steps", "9").pgd_steps == 9
-    assert parsed("finetune", *tune).pgd_steps == 20 and parsed("finetune", *tune).pgd_restarts == 1
+    assert parsed("finetune", *tune, "--eval-steps", "9").eval_steps == 9
+    assert parsed("finetune", *tune).eval_steps == 20 and parsed("finetune", *tune).eval_restarts == 1
     # --targets means target models (transfer); pseudo-at's kind of pseudo-target is --pseudo-targets
     teacher = ["--teacher", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
     assert parsed("pseudo-at", *teacher, "--pseudo-targets", "kmeans").targets == "kmeans"
-    assert parsed("pseudo-at", *teacher, "--targets", "kmeans").targets == "kmeans"
     visible = {name: help_of(name, capsys) for name in parsers}
     assert [n for n, text in visible.items() if "--pgd-steps" in text] == []
     assert [n for n, text in visible.items() if " --targets " in text] == ["transfer"]

@@ -188,28 +188,25 @@ def test_resume_with_monitor_every_3_equals_the_uninterrupted_run(small_train, t
         assert torch.equal(a, b), name
 
 
-def test_python_api_runs_what_robustlab_train_does_in_one_call(small_train, tmp_path):
+def test_python_api_runs_what_robustlab_train_does_in_one_call(tmp_path):
     """``run_training``: the run folder (lock, resume check), the loop, model.pt, the final evaluation through the
     evaluator and the report, as ``robustlab train`` does; a resume with other settings is refused."""
-    from robustlab.training import FinalEvaluation, TrainingSetup, run_training
+    from dataclasses import replace
 
-    data, x_mon, y_mon = small_train
-    settings = {"method": "noiseaug", "eps": 0.1, "epochs": 1}
+    from robustlab.recipes import ATConfig
+    from robustlab.training import run_training
 
-    def build(device):
-        monitor = COMonitor(x_mon[:32], y_mon[:32], THREAT, on_co="rollback")
-        config = TrainConfig(epochs=1, batch_size=128, lr=0.05, best_metric="monitor_pgd_acc", max_steps_per_epoch=2)
-        evaluation = FinalEvaluation((x_mon[32:64], y_mon[32:64]), THREAT, pgd_steps=2, pgd_restarts=1)
-        return TrainingSetup(_model(), make_method("noiseaug", THREAT), data, config, [monitor], evaluation)
-
-    report = run_training("train", settings, build, tmp_path / "run")
-    assert report.epochs_done == 1 and report.method["method"] == "noiseaug" and report.evaluation["n"] == 32
+    config = ATConfig(method="noiseaug", model="cnn", dataset="fashion-mnist", n=512, threat=THREAT, epochs=1,
+                      batch_size=128, lr=0.05, max_steps_per_epoch=2, monitor_n=32, eval_n=32, eval_steps=2,
+                      eval_restarts=1)  # fmt: skip
+    report = run_training(config, tmp_path / "run")
+    assert report.epochs_done == 1 and report.method["method"] == "noiseaug" and report.evaluation.n == 32
     assert {"model.pt", "last.pt", "report.json", "report.md", "run.json"} <= {
         p.name for p in (tmp_path / "run").iterdir()
     }
-    assert "pgd-2-1" in report.markdown() and report.to_dict()["co_events"] == []
+    assert "pgd-2-1" in report.to_markdown() and report.to_dict()["co_events"] == []
     with pytest.raises(RobustlabError, match="different epochs"):
-        run_training("train", {**settings, "epochs": 2}, build, tmp_path / "run", resume=True)
+        run_training(replace(config, epochs=2), tmp_path / "run", resume=True)
 
 
 # --- NoiseAug and N-FGSM, and bench/fast_at.py's CO sweep --------------------------------------------------------

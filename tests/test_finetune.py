@@ -97,13 +97,13 @@ def test_cli_chain_ssl_deacl_pseudo_at_finetune_then_attack(tmp_path, capsys):
     teacher = ["--teacher", str(tmp_path / "ssl")]
     deacl = ["--eps", "0.1", "--steps", "1", "--init", "random", "--center", "--augment", "none"]
     assert main(["deacl", *teacher, *deacl, "--out", str(tmp_path / "deacl"), *small]) == 0
-    pseudo = ["--targets", "kmeans", "--clusters", "3", "--kmeans-n", "64", "--eps", "0.1", "--steps", "1",
+    pseudo = ["--pseudo-targets", "kmeans", "--clusters", "3", "--kmeans-n", "64", "--eps", "0.1", "--steps", "1",
               "--init", "random", "--augment", "none"]  # fmt: skip
     assert main(["pseudo-at", *teacher, *pseudo, "--out", str(tmp_path / "pseudo"), *small]) == 0
     assert (tmp_path / "pseudo" / "model.pt").is_file() and (tmp_path / "pseudo" / "report.json").is_file()
     pseudo_report = json.loads((tmp_path / "pseudo" / "report.json").read_text())
     assert pseudo_report["method"]["init"] == "random" and pseudo_report["method"]["clusters"] == 3
-    encoder = ["--encoder", str(tmp_path / "deacl"), "--eps", "0.1", "--eval-n", "20", "--pgd-steps", "2"]
+    encoder = ["--encoder", str(tmp_path / "deacl"), "--eps", "0.1", "--eval-n", "20", "--eval-steps", "2"]
     assert main(["finetune", *encoder, "--protocol", "slf", "--out", str(tmp_path / "slf"), *small]) == 0
     assert "clean accuracy" in capsys.readouterr().out
     # the fine-tuned classifier is a plain robustlab model file: robustlab attack takes it directly

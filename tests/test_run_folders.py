@@ -33,7 +33,7 @@ TRAINING = {
     "train": ["train", "--method", "fgsm", "--model", "cnn", "--eps", "0.1", "--monitor-n", "0", "--no-eval"],
     "ssl": ["ssl", "--model", "cnn", "--knn-n", "0"],
     "deacl": ["deacl", *TEACHER, "--eps", "0.1", "--steps", "1"],
-    "pseudo-at": ["pseudo-at", *TEACHER, "--targets", "embedding", "--eps", "0.1", "--steps", "1"],
+    "pseudo-at": ["pseudo-at", *TEACHER, "--pseudo-targets", "embedding", "--eps", "0.1", "--steps", "1"],
     "finetune": ["finetune", "--encoder", "zoo:fmnist-simclr-slf", "--protocol", "slf", "--eval-n", "0"],
 }
 EVAL = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "16", "--batch-size", "8", "--eps", "0.05",

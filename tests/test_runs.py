@@ -96,7 +96,7 @@ def _training(command: str) -> list[str]:
         "train": ["train", "--method", "fgsm", "--model", "cnn", "--eps", "0.1", "--monitor-n", "0", "--no-eval"],
         "ssl": ["ssl", "--model", "cnn", "--knn-n", "0"],
         "deacl": ["deacl", *teacher, "--eps", "0.1", "--steps", "1"],
-        "pseudo-at": ["pseudo-at", *teacher, "--targets", "embedding", "--eps", "0.1", "--steps", "1"],
+        "pseudo-at": ["pseudo-at", *teacher, "--pseudo-targets", "embedding", "--eps", "0.1", "--steps", "1"],
         "finetune": ["finetune", "--encoder", "zoo:fmnist-simclr-slf", "--protocol", "slf", "--eval-n", "0"],
     }[command] + small
 

@@ -7,21 +7,25 @@ the evaluator and write the report. :func:`run_training` is the call.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from robustlab.errors import RobustlabError
+from robustlab.io import RUN_FILE
 from robustlab.models.mode import temporary_mode
 from robustlab.runs import check_not_in_run, check_writable_file
+from robustlab.training.context import Callback
 from robustlab.training.loop import TrainConfig, train
+from robustlab.training.method import Method
 from robustlab.training.report import FinalEvaluation, TrainReport, plot_curves
 
 FILE_SETTINGS = ("model", "checkpoint", "teacher", "encoder")  # settings that name files a run starts from
@@ -32,13 +36,13 @@ RUN_WRITES = ("model.pt", "last.pt", "best.pt", "history.json", "metrics.jsonl",
 
 @dataclass
 class TrainingSetup:
-    """What a run trains, built on the run's device by the ``build`` function given to :func:`run_training`."""
+    """What a run trains, built on the run's device by its config's ``build`` (:class:`TrainingRun`)."""
 
     model: nn.Module
-    method: Any
+    method: Method
     train_set: Dataset
     config: TrainConfig
-    callbacks: list[Any] = field(default_factory=list)
+    callbacks: list[Callback] = field(default_factory=list)
     evaluation: FinalEvaluation | None = None  # the final evaluation (None: none)
     save_model: Callable[[Path], None] | None = None  # writes OUT/model.pt itself (default: the model file below)
     model_file: dict[str, Any] = field(default_factory=dict)  # arch, dataset, ...: what OUT/model.pt records
@@ -118,25 +122,50 @@ def _finish_run(
     return setup.evaluation.run(setup.model, device) if setup.evaluation is not None else None
 
 
+class TrainingRun(Protocol):
+    """What :func:`run_training` runs: a training kind's config (:mod:`robustlab.recipes`)."""
+
+    kind: ClassVar[str]
+    trust_checkpoint: bool
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def build(self, device: torch.device) -> TrainingSetup: ...
+
+
+def check_resumable(out: str | os.PathLike, kind: str) -> None:
+    """Refuse, in one line, to resume a training run whose run.json records its settings as the command-line
+    arguments of robustlab before the typed configs (no ``threat`` among them): they cannot be compared."""
+    path = Path(out) / RUN_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no record, or a damaged one: the run folder's own checks say so
+    previous = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if saved.get("kind") == kind and isinstance(previous, dict) and "threat" not in previous:
+        raise RobustlabError(
+            f"{out} holds a '{kind}' run of an older robustlab (its settings are recorded as command-line arguments, "
+            "not as a training config), so --resume cannot check them; start it over with --overwrite or use "
+            "another --out"
+        )
+
+
 def run_training(
-    kind: str,
-    settings: dict[str, Any],
-    build: Callable[[torch.device], TrainingSetup],
+    config: TrainingRun,
     out: str | os.PathLike,
     *,
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
     command_line: str | None = None,
     on_start: Callable[[TrainingSetup], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainReport | None:
-    """Run ``build(device)``'s training in the run folder ``out`` and return its report (``None`` on ranks > 0).
+    """Run ``config``'s training in the run folder ``out`` and return its report (``None`` on ranks > 0).
 
-    ``kind`` and ``settings`` (everything that changes the result) are the run's identity: ``resume`` continues
-    only a run of the same kind and settings (one error line names those that differ), and a folder holding a run
-    is never written over without ``overwrite``. ``on_start`` and ``on_epoch`` are called on rank 0 (e.g. to print).
+    ``config.kind`` and ``config.fingerprint()`` are the run's identity: ``resume`` continues only a run of the same
+    kind and fingerprint (one error line names the fields that differ), and a folder holding a run is never written
+    over without ``overwrite``. ``on_start`` and ``on_epoch`` are called on rank 0 (e.g. to print).
     """
     from robustlab.distributed import barrier, broadcast_object, init_distributed, shard_device
     from robustlab.distributed import finish as leave_process_group
@@ -144,14 +173,17 @@ def run_training(
     from robustlab.runs import RunFolder
 
     started = time.time()
+    kind, settings = config.kind, config.fingerprint()
+    if resume:
+        check_resumable(out, kind)
     shard = init_distributed(resolve_device(device))
     try:
-        folder = RunFolder(out, kind, training_fingerprint(settings), resume=resume, overwrite=overwrite,
-                           is_main=shard.is_main, barrier=lambda: barrier(shard),
+        folder = RunFolder(out, kind, settings, resume=resume, overwrite=overwrite, is_main=shard.is_main,
+                           barrier=lambda: barrier(shard),
                            share=lambda value: broadcast_object(value, shard))  # fmt: skip
         with folder:
             run_device = shard_device(resolve_device(device), shard)
-            setup = build(run_device)
+            setup = config.build(run_device)
             for model in (setup.model, *setup.fits):
                 check_fits(model, setup.train_set, run_device, setup.num_classes if model is setup.model else None)
             if setup.export:  # a folder or an unwritable path is refused now, not after the training
@@ -161,14 +193,14 @@ def run_training(
                 on_start(setup)
             result = train(setup.model, setup.method, setup.train_set, setup.config, folder.path, resume=resume,
                            callbacks=setup.callbacks, device=run_device, on_epoch=on_epoch,
-                           trust_checkpoint=trust_checkpoint)  # fmt: skip
+                           trust_checkpoint=config.trust_checkpoint)  # fmt: skip
             if not shard.is_main:
                 return None
             evaluation = _finish_run(setup, result, folder.path, run_device, command_line)
-            info = {**(setup.method.config() if hasattr(setup.method, "config") else {}), **setup.method_info}
             report = TrainReport(
-                kind, info, asdict(setup.config), result.history, result.epochs_done, result.best_epoch,
-                result.stop_reason, result.train_seconds, evaluation, setup.summary_keys,
+                kind, {**setup.method.config(), **setup.method_info}, asdict(setup.config), result.history,
+                result.epochs_done, result.best_epoch, result.stop_reason, result.train_seconds, evaluation,
+                setup.summary_keys,
                 {**setup.report, "co_events": [e for c in setup.callbacks for e in getattr(c, "events", [])],
                  "train_samples": len(setup.train_set), "world_size": shard.world, "settings": settings,
                  "wall_time_s": round(time.time() - started, 3), "environment": environment(command_line)},
@@ -179,4 +211,5 @@ def run_training(
         leave_process_group(shard)
 
 
-__all__ = ["TrainingSetup", "check_fits", "resolve_device", "run_training", "training_fingerprint"]
+__all__ = ["TrainingRun", "TrainingSetup", "check_fits", "check_resumable", "resolve_device", "run_training",
+           "training_fingerprint"]
