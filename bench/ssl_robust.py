@@ -15,7 +15,6 @@ Labels are used only by the fine-tuning heads (SLF/ALF/AFF), the kNN monitor and
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -25,28 +24,12 @@ import torch
 from torch.utils.data import Subset
 
 from robustlab.data import load_dataset
-from robustlab.defenses.methods import PGDAT
 from robustlab.io import environment, write_json
-from robustlab.models import build_model, seeded_weights
 from robustlab.models.loader import ZOO_DIR
-from robustlab.ssl import (
-    Augment,
-    DeACL,
-    FineTune,
-    KNNMonitor,
-    PseudoAT,
-    SimCLR,
-    SSLModel,
-    frozen_teacher,
-    kmeans_labeler,
-    make_pseudo_student,
-    make_student,
-    prepare_classifier,
-    save_classifier,
-)
-from robustlab.ssl.augment import AnnealedAugment
+from robustlab.recipes import ATConfig, DeACLConfig, FineTuneConfig, SSLConfig
+from robustlab.ssl import Augment, KNNMonitor, PseudoAT, kmeans_labeler, make_pseudo_student, save_classifier
 from robustlab.threat import ThreatModel
-from robustlab.training import TrainConfig, final_evaluation, train
+from robustlab.training import TrainConfig, TrainingSetup, TrainResult, final_evaluation, train
 from robustlab.training.report import evaluation_summary
 
 ROOT = Path(__file__).resolve().parent
@@ -114,15 +97,16 @@ LARGE = {
 PRESETS = {"small": SMALL, "large": LARGE}
 
 
-def seeded(fn, seed: int):
-    with seeded_weights(seed):
-        return fn()
+CPU = torch.device("cpu")
 
 
-def timed_train(model, method, data, config) -> float:
+def timed_train(config, callbacks=()) -> tuple[TrainingSetup, TrainResult, float]:
+    """Build a training config's run (robustlab.recipes) and train it through the one loop, without a run folder;
+    returns what was trained, the loop's result and the training time."""
+    setup = config.build(CPU)
     start = time.perf_counter()
-    train(model, method, data, config)
-    return time.perf_counter() - start
+    result = train(setup.model, setup.method, setup.train_set, setup.config, callbacks=[*setup.callbacks, *callbacks])
+    return setup, result, time.perf_counter() - start
 
 
 def evaluate(net, x, y, threat, spec: str, seed: int) -> dict:
@@ -146,48 +130,48 @@ def bench_data(s: dict):
     return ThreatModel("linf", s["eps"]), load_dataset("fashion-mnist", "train"), test, x_eval, y_eval
 
 
-def fine_tune(net, protocol: str, s: dict, data, threat, keep_head: bool = False) -> tuple[torch.nn.Module, float]:
-    """The bench's SLF / ALF / AFF of a copy of ``net`` on ``data``; returns the classifier and its training time."""
-    clf = prepare_classifier(copy.deepcopy(net), protocol, 10, keep_head=keep_head, seed=s["seed"])
+def fine_tune(net, protocol: str, s: dict, threat, keep_head: bool = False) -> tuple[torch.nn.Module, float]:
+    """The bench's SLF / ALF / AFF of a copy of ``net``; returns the classifier and its training time."""
+    common = {"dataset": "fashion-mnist", "optimizer": "adam", "lr_schedule": "cosine", "weight_decay": 0.0,
+              "seed": s["seed"], "eval_n": 0, "keep_head": keep_head}  # fmt: skip
     if protocol == "slf":
-        config = TrainConfig(epochs=s["slf_epochs"], batch_size=256, optimizer="adam", lr=1e-2,
-                             lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
-        method = FineTune("slf")
+        config = FineTuneConfig(encoder=net, protocol="slf", n=s["slf_train_n"], epochs=s["slf_epochs"],
+                                batch_size=256, lr=1e-2, **common)  # fmt: skip
     else:
-        lr = 1e-3 if protocol == "aff" else 5e-3
-        config = TrainConfig(epochs=s["adv_ft_epochs"], batch_size=128, optimizer="adam", lr=lr,
-                             lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
-        method = FineTune(protocol, threat, steps=s["adv_ft_steps"], seed=s["seed"])
-    return clf, timed_train(clf, method, data, config)
+        config = FineTuneConfig(encoder=net, protocol=protocol, threat=threat, n=s["adv_ft_train_n"],
+                                epochs=s["adv_ft_epochs"], batch_size=128, lr=1e-3 if protocol == "aff" else 5e-3,
+                                steps=s["adv_ft_steps"], **common)  # fmt: skip
+    setup, _, seconds = timed_train(config)
+    return setup.model, seconds
+
+
+def robust_budget(s: dict) -> dict:
+    """DeACL's, pseudo-AT's and PGD-AT's shared data and training budget (config fields)."""
+    return {"dataset": "fashion-mnist", "n": s["robust_train_n"], "epochs": s["robust_epochs"],
+            "batch_size": s["robust_batch"], "optimizer": "adam", "lr": s["robust_lr"], "lr_schedule": "cosine",
+            "weight_decay": 0.0, "seed": s["seed"]}  # fmt: skip
 
 
 def robust_config(s: dict) -> TrainConfig:
-    """DeACL's, pseudo-AT's and PGD-AT's shared training budget."""
-    return TrainConfig(epochs=s["robust_epochs"], batch_size=s["robust_batch"], optimizer="adam", lr=s["robust_lr"],
-                       lr_schedule="cosine", weight_decay=0.0, seed=s["seed"])  # fmt: skip
+    """The shared budget as the training loop's settings (pseudo-AT's hand-built run)."""
+    b = robust_budget(s)
+    return TrainConfig(epochs=b["epochs"], batch_size=b["batch_size"], optimizer="adam", lr=b["lr"],
+                       lr_schedule="cosine", weight_decay=0.0, seed=b["seed"])  # fmt: skip
 
 
-def deacl_student(teacher_net, recipe: dict, s: dict, data, threat) -> tuple[torch.nn.Module, float]:
-    """A DeACL student of ``teacher_net`` trained with ``recipe`` on ``data``; returns its network and time."""
-    student = make_student(teacher_net, recipe["init"], s["seed"])
-    method = DeACL(frozen_teacher(teacher_net), threat, beta=recipe["beta"], steps=s["inner_steps"],
-                   augment=Augment(recipe["augment"]), seed=s["seed"], center=recipe["center"])  # fmt: skip
-    return student.net, timed_train(student, method, data, robust_config(s))
-
-
-def deacl_variant(teacher_net, projector, variant: dict, s: dict, data, threat) -> tuple[torch.nn.Module, float]:
-    """A DeACL student with the options of ``variant`` on top of the bench's DeACL recipe; its network and time."""
-    recipe = s["deacl"]
-    student = make_student(teacher_net, recipe["init"], s["seed"], width_factor=variant.get("width", 1))
-    crop = tuple(s["ssl_crop_scale"])
-    augment = Augment(variant.get("student_augment", recipe["augment"]), crop)
-    if variant.get("anneal"):
-        augment = AnnealedAugment(1.0, 0.0, crop_min=crop[0])
-    on = variant.get("projector", False)
-    method = DeACL(frozen_teacher(teacher_net), threat, beta=recipe["beta"], steps=s["inner_steps"], augment=augment,
-                   seed=s["seed"], center=recipe["center"], projector=projector if on else None,
-                   teacher_augment=Augment("weak") if on else None)  # fmt: skip
-    return student.net, timed_train(student, method, data, robust_config(s))
+def deacl_student(teacher_net, recipe: dict, s: dict, threat, variant: dict | None = None, projector=None):
+    """A DeACL student of ``teacher_net`` trained with ``recipe`` (and a ``variant``'s options: ProFeAT's
+    ``projector``, DynACL's annealing, a wider student, all with the SSL crop); returns its network and time."""
+    options: dict = {"augment": recipe["augment"]}
+    if variant is not None:
+        on = variant.get("projector", False)
+        options = {"augment": variant.get("student_augment", recipe["augment"]),
+                   "crop_scale": tuple(s["ssl_crop_scale"]), "projector": projector if on else False,
+                   "anneal_augment": variant.get("anneal", False), "width_factor": variant.get("width", 1)}  # fmt: skip
+    config = DeACLConfig(teacher=teacher_net, threat=threat, beta=recipe["beta"], steps=s["inner_steps"],
+                         init=recipe["init"], center=recipe["center"], **options, **robust_budget(s))  # fmt: skip
+    setup, _, seconds = timed_train(config)
+    return setup.saved, seconds
 
 
 def goal_of(rows: dict, variants: dict) -> dict:
@@ -223,10 +207,7 @@ def main() -> int:
     started = time.time()
     load_at_start = os.getloadavg()
     threat, train_full, test, x_eval, y_eval = bench_data(s)
-    ssl_set = Subset(train_full, range(s["ssl_train_n"]))
     robust_set = Subset(train_full, range(s["robust_train_n"]))
-    slf_set = Subset(train_full, range(s["slf_train_n"]))
-    adv_ft_set = Subset(train_full, range(s["adv_ft_train_n"]))
     rows: dict[str, dict] = {}
     knn: list[float] = []
 
@@ -234,8 +215,7 @@ def main() -> int:
         print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
 
     def finetune(net, protocol: str, name: str, source_seconds: float, keep_head: bool = False) -> torch.nn.Module:
-        data = slf_set if protocol == "slf" else adv_ft_set
-        clf, seconds = fine_tune(net, protocol, s, data, threat, keep_head)
+        clf, seconds = fine_tune(net, protocol, s, threat, keep_head)
         rows[name] = {
             "train_seconds": round(source_seconds + seconds, 1),
             "finetune_seconds": round(seconds, 1),
@@ -269,33 +249,27 @@ def main() -> int:
         return report
 
     # Stage 1: SimCLR teacher (labels unused; the kNN monitor only reports)
-    teacher_net = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
-    ssl_model = seeded(lambda: SSLModel(teacher_net), s["seed"])
     monitor = KNNMonitor((train_full.images[-2000:].float() / 255, train_full.labels[-2000:]),
                          (test.images[-1000:].float() / 255, test.labels[-1000:]))  # fmt: skip
-    ssl_config = TrainConfig(epochs=s["ssl_epochs"], batch_size=s["ssl_batch"], optimizer="adam", lr=s["ssl_lr"],
-                             lr_schedule="cosine", weight_decay=1e-5, seed=s["seed"])  # fmt: skip
-    start = time.perf_counter()
-    ssl_result = train(
-        ssl_model,
-        SimCLR(s["ssl_temperature"], augment=Augment("strong", tuple(s["ssl_crop_scale"])), seed=s["seed"]),
-        ssl_set,
-        ssl_config,
-        callbacks=[monitor],
-    )
-    ssl_seconds = time.perf_counter() - start
+    ssl = SSLConfig(model="cnn", dataset="fashion-mnist", n=s["ssl_train_n"], epochs=s["ssl_epochs"],
+                    batch_size=s["ssl_batch"], lr=s["ssl_lr"], seed=s["seed"], temperature=s["ssl_temperature"],
+                    crop_scale=tuple(s["ssl_crop_scale"]), knn_n=0)  # fmt: skip
+    ssl_setup, ssl_result, ssl_seconds = timed_train(ssl, callbacks=[monitor])
+    ssl_model, teacher_net = ssl_setup.model, ssl_setup.saved
     knn.extend(round(h["knn_accuracy"], 4) for h in ssl_result.history)
     log(f"SimCLR teacher: {ssl_seconds:.0f}s, kNN accuracy per epoch {knn}")
     teacher_slf = finetune(teacher_net, "slf", "simclr_teacher_slf", ssl_seconds)
 
     # Stage 2: DeACL student (labels never used) and the reference first, so a partial JSON already compares them
-    student_net, deacl_seconds = deacl_student(teacher_net, s["deacl"], s, robust_set, threat)
+    student_net, deacl_seconds = deacl_student(teacher_net, s["deacl"], s, threat)
     log(f"DeACL student {s['deacl']}: {deacl_seconds:.0f}s")
     deacl_slf = finetune(student_net, "slf", "deacl_slf", ssl_seconds + deacl_seconds)
 
     # Supervised PGD-AT for reference (issue-5's PGD-AT method, same inner steps and budget, from scratch)
-    supervised = seeded(lambda: build_model("cnn", "fashion-mnist"), s["seed"])
-    pgd_seconds = timed_train(supervised, PGDAT(threat, steps=s["inner_steps"]), robust_set, robust_config(s))
+    pgd_at = ATConfig(method="pgd", model="cnn", threat=threat, steps=s["inner_steps"], monitor_n=0, eval_n=0,
+                      **robust_budget(s))  # fmt: skip
+    pgd_setup, _, pgd_seconds = timed_train(pgd_at)
+    supervised = pgd_setup.model
     rows["supervised_pgd_at"] = {
         "train_seconds": round(pgd_seconds, 1),
         **evaluate(supervised, x_eval, y_eval, threat, s["autoattack"], s["seed"]),
@@ -304,27 +278,32 @@ def main() -> int:
     save()
 
     for name, variant in s["variants"].items():  # DeACL's options, each -> SLF
-        net, seconds = deacl_variant(teacher_net, ssl_model.projector, variant, s, robust_set, threat)
+        net, seconds = deacl_student(teacher_net, s["deacl"], s, threat, variant, ssl_model.projector)
         log(f"DeACL {name} {variant}: {seconds:.0f}s")
         finetune(net, "slf", name, ssl_seconds + seconds)
 
     # The paper's recipe, then ALF and AFF from the SLF head (warm start: a fresh head does not learn from PGD inputs
     # in this budget)
-    paper_net, paper_seconds = deacl_student(teacher_net, s["deacl_paper"], s, robust_set, threat)
+    paper_net, paper_seconds = deacl_student(teacher_net, s["deacl_paper"], s, threat)
     log(f"DeACL student {s['deacl_paper']}: {paper_seconds:.0f}s")
     finetune(paper_net, "slf", "deacl_paper_slf", ssl_seconds + paper_seconds)
     slf_seconds = rows["deacl_slf"]["train_seconds"]
     finetune(deacl_slf, "alf", "deacl_alf", slf_seconds, keep_head=True)
     finetune(deacl_slf, "aff", "deacl_aff", slf_seconds, keep_head=True)
 
-    # Pseudo-supervised AT: hard pseudo-labels from k-means on the teacher's features (no labels), then SLF
+    # Pseudo-supervised AT: hard pseudo-labels from k-means on the teacher's features (no labels), then SLF. Built by
+    # hand: k-means is fitted on more images than it trains on, which PseudoATConfig (k-means on its own training
+    # images) does not express; the teacher frozen, as the DeACL runs' frozen_teacher left it before the configs
     p = s["pseudo"]
+    teacher_net.eval().requires_grad_(False)
     kmeans_images = train_full.images[: s["ssl_train_n"]].float() / 255
     labeler = kmeans_labeler(teacher_net, kmeans_images, k=p["clusters"], seed=s["seed"])
     pseudo_student = make_pseudo_student(teacher_net, "kmeans", labeler.num_classes, p["init"], s["seed"])
     pseudo = PseudoAT("kmeans", threat, labeler=labeler, steps=s["inner_steps"], augment=Augment(p["augment"]),
                       seed=s["seed"])  # fmt: skip
-    pseudo_seconds = timed_train(pseudo_student, pseudo, robust_set, robust_config(s))
+    start = time.perf_counter()
+    train(pseudo_student, pseudo, robust_set, robust_config(s))
+    pseudo_seconds = time.perf_counter() - start
     log(f"pseudo-AT (k-means) {p}: {pseudo_seconds:.0f}s")
     finetune(pseudo_student, "slf", "pseudo_at_kmeans_slf", ssl_seconds + pseudo_seconds)
 
