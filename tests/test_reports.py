@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from robustlab.cli import main
+from robustlab.errors import RobustlabError
 from robustlab.eval import (
     AttackConfig,
     AttackReport,
@@ -186,7 +187,7 @@ def test_a_new_report_kind_is_one_class_and_one_line(runs, tmp_path, capsys):
 
 def test_a_kind_not_loaded_here_is_one_line(tmp_path, cli_error):
     (tmp_path / "report.json").write_text(json.dumps({"kind": "mystery", "history": [], "epochs_done": 0}))
-    with pytest.raises(Exception, match="import robustlab.report_kinds"):
+    with pytest.raises(RobustlabError, match="import robustlab.report_kinds"):
         report_from_dict(saved(tmp_path))
     cli_error(["report", tmp_path], "mystery", "robustlab.report_kinds")
 
