@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from robustlab.errors import RobustlabError
+from robustlab.eval.report import EvalReport
 from robustlab.io import RUN_FILE
 from robustlab.models.mode import temporary_mode
 from robustlab.runs import check_not_in_run, check_writable_file
@@ -103,7 +104,7 @@ def check_fits(model: nn.Module, train_set: Dataset, device: torch.device, num_c
 
 def _finish_run(
     setup: TrainingSetup, result: Any, out: Path, device: torch.device, command: str | None
-) -> dict[str, Any] | None:
+) -> EvalReport | None:
     """Rank 0 after training: model.pt (a self-describing model file; the export a state dict), curves, the final
     evaluation."""
     from robustlab.io import atomic_torch_save
