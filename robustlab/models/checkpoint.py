@@ -11,7 +11,7 @@ from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import ChangedFileError
-from robustlab.models.model_file import check_weights, is_model_file
+from robustlab.models.model_file import check_weights, is_model_file, mismatch
 from robustlab.models.normalize import Normalize
 from robustlab.safe_load import safe_load
 
@@ -34,18 +34,6 @@ def _state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return {k.removeprefix("module."): v for k, v in obj.items()}
     raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (a dict of tensors)")
-
-
-def mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
-    """The first difference between a model's state dict and a checkpoint's, in a few words (None: they fit)."""
-    own = model.state_dict()
-    for key, value in state.items():
-        if key not in own:
-            return f"unexpected key {key!r}"
-        if hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
-            return f"{key!r} is {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
-    missing = [k for k in own if k not in state]
-    return f"missing key {missing[0]!r}" if missing else None
 
 
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike, trust: bool = False) -> nn.Module:

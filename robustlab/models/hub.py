@@ -19,6 +19,9 @@ from typing import Any
 from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.models.checkpoint import load_checkpoint, load_weights
+from robustlab.models.normalize import DATASET_STATS, Normalize
+from robustlab.models.sources import SOURCES, ModelRequest, ModelSource
 
 log = logging.getLogger(__name__)
 HUB_PREFIXES = ("robustbench:", "timm:")
@@ -143,7 +146,7 @@ def load_robustbench(name: str, model_dir: str | os.PathLike = ROBUSTBENCH_MODEL
 
 
 def hub_domain(spec: str) -> dict[str, Any] | None:
-    """The data a hub model was made for, as :func:`robustlab.models.loader.recorded_domain` records it: a
+    """The data a hub model was made for, as the loader's ``recorded_domain`` records it: a
     RobustBench entry's dataset (CIFAR's 3x32x32 images, ImageNet's 3 channels); None for timm (its
     normalisation's channels are checked on their own)."""
     kind, _, name = spec.partition(":")
@@ -159,8 +162,6 @@ def load_timm(
 ) -> nn.Module:
     """A timm architecture (weights from ``checkpoint``, never the hub) behind timm's own normalisation."""
     timm = _require("timm", f"timm:{name}")
-    from robustlab.models.checkpoint import load_checkpoint, load_weights
-
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
@@ -177,8 +178,6 @@ def load_timm(
 
 def _timm_network(timm: ModuleType, name: str, num_classes: int | None, mean: Any = None, std: Any = None) -> nn.Module:
     """timm's ``name`` without weights, behind its own normalisation (or ``mean``/``std``)."""
-    from robustlab.models.normalize import DATASET_STATS, Normalize
-
     net = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
     cfg = getattr(net, "pretrained_cfg", None) or {}
     mean = mean or cfg.get("mean") or DATASET_STATS["imagenet"][0]
@@ -210,6 +209,15 @@ def _head_size(obj: Any, timm: ModuleType, name: str) -> int | None:
             return int(weight.shape[0])
     return None
 
+
+def _load_source(spec: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any] | None]:
+    model = load_hub_model(spec, request.checkpoint, request.trust, request.num_classes)
+    return model, hub_domain(spec)
+
+
+HUB = ModelSource(_load_source, build=build_hub_network, loads_weights=True)  # weights from local files only
+SOURCES.register("robustbench", HUB)
+SOURCES.register("timm", HUB)
 
 __all__ = [
     "build_hub_network",

@@ -1,18 +1,16 @@
-"""One loader for every model spec: ``zoo:NAME``, ``torchvision:NAME``, ``module:factory``, TorchScript files."""
+"""One loader for every model spec: an architecture, a registered source (``zoo:NAME`` here, ``torchvision:NAME``,
+``timm:NAME``, ``robustbench:NAME``: :mod:`robustlab.models.sources`), ``module:factory``, model or TorchScript file."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import json
 import logging
 import os
-import sys
 import warnings
 import weakref
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,13 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError, RobustlabError
+from robustlab.models import hub  # noqa: F401  (registers the timm: and robustbench: sources)
 from robustlab.models.arch import ARCHITECTURES, seeded_weights
+from robustlab.models.build import build_model, load_factory
 from robustlab.models.checkpoint import _robustlab_checkpoint, load_weights, model_file_header
 from robustlab.models.model_file import model_from_file
-from robustlab.models.normalize import DATASET_STATS, Normalize
+from robustlab.models.normalize import Normalize
+from robustlab.models.sources import SOURCES, ModelRequest, ModelSource, domain_of, source_of
 
 log = logging.getLogger(__name__)
 ZOO_DIR = Path(__file__).parent / "zoo"
@@ -56,56 +57,6 @@ def zoo_index() -> dict[str, dict[str, Any]]:
         if not isinstance(meta.get("arch_kwargs", {}), dict):
             raise RobustlabError(f"{path}: entry {name!r} has a field 'arch_kwargs' that is not an object; {fix}")
     return index
-
-
-def build_model(
-    arch: str,
-    dataset: str = "fashion-mnist",
-    num_classes: int | None = None,
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    input_shape: Sequence[int] | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """A fresh ``arch`` for ``dataset`` (or images of ``input_shape``), wrapped in :class:`Normalize` (the
-    dataset's statistics unless ``mean``/``std`` are given)."""
-    from robustlab.data import dataset_info
-
-    if arch not in ARCHITECTURES:
-        raise RobustlabError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    info = dataset_info(dataset)
-    channels, size = (input_shape[0], input_shape[-1]) if input_shape else (info["channels"], info["image_size"])
-    model = ARCHITECTURES[arch](
-        in_channels=channels, num_classes=num_classes or info["num_classes"] or 10, image_size=size, **kwargs
-    )
-    stats = DATASET_STATS.get(info["stats"]) if channels == info["channels"] else None
-    default_mean, default_std = stats or ((0.5,) * channels, (0.5,) * channels)
-    return Normalize(model, mean or default_mean, std or default_std)
-
-
-def build_spec(
-    arch: str,
-    num_classes: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    input_shape: Sequence[int] | None = None,
-    dataset: str | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """An untrained network from what a model file records: an architecture name, ``torchvision:NAME``,
-    ``timm:NAME``, ``robustbench:NAME`` or ``package.module:factory``, with its classes and normalisation."""
-    if arch in ARCHITECTURES:
-        return build_model(arch, dataset or "fashion-mnist", num_classes, mean=mean, std=std, input_shape=input_shape,
-                           **kwargs)  # fmt: skip
-    if arch.startswith("torchvision:"):
-        return _load_torchvision(arch.removeprefix("torchvision:"), num_classes, mean, std)
-    if arch.startswith(("timm:", "robustbench:")):  # the other zoos' architectures, without their weights
-        from robustlab.models.hub import build_hub_network
-
-        return build_hub_network(arch, num_classes, mean, std)
-    model = _load_factory(arch, num_classes)
-    return Normalize(model, mean, std) if mean is not None and not isinstance(model, Normalize) else model
 
 
 def split_weights(spec: str, checkpoint: str | os.PathLike | None = None) -> tuple[str, str | None]:
@@ -155,11 +106,6 @@ def load_model(
         if checkpoint is not None:
             load_weights(model, checkpoint, trust_checkpoint)
         return model.to(device).eval()
-    if spec.startswith(("robustbench:", "timm:")):  # other zoos (robustlab.models.hub), weights from local files
-        from robustlab.models.hub import hub_domain, load_hub_model
-
-        model = load_hub_model(spec, checkpoint, trust_checkpoint, num_classes).to(device).eval()
-        return _remember(model, spec, hub_domain(spec))
     given, domain = spec, None
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "model.pt")):
@@ -168,22 +114,19 @@ def load_model(
                 "at the end) or a model file"
             )
         spec = os.path.join(spec, "model.pt")
-    if spec.startswith("zoo:"):
-        model = _load_zoo(spec[4:])
-        domain = _shape_of("its zoo entry", zoo_index()[spec[4:]].get("dataset"), None)
-    elif spec.startswith("torchvision:"):
-        model = _load_torchvision(spec[len("torchvision:") :], num_classes, mean, std)
-        domain = _shape_of("its torchvision architecture", None, (3,))
-        if checkpoint is None:
-            log.warning("%s has random weights (no --checkpoint given); give them as %s@FILE", spec, spec)
+    if (source := source_of(spec)) is not None:
+        request = ModelRequest(checkpoint, trust_checkpoint, num_classes, mean, std)
+        model, domain = source.load(spec, request)
+        if source.loads_weights:
+            checkpoint = None
     elif Path(spec).is_file() and (saved := _robustlab_checkpoint(spec, trust_checkpoint)) is not None:
         model = saved if isinstance(saved, nn.Module) else model_from_file(spec, saved)
         if isinstance(saved, dict):
-            domain = _shape_of("its model file's header", saved.get("dataset"), saved.get("input_shape"))
+            domain = domain_of("its model file's header", saved.get("dataset"), saved.get("input_shape"))
     elif Path(spec).is_file():
         model = _load_torchscript(spec)
     elif ":" in spec:
-        model = _load_factory(spec, num_classes)
+        model = load_factory(spec, num_classes)
         if mean is not None:
             model = Normalize(model, mean, std)
         if checkpoint is None:
@@ -194,8 +137,8 @@ def load_model(
     else:
         raise RobustlabError(
             f"cannot read model spec {spec!r}; use an architecture ({', '.join(ARCHITECTURES)}), zoo:NAME "
-            f"({', '.join(zoo_index()) or 'none installed'}), torchvision:NAME, package.module:factory, a robustlab "
-            "run folder or model file, or the path of a TorchScript file"
+            f"({', '.join(zoo_index()) or 'none installed'}), {', '.join(f'{p}:NAME' for p in SOURCES if p != 'zoo')}, "
+            "package.module:factory, a robustlab run folder or model file, or the path of a TorchScript file"
         )
     if checkpoint is not None:
         load_weights(model, checkpoint, trust_checkpoint)
@@ -210,20 +153,6 @@ def recorded_domain(model: nn.Module) -> dict[str, Any] | None:
     model file's header, a RobustBench entry): ``{"spec", "source", "dataset", "channels", "size"}`` (a value is
     None where unknown), or None for a model robustlab did not load or knows nothing about."""
     return _DOMAINS.get(model)
-
-
-def _shape_of(source: str, dataset: str | None, input_shape: Sequence[int] | None) -> dict[str, Any] | None:
-    """A domain record from a dataset name and/or an input shape ``(C, H, W)`` (the dataset's when not given)."""
-    from robustlab.data import DATASETS, canonical_name
-
-    name = canonical_name(dataset) if isinstance(dataset, str) else None
-    if input_shape is None and name in DATASETS and name != "imagefolder":
-        input_shape = (DATASETS[name]["channels"], DATASETS[name]["image_size"], DATASETS[name]["image_size"])
-    if name is None and not input_shape:
-        return None
-    shape = list(input_shape or [])
-    return {"source": source, "dataset": name, "channels": shape[0] if shape else None,
-            "size": tuple(shape[1:]) if len(shape) == 3 else None}  # fmt: skip
 
 
 def _remember(model: nn.Module, spec: str, domain: dict[str, Any] | None) -> nn.Module:
@@ -276,71 +205,18 @@ def model_arch(spec: str) -> tuple[str | None, str | None]:
     header = model_file_header(spec)
     if header is not None:
         return header.get("arch"), header.get("dataset")
-    if spec.startswith("torchvision:") or (":" in spec and not os.path.exists(spec)):
+    if ":" in spec and not os.path.exists(spec):  # a source's NAME or package.module:factory
         return spec, None
     return None, None
 
 
-def _load_zoo(name: str) -> nn.Module:
-    index = zoo_index()
+def _load_zoo(spec: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any] | None]:
+    name, index = spec.partition(":")[2], zoo_index()
     if name not in index:
         raise RobustlabError(f"unknown zoo model {name!r}; available: {', '.join(sorted(index))}")
     meta = index[name]
     model = build_model(meta["arch"], meta["dataset"], **meta.get("arch_kwargs", {}))
-    return load_weights(model, ZOO_DIR / meta["checkpoint"])
+    return load_weights(model, ZOO_DIR / meta["checkpoint"]), domain_of("its zoo entry", meta["dataset"], None)
 
 
-def _load_torchvision(
-    name: str, num_classes: int | None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> nn.Module:
-    import torchvision
-
-    try:
-        kwargs = {"num_classes": num_classes} if num_classes else {}
-        net = torchvision.models.get_model(name, weights=None, **kwargs)
-    except ValueError:
-        raise RobustlabError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
-    default_mean, default_std = DATASET_STATS["imagenet"]
-    return Normalize(net, mean or default_mean, std or default_std)
-
-
-@contextlib.contextmanager
-def _cwd_importable() -> Iterator[None]:
-    """The current folder on ``sys.path`` for one import, as ``python -m`` has it; ``sys.path`` restored after."""
-    added = "" not in sys.path and os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        yield
-    finally:
-        if added and os.getcwd() in sys.path:
-            sys.path.remove(os.getcwd())
-
-
-def _load_factory(spec: str, num_classes: int | None = None) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        with _cwd_importable():
-            factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RobustlabError(
-            f"cannot import {spec!r} ({exc}); give package.module:factory importable from the current folder "
-            f"({os.getcwd()}) or from PYTHONPATH"
-        ) from None
-    kwargs = {}
-    if num_classes is not None:
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        if "num_classes" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            raise RobustlabError(f"model factory {spec!r} takes no num_classes argument; drop --num-classes")
-        kwargs["num_classes"] = num_classes
-    try:
-        model = factory(**kwargs)
-    except Exception as exc:  # the user's code: any error is theirs to fix, in one line
-        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise RobustlabError(f"model factory {spec!r} raised {type(exc).__name__}: {cause}; fix the factory") from None
-    if not isinstance(model, nn.Module):
-        raise RobustlabError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+SOURCES.register("zoo", ModelSource(_load_zoo))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robustlab.errors import CheckpointError
+from robustlab.models.build import build_model, build_spec
 from robustlab.models.digest import state_dict_digest
 from robustlab.models.mode import temporary_mode
 from robustlab.models.normalize import Normalize
@@ -85,8 +86,6 @@ def _file_state(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _build(saved: dict[str, Any]) -> nn.Module:
     """The untrained network a model file describes (its architecture, classes, input shape, normalisation)."""
-    from robustlab.models.loader import build_model, build_spec
-
     arch, num_classes = saved["arch"], saved.get("num_classes")
     if saved.get("format") != MODEL_FORMAT:  # the older {"model_state", "arch", "dataset"} files
         return build_model(arch, saved.get("dataset") or "fashion-mnist", num_classes=num_classes)
@@ -107,6 +106,18 @@ def check_weights(spec: str, saved: dict[str, Any], state: Any) -> None:
         )
 
 
+def mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """The first difference between a model's state dict and a checkpoint's, in a few words (None: they fit)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            return f"unexpected key {key!r}"
+        if hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            return f"{key!r} is {tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
+    missing = [k for k in own if k not in state]
+    return f"missing key {missing[0]!r}" if missing else None
+
+
 def model_from_file(spec: str, saved: dict[str, Any]) -> nn.Module:
     """The classifier a robustlab model file describes, with its weights."""
     if saved.get("arch") is None:
@@ -120,8 +131,6 @@ def model_from_file(spec: str, saved: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
-        from robustlab.models.checkpoint import mismatch
-
         detail = mismatch(model, state) if isinstance(state, dict) else None
         raise CheckpointError(
             f"model file {spec!r} does not fit its own architecture {saved['arch']!r} "
@@ -141,6 +150,7 @@ __all__ = [
     "count_outputs",
     "describe_file",
     "is_model_file",
+    "mismatch",
     "model_from_file",
     "save_model",
 ]
