@@ -17,9 +17,10 @@ from robustlab.errors import RobustlabError
 
 
 def interest_class_rank(logits: Tensor, labels: Tensor) -> Tensor:
-    """Rank of the interest class in the sorted logits, 1 = highest: ``1 + #{j : z_j > z_y}``."""
+    """Rank of the interest class in the sorted logits, 1 = highest: ``1 + #{j : z_j > z_y}``; a row with a NaN or
+    inf logit ranks it last (it is never "in the top k": such an output is never correct nor robust)."""
     true = logits.gather(1, labels[:, None])
-    return 1 + (logits > true).sum(dim=1)
+    return torch.where(torch.isfinite(logits).all(1), 1 + (logits > true).sum(dim=1), logits.shape[1])
 
 
 class Criterion:

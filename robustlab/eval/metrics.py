@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robustlab.criteria import interest_class_rank as _rank
+from robustlab.criteria import interest_class_rank
 from robustlab.eval.intervals import clopper_pearson
 
 __all__ = [
@@ -30,11 +30,6 @@ CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "svhn": [str(d) for d in range(10)],
 }  # fmt: skip
-
-
-def interest_class_rank(logits: Tensor, labels: Tensor) -> Tensor:
-    """Rank of the true class (1 = top); a row with a NaN or inf logit ranks it last (it is never "in the top k")."""
-    return torch.where(torch.isfinite(logits).all(1), _rank(logits, labels), logits.shape[1])
 
 
 def default_topk(num_classes: int) -> list[int]:
