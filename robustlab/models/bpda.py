@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +66,60 @@ def bpda(model: nn.Module, names: Sequence[str], backward: nn.Module | None = No
             parent._modules[leaf] = original
 
 
+def input_stage(model: nn.Module, x: Tensor) -> str | None:
+    """The first module with parameters of its own that the forward pass calls on a tensor of the input's size per
+    sample: where the input pipeline ends, whether its transforms are named modules or code inside ``forward``."""
+    calls: list[tuple[str, Tensor]] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], Tensor):
+                calls.append((name, args[0]))
+
+        return hook
+
+    owners = [(n, m) for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    hooks = [module.register_forward_pre_hook(record(name)) for name, module in owners]
+    try:
+        with torch.no_grad():
+            model(x[:1].detach())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return next((name for name, inp in calls if inp.numel() == x[:1].numel()), None)
+
+
+@contextlib.contextmanager
+def straight_through(model: nn.Module, stage: str) -> Iterator[nn.Module]:
+    """Identity backward over the whole input pipeline for the ``with`` block: the input of module ``stage`` (see
+    :func:`input_stage`) keeps its forward value and takes the gradient of the model's input unchanged, so rounding,
+    filtering or noise before it, named or inside ``forward``, is BPDA'd as a whole."""
+    modules = dict(model.named_modules())
+    if stage not in modules or not stage:
+        raise RobustlabError(f"straight-through: the model has no module {stage!r}")
+    state: dict[str, Any] = {}
+
+    def enter(module: nn.Module, args: tuple) -> None:
+        state.update(x=args[0] if args else None, done=False)
+
+    def swap(module: nn.Module, args: tuple) -> tuple | None:
+        x, inp = state.get("x"), args[0] if args else None
+        if state.get("done") or not isinstance(x, Tensor) or not isinstance(inp, Tensor) or not x.requires_grad:
+            return None
+        state["done"] = True  # once per forward pass: a module called again later keeps its own input
+        if x.numel() != inp.numel():
+            return None
+        flat = x.reshape(inp.shape).to(inp.dtype)
+        return (flat + (inp - flat).detach(), *args[1:])
+
+    hooks = [model.register_forward_pre_hook(enter), modules[stage].register_forward_pre_hook(swap)]
+    try:
+        yield model
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def masking_modules(model: nn.Module, x: Tensor) -> list[str]:
     """The leaf modules whose output carries no gradient back to their input although the input needs one (zero,
     NaN/inf or a cut graph), and whose output has the input's shape (so the identity can stand in backward)."""
@@ -99,4 +154,4 @@ def masking_modules(model: nn.Module, x: Tensor) -> list[str]:
     return found
 
 
-__all__ = ["BPDA", "bpda", "check_modules", "masking_modules"]
+__all__ = ["BPDA", "bpda", "check_modules", "input_stage", "masking_modules", "straight_through"]
