@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import Attack, AttackResult
+from robustlab.attacks.protocol import Attack, AttackBase, AttackResult, as_attack
 from robustlab.errors import RobustlabError
 from robustlab.models.bpda import bpda, straight_through
 from robustlab.threat import ThreatModel
 
 
-class BPDAAttack:
+class BPDAAttack(AttackBase):
     """``attack`` with BPDA on the modules ``modules`` (names as ``model.named_modules()`` gives them), or, with
     ``before``, the identity backward over the whole input pipeline up to module ``before``
     (:func:`~robustlab.models.bpda.straight_through`: for a transform no module name can reach)."""
@@ -27,13 +27,17 @@ class BPDAAttack:
             raise RobustlabError("BPDA needs at least one module name, e.g. modules=['preprocess']")
         if modules and before:
             raise RobustlabError("BPDA takes module names or an input stage (before=...), not both")
-        self.attack, self.modules, self.backward, self.before = attack, list(modules), backward, before
-        self.name = f"bpda-{getattr(attack, 'name', 'attack')}"
+        self.attack, self.modules, self.backward, self.before = as_attack(attack), list(modules), backward, before
+        self.name = f"bpda-{self.attack.name}"
 
     @property
     def per_sample(self) -> bool:
         """The inner attack's: whether a sample's result is independent of its batch."""
-        return bool(getattr(self.attack, "per_sample", False))
+        return self.attack.per_sample
+
+    def resolve_step_size(self, threat: ThreatModel) -> float | None:
+        """The inner attack's step size."""
+        return self.attack.resolve_step_size(threat)
 
     def config(self) -> dict:
         """The inner attack's configuration and where BPDA sits."""
