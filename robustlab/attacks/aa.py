@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ class AutoAttackNative:
     """
 
     name = "aa"
+    staged = False  # True: the evaluator runs the members as entries of their own (see DefaultProtocol)
 
     def __init__(self, members: dict[str, Attack], missing: Sequence[str] = ()) -> None:
         if not members:
@@ -57,11 +59,23 @@ class AutoAttackNative:
     ) -> AutoAttackNative:
         """AutoAttack standard's members built by ``build(spec, **options)`` (the registry's ``attack_from_spec``)
         from those of ``registered()`` names; an option applies where a member takes it (``None``: its default)."""
-        names = {n.lower() for n in registered()}
         shared = {"seed": seed, "early_stop": early_stop, "memory_format": memory_format, "precision": precision}
+        return cls.from_specs(STANDARD, build, registered, **shared)
+
+    @classmethod
+    def from_specs(
+        cls,
+        stages: Sequence[Sequence[tuple[str, str]]],
+        build: Callable[..., Attack],
+        registered: Callable[[], list[str]],
+        **shared: Any,
+    ) -> AutoAttackNative:
+        """The members ``stages`` lists (per stage, ``(registry name, spec)`` alternatives in order), each built by
+        ``build(spec, **shared)`` from the first alternative ``registered()`` names; a stage with none is missing."""
+        names = {n.lower() for n in registered()}
         members: dict[str, Attack] = {}
         missing: list[str] = []
-        for choices in STANDARD:
+        for choices in stages:
             spec = next((spec for name, spec in choices if name in names), None)
             if spec is None:
                 missing.append(" or ".join(name for name, _ in choices))

@@ -25,6 +25,7 @@ from typing import Any
 from robustlab.attacks.aa import AutoAttackNative
 from robustlab.attacks.adapters import AUTOATTACK_ATTACKS, AutoAttack, TorchattacksAttack
 from robustlab.attacks.apgd import APGD, APGDTargeted
+from robustlab.attacks.default import DefaultProtocol
 from robustlab.attacks.fmn import FMN
 from robustlab.attacks.presets import FGSM, IFGSM, MIFGSM, PGD
 from robustlab.attacks.protocol import Attack
@@ -241,6 +242,8 @@ register("fmn", FMN, "fast minimum-norm: each sample's smallest perturbation, st
          skips=("steps",))  # fmt: skip
 AA = functools.partial(AutoAttackNative.standard, attack_from_spec, attack_names)  # members built from this registry
 register("aa", AA, "native AutoAttack standard: apgd, apgd-t, fmn, square on what is still robust")
+DEFAULT = functools.partial(DefaultProtocol.standard, attack_from_spec, attack_names)  # robustlab eval's default
+register("default", DEFAULT, "robustlab eval's default: apgd, then apgd-t (2 MALT targets) on what is still robust")
 register("autoattack", AutoAttack.from_variant, "pyautoattack: standard, plus, rand", "optional")
 register("torchattacks", TorchattacksAttack, "any torchattacks attack by class name", "required")
 

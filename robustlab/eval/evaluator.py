@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from robustlab.attacks.default import stage_entries
 from robustlab.attacks.protocol import Attack, check_labels, model_logits, untouched
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
@@ -77,6 +78,7 @@ class Evaluator:
             for i, attack in enumerate(attacks):
                 name = getattr(attack, "name", f"attack{i}")
                 self.attacks[name if name not in self.attacks else f"{name}{i}"] = attack
+        self.attacks = stage_entries(self.attacks) if only_robust else self.attacks  # a protocol chains its own else
         self.threat = threat
         self.batch_size = batch_size
         self.only_robust = only_robust
@@ -147,15 +149,10 @@ class Evaluator:
         return dict(sorted(done.items()))
 
     def _batches(self, data: Dataset | tuple[Tensor, Tensor], which: list[int]) -> Iterable[tuple[Tensor, Tensor]]:
-        size = self.batch_size
+        size, n = self.batch_size, len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
         if isinstance(data, tuple):
-            x, y = data
-            batches: Iterable = ((x[b * size : (b + 1) * size], y[b * size : (b + 1) * size]) for b in which)
-        else:
-            n = len(data)  # type: ignore[arg-type]
-            sampler = [list(range(b * size, min(n, (b + 1) * size))) for b in which]
-            batches = DataLoader(data, batch_sampler=sampler)
-        return batches
+            return ((data[0][b * size : (b + 1) * size], data[1][b * size : (b + 1) * size]) for b in which)
+        return DataLoader(data, batch_sampler=[list(range(b * size, min(n, (b + 1) * size))) for b in which])
 
     def predict(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The logits the evaluator judges: one pass, or the mean logits / vote shares of ``predictions`` passes. A
@@ -221,7 +218,7 @@ class Evaluator:
             result.seconds[name] = time.perf_counter() - start
             robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
-            result.success[name] = (success & ~carried).cpu()
+            result.broken[name] = (success & ~carried).cpu()
             result.criterion[name] = (criterion & ~carried).cpu()
             result.adv_logits[name] = logits.cpu()
             result.robust_after[name] = (robust & ~carried).cpu()
@@ -315,8 +312,8 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
     )
     for name in names:
         merged.attacked[name] = cat([p.attacked[name] for p in parts])
-        merged.success[name] = cat([p.success[name] for p in parts])
-        merged.criterion[name] = cat([p.criterion.get(name, p.success[name]) for p in parts])
+        merged.broken[name] = cat([p.broken[name] for p in parts])
+        merged.criterion[name] = cat([p.criterion.get(name, p.broken[name]) for p in parts])
         merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
         merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
         merged.seconds[name] = sum(p.seconds[name] for p in parts)
