@@ -18,7 +18,7 @@ def two_runs(tmp_path_factory):
     """The same model attacked at two radii: two attack run folders."""
     root = tmp_path_factory.mktemp("runs")
     for eps in (0.05, 0.1):
-        config = AttackConfig("fgsm", eps=eps, batch_size=100)
+        config = AttackConfig("fgsm", eps, batch_size=100)
         run_attack("zoo:fmnist-cnn", DataSource("fashion-mnist", n=100), config, root / f"fgsm-{eps}")
     return root / "fgsm-0.05", root / "fgsm-0.1"
 

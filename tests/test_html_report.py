@@ -81,7 +81,7 @@ def eval_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def attack_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "attack"
-    report = run_attack("zoo:fmnist-cnn", DATA, AttackConfig("pgd", eps=0.1, steps=3, batch_size=60), out)
+    report = run_attack("zoo:fmnist-cnn", DATA, AttackConfig("pgd", 0.1, steps=3, batch_size=60), out)
     return out, report
 
 
@@ -134,7 +134,7 @@ def test_attack_gallery_renders_and_each_tile_tells_what_its_image_does(attack_r
 
 def test_robustlab_report_rebuilds_html_and_markdown_without_recomputing(eval_run, attack_run, tmp_path, capsys):
     transfer = tmp_path / "transfer"
-    run_transfer(["zoo:fmnist-cnn"], ["zoo:fmnist-mlp"], DATA, TransferConfig(eps=0.1, attacks="fgsm"), transfer)
+    run_transfer(["zoo:fmnist-cnn"], ["zoo:fmnist-mlp"], DATA, TransferConfig(0.1, attacks="fgsm"), transfer)
     for out in (eval_run[0], attack_run[0], transfer):
         before = {name: (out / name).read_bytes() for name in ("report.md", HTML_FILE)}
         assert_self_contained(before[HTML_FILE].decode())

@@ -40,9 +40,9 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("runs")
     config = EvalConfig(eps=(0.1,), attacks="fgsm", sanity_n=0, batch_size=40)
     found = {"eval": (root / "eval", run_evaluation("zoo:fmnist-cnn", DATA, config, root / "eval"))}
-    attack = run_attack("zoo:fmnist-cnn", DATA, AttackConfig("fgsm", eps=0.1, batch_size=40), root / "attack")
+    attack = run_attack("zoo:fmnist-cnn", DATA, AttackConfig("fgsm", 0.1, batch_size=40), root / "attack")
     found["attack"] = (root / "attack", attack)
-    config = TransferConfig(eps=0.1, attacks="fgsm")
+    config = TransferConfig(0.1, attacks="fgsm")
     found["transfer"] = (root / "transfer", run_transfer(["zoo:fmnist-cnn"], ["zoo:fmnist-mlp"], DATA, config,
                                                          root / "transfer"))  # fmt: skip
     args = ["train", "--method", "fgsm-rs", "--model", "cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
@@ -185,11 +185,13 @@ def test_a_new_report_kind_is_one_class_and_one_line(runs, tmp_path, capsys):
         "toy score", "25.00", "-"]  # fmt: skip
 
 
-def test_a_kind_not_loaded_here_is_one_line(tmp_path, cli_error):
+def test_a_kind_not_loaded_here_is_one_line(runs, tmp_path, cli_error):
     (tmp_path / "report.json").write_text(json.dumps({"kind": "mystery", "history": [], "epochs_done": 0}))
     with pytest.raises(RobustlabError, match="import robustlab.report_kinds"):
         report_from_dict(saved(tmp_path))
     cli_error(["report", tmp_path], "mystery", "robustlab.report_kinds")
+    (tmp_path / "report.json").write_text(json.dumps({"kind": "unheard-of", "score": 1.0}))  # no key of any kind
+    cli_error(["compare", tmp_path, runs["attack"][0]], "'unheard-of' report", "not loaded here")
 
 
 def test_reports_import_no_report_kind_and_no_package_cycle_remains():

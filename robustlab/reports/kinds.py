@@ -77,7 +77,21 @@ def legacy_kind(data: dict[str, Any]) -> str:
 def report_kind(data: dict[str, Any]) -> str:
     """The kind of a ``report.json`` (``eval``, ``attack``, ``transfer``, a training command, or a registered one)."""
     kind = data.get("kind")
-    return kind if isinstance(kind, str) and kind in REPORTS else legacy_kind(data)
+    if isinstance(kind, str) and kind in REPORTS:
+        return kind
+    try:
+        return legacy_kind(data)
+    except RobustlabError:
+        if isinstance(kind, str):  # a kind of its own, whose class is not loaded
+            raise _not_loaded(kind) from None
+        raise
+
+
+def _not_loaded(kind: str) -> RobustlabError:
+    return RobustlabError(
+        f"report.json holds a {kind!r} report, a kind not loaded here; import robustlab.report_kinds (every kind "
+        "robustlab has) or the module that defines it"
+    )
 
 
 def report_from_dict(data: dict[str, Any]) -> Report:
@@ -85,10 +99,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
     is (a kind robustlab does not load here) or the file is damaged."""
     kind = report_kind(data)
     if kind not in REPORTS:
-        raise RobustlabError(
-            f"report.json holds a {kind!r} report, a kind not loaded here; import robustlab.report_kinds (every kind "
-            "robustlab has) or the module that defines it"
-        )
+        raise _not_loaded(kind)
     try:
         return REPORTS[kind].from_dict(data)
     except RobustlabError as exc:
