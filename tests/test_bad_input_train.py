@@ -69,7 +69,6 @@ def _cases(f) -> list[tuple[str, list[str], tuple[str, ...]]]:
         "train": [
             *model_files,
             (["--step-size", "-0.1"], ("--step-size", "must be > 0")),
-            (["--alpha", "-0.1"], ("--alpha", "must be > 0")),
             (["--noise-sigma", "nan"], ("--noise-sigma", "finite")),
             (["--noise-sigma", "-1"], ("--noise-sigma", ">= 0")),
             (["--method", "n-fgsm", "--noise-multiple", "-1"], ("--noise-multiple", ">= 0")),

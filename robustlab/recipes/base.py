@@ -57,6 +57,7 @@ class TrainingRunConfig:
     tensorboard: bool = False
     checkpoint: str | None = None  # weights of the model (teacher, encoder) this run starts from: as SPEC@FILE
     trust_checkpoint: bool = False  # load model files with weights_only=False (only files you trust)
+    export: str | None = None  # also save the final model's state dict here
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change the result (every field but :data:`RESUME_NEUTRAL`), with the content digest of

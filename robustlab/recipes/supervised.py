@@ -37,7 +37,6 @@ class ATConfig(TrainingRunConfig):
     eval_steps: int = 50
     eval_restarts: int = 10
     autoattack: bool = False
-    export: str | None = None  # also save the final state dict here
 
     def build(self, device: torch.device) -> TrainingSetup:
         """The method, the model (fresh or loaded), the CO monitor and the final evaluation."""
@@ -69,7 +68,7 @@ class ATConfig(TrainingRunConfig):
         config = self.train_config(best_metric="monitor_pgd_acc" if self.monitor_n > 0 else None)
         name = describe(self.model)
         return TrainingSetup(
-            model, method, train_set, config, callbacks, evaluation, export=self.export, num_classes=classes,
+            model, method, train_set, config, callbacks, evaluation, num_classes=classes,
             curves_title=f"{method.name}, eps={threat.eps:.4g}", report={"model": name, "dataset": self.dataset},
             model_file={"arch": arch, "dataset": self.dataset, "stage": "train", "method": self.method},
             banner=f"training {name} on {self.dataset} with {method.name} ({threat.norm} eps={threat.eps:.4g})"

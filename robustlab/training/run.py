@@ -1,15 +1,14 @@
 """One training run in a run folder, shared by every training command (``train``, ``ssl``, ``deacl``, ``pseudo-at``,
-``finetune``): join torchrun's process group, lock ``OUT`` and check ``--resume`` against the settings that change
-the result, build what is trained on the run's device, check that the model fits the data, train through the one
-loop, write ``model.pt`` (a model file naming its architecture, classes and normalisation), evaluate through
-the evaluator and write the report. :func:`run_training` is the call.
+``finetune``), through the one executor (:mod:`robustlab.executor`: torchrun's process group, the run folder and its
+``--resume`` check against the config's fingerprint, the report files): build what is trained on the run's device,
+check that the model fits the data, train through the one loop, write ``model.pt`` (a model file naming its
+architecture, classes and normalisation) and evaluate through the evaluator. :func:`run_training` is the call.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ from torch.utils.data import Dataset
 
 from robustlab.errors import RobustlabError
 from robustlab.eval.report import EvalReport
+from robustlab.executor import Run, execute
 from robustlab.io import RUN_FILE
 from robustlab.models.mode import temporary_mode
-from robustlab.runs import check_not_in_run, check_writable_file
 from robustlab.training.context import Callback
-from robustlab.training.loop import TrainConfig, train
+from robustlab.training.loop import TrainConfig, TrainResult, train
 from robustlab.training.method import Method
 from robustlab.training.report import FinalEvaluation, TrainReport, plot_curves
 
@@ -48,7 +47,6 @@ class TrainingSetup:
     save_model: Callable[[Path], None] | None = None  # writes OUT/model.pt itself (default: the model file below)
     model_file: dict[str, Any] = field(default_factory=dict)  # arch, dataset, ...: what OUT/model.pt records
     saved: nn.Module | None = None  # the classifier OUT/model.pt holds (default: model)
-    export: str | os.PathLike | None = None  # also save the final state dict here
     curves_title: str | None = None  # plot OUT/curves.png (the CO monitor's accuracies) under this title
     summary_keys: tuple[str, ...] = ()  # last-epoch stats for the summary table
     fits: tuple[nn.Module, ...] = ()  # further models (teachers) that must take the training images
@@ -102,25 +100,23 @@ def check_fits(model: nn.Module, train_set: Dataset, device: torch.device, num_c
         )
 
 
-def _finish_run(
-    setup: TrainingSetup, result: Any, out: Path, device: torch.device, command: str | None
-) -> EvalReport | None:
+def _finish_run(setup: TrainingSetup, result: TrainResult, run: Run) -> EvalReport | None:
     """Rank 0 after training: model.pt (a self-describing model file; the export a state dict), curves, the final
     evaluation."""
-    from robustlab.io import atomic_torch_save
     from robustlab.models import save_model
 
+    out = run.path
     if setup.save_model is not None:
         setup.save_model(out / "model.pt")
     else:
         shape = tuple(setup.train_set[0][0].shape)
         info = {"arch": None, **setup.model_file}
-        save_model(out / "model.pt", setup.saved or setup.model, input_shape=shape, command=command, **info)
-    if setup.export:
-        atomic_torch_save(setup.model.state_dict(), setup.export)
+        save_model(out / "model.pt", setup.saved or setup.model, input_shape=shape, command=run.command_line, **info)
+    if run.export is not None:
+        run.save_export(setup.model.state_dict())
     if setup.curves_title is not None and result.history:
         plot_curves(result.history, out / "curves.png", title=setup.curves_title)
-    return setup.evaluation.run(setup.model, device) if setup.evaluation is not None else None
+    return setup.evaluation.run(setup.model, run.device) if setup.evaluation is not None else None
 
 
 class TrainingRun(Protocol):
@@ -128,6 +124,7 @@ class TrainingRun(Protocol):
 
     kind: ClassVar[str]
     trust_checkpoint: bool
+    export: str | None  # also save the final state dict here
 
     def fingerprint(self) -> dict[str, Any]: ...
 
@@ -168,48 +165,36 @@ def run_training(
     kind and fingerprint (one error line names the fields that differ), and a folder holding a run is never written
     over without ``overwrite``. ``on_start`` and ``on_epoch`` are called on rank 0 (e.g. to print).
     """
-    from robustlab.distributed import barrier, broadcast_object, init_distributed, shard_device
-    from robustlab.distributed import finish as leave_process_group
-    from robustlab.io import environment
-    from robustlab.runs import RunFolder
-
-    started = time.time()
     kind, settings = config.kind, config.fingerprint()
     if resume:
         check_resumable(out, kind)
-    shard = init_distributed(resolve_device(device))
-    try:
-        folder = RunFolder(out, kind, settings, resume=resume, overwrite=overwrite, is_main=shard.is_main,
-                           barrier=lambda: barrier(shard),
-                           share=lambda value: broadcast_object(value, shard))  # fmt: skip
-        with folder:
-            run_device = shard_device(resolve_device(device), shard)
-            setup = config.build(run_device)
-            for model in (setup.model, *setup.fits):
-                check_fits(model, setup.train_set, run_device, setup.num_classes if model is setup.model else None)
-            if setup.export:  # a folder or an unwritable path is refused now, not after the training
-                check_not_in_run(setup.export, folder, "--export", RUN_WRITES)
-                setup.export = check_writable_file(folder.inside(setup.export), "--export")
-            if on_start is not None and shard.is_main:
-                on_start(setup)
-            result = train(setup.model, setup.method, setup.train_set, setup.config, folder.path, resume=resume,
-                           callbacks=setup.callbacks, device=run_device, on_epoch=on_epoch,
-                           trust_checkpoint=config.trust_checkpoint)  # fmt: skip
-            if not shard.is_main:
-                return None
-            evaluation = _finish_run(setup, result, folder.path, run_device, command_line)
-            report = TrainReport(
-                kind, {**setup.method.config(), **setup.method_info}, asdict(setup.config), result.history,
-                result.epochs_done, result.best_epoch, result.stop_reason, result.train_seconds, evaluation,
-                setup.summary_keys,
-                {**setup.report, "co_events": [e for c in setup.callbacks for e in getattr(c, "events", [])],
-                 "train_samples": len(setup.train_set), "world_size": shard.world, "settings": settings,
-                 "wall_time_s": round(time.time() - started, 3), "environment": environment(command_line)},
-            )  # fmt: skip
-            report.write(folder.path)
-            return report
-    finally:
-        leave_process_group(shard)
+
+    def build(run: Run) -> TrainingSetup:
+        setup = config.build(run.device)
+        for model in (setup.model, *setup.fits):  # refused before the folder is taken
+            check_fits(model, setup.train_set, run.device, setup.num_classes if model is setup.model else None)
+        return setup
+
+    def work(run: Run, setup: TrainingSetup) -> TrainReport | None:
+        if on_start is not None and run.shard.is_main:
+            on_start(setup)
+        result = train(setup.model, setup.method, setup.train_set, setup.config, run.path, resume=resume,
+                       callbacks=setup.callbacks, device=run.device, on_epoch=on_epoch,
+                       trust_checkpoint=config.trust_checkpoint)  # fmt: skip
+        if not run.shard.is_main:
+            return None
+        evaluation = _finish_run(setup, result, run)
+        return TrainReport(
+            kind, {**setup.method.config(), **setup.method_info}, asdict(setup.config), result.history,
+            result.epochs_done, result.best_epoch, result.stop_reason, result.train_seconds, evaluation,
+            setup.summary_keys,
+            {**setup.report, "co_events": [e for c in setup.callbacks for e in getattr(c, "events", [])],
+             "train_samples": len(setup.train_set), "world_size": run.shard.world, "settings": settings},
+        )  # fmt: skip
+
+    return execute(kind, build, work, out, fingerprint=settings, resume=resume, overwrite=overwrite, distributed=True,
+                   export=("--export", config.export, RUN_WRITES), device=resolve_device(device),
+                   command_line=command_line)  # fmt: skip
 
 
 __all__ = ["TrainingRun", "TrainingSetup", "check_fits", "check_resumable", "resolve_device", "run_training",
