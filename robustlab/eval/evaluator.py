@@ -218,7 +218,7 @@ class Evaluator:
             result.seconds[name] = time.perf_counter() - start
             robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
-            result.broken[name] = (success & ~carried).cpu()
+            result.success[name] = (success & ~carried).cpu()
             result.criterion[name] = (criterion & ~carried).cpu()
             result.adv_logits[name] = logits.cpu()
             result.robust_after[name] = (robust & ~carried).cpu()
@@ -312,8 +312,8 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
     )
     for name in names:
         merged.attacked[name] = cat([p.attacked[name] for p in parts])
-        merged.broken[name] = cat([p.broken[name] for p in parts])
-        merged.criterion[name] = cat([p.criterion.get(name, p.broken[name]) for p in parts])
+        merged.success[name] = cat([p.success[name] for p in parts])
+        merged.criterion[name] = cat([p.criterion.get(name, p.success[name]) for p in parts])
         merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
         merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
         merged.seconds[name] = sum(p.seconds[name] for p in parts)
