@@ -47,11 +47,11 @@ def test_early_stopped_pgd_is_never_weaker_than_the_final_iterate(which, eps, zo
 def test_the_evaluator_stops_early_by_default_and_training_does_not(zoo_cnn, fmnist_batch):
     from robustlab.eval.run import EvalConfig
 
-    attacks = EvalConfig(eps=0.03, attacks="pgd,fgsm,autoattack").build_attacks()
+    attacks = EvalConfig(eps=0.03, attacks="pgd,fgsm,autoattack").build()
     assert attacks["pgd"].early_stop and attacks["fgsm"].early_stop
-    assert not EvalConfig(eps=0.03, attacks="pgd", early_stop=False).build_attacks()["pgd"].early_stop
-    assert not EvalConfig(eps=0.03, attacks="pgd", topk=(1, 3)).build_attacks()["pgd"].early_stop  # ranks need it
-    assert not EvalConfig(eps=0.03, attacks="pgd", predictions=5).build_attacks()["pgd"].early_stop  # random model
+    assert not EvalConfig(eps=0.03, attacks="pgd", early_stop=False).build()["pgd"].early_stop
+    assert not EvalConfig(eps=0.03, attacks="pgd", topk=(1, 3)).build()["pgd"].early_stop  # ranks need it
+    assert not EvalConfig(eps=0.03, attacks="pgd", predictions=5).build()["pgd"].early_stop  # random model
     x, y = fmnist_batch(64)
     pgd = PGD(steps=5, seed=1, keyed_start=False)  # perturb draws its starts for the batch
     assert not pgd.early_stop  # an attack built in Python, and training's inner maximisation, run every step

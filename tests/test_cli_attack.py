@@ -20,7 +20,7 @@ BASE = ["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--
 def test_attack_writes_report_and_adversarial_examples(tmp_path, capsys):
     adv = tmp_path / "adv.pt"
     code = main(
-        [*BASE, "--n", "200", "--attack", "pgd", "--eps", "0.1", "--out", str(tmp_path), "--save-adv", str(adv)]
+        [*BASE, "--n", "200", "--attacks", "pgd", "--eps", "0.1", "--out", str(tmp_path), "--save-adv", str(adv)]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -45,14 +45,14 @@ def test_attack_writes_report_and_adversarial_examples(tmp_path, capsys):
 
 
 def test_fgsm_with_fraction_eps_and_l2(tmp_path):
-    assert main([*BASE, "--n", "64", "--attack", "fgsm", "--eps", "8/255", "--out", str(tmp_path)]) == 0
+    assert main([*BASE, "--n", "64", "--attacks", "fgsm", "--eps", "8/255", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["threat"]["eps"] == pytest.approx(8 / 255)
-    l2 = [*BASE, "--n", "64", "--attack", "pgd", "--norm", "l2", "--eps", "1.0", "--out", str(tmp_path), "--overwrite"]
+    l2 = [*BASE, "--n", "64", "--attacks", "pgd", "--norm", "l2", "--eps", "1.0", "--out", str(tmp_path), "--overwrite"]
     assert main(l2) == 0
 
 
 def test_a_second_run_on_the_same_out_needs_overwrite(tmp_path, cli_error):
-    args = [*BASE, "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path)]
+    args = [*BASE, "--n", "8", "--attacks", "fgsm", "--eps", "0.1", "--out", str(tmp_path)]
     assert main(args) == 0
     first = (tmp_path / "report.json").read_text()
     # refused before the model loads (a model that does not exist is not even looked at)
@@ -67,13 +67,13 @@ def test_a_second_run_on_the_same_out_needs_overwrite(tmp_path, cli_error):
 
 def test_a_folder_another_run_holds_is_refused_naming_it(tmp_path, cli_error):
     with RunFolder(tmp_path, "attack", {}):  # a run in progress on --out
-        args = [*BASE, "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path), "--overwrite"]
+        args = [*BASE, "--n", "8", "--attacks", "fgsm", "--eps", "0.1", "--out", str(tmp_path), "--overwrite"]
         cli_error(args, "in use by another robustlab run", f"PID {os.getpid()}")
     assert not (tmp_path / "report.json").exists()
 
 
 def test_targeted_from_cli(tmp_path, capsys):
-    args = [*BASE, "--n", "64", "--attack", "pgd", "--eps", "0.2", "--steps", "20", "--target", "random"]
+    args = [*BASE, "--n", "64", "--attacks", "pgd", "--eps", "0.2", "--steps", "20", "--target", "random"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["attack_success_rate"] > 0.8
 
@@ -81,15 +81,15 @@ def test_targeted_from_cli(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--attack", "deepfool", "--eps", "0.1"], "unknown attack"),
-        (["--attack", "pgd", "--loss", "hinge", "--eps", "0.1"], "unknown loss"),
-        (["--attack", "pgd", "--norm", "l7", "--eps", "0.1"], "unknown norm"),
-        (["--attack", "pgd", "--eps", "-0.1"], "eps must be"),
-        (["--attack", "pgd", "--eps", "0.1", "--step-size", "0"], "must be > 0"),
-        (["--attack", "pgd", "--eps", "0.1", "--n", "20000"], "out of range"),
-        (["--attack", "pgd", "--eps", "0.1", "--n", "0"], "out of range"),
-        (["--attack", "pgd", "--eps", "0.1", "--bounds", "0.2,0.8"], "outside the bounds"),
-        (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "exactly one step"),
+        (["--attacks", "deepfool", "--eps", "0.1"], "unknown attack"),
+        (["--attacks", "pgd", "--loss", "hinge", "--eps", "0.1"], "unknown loss"),
+        (["--attacks", "pgd", "--norm", "l7", "--eps", "0.1"], "unknown norm"),
+        (["--attacks", "pgd", "--eps", "-0.1"], "eps must be"),
+        (["--attacks", "pgd", "--eps", "0.1", "--step-size", "0"], "must be > 0"),
+        (["--attacks", "pgd", "--eps", "0.1", "--n", "20000"], "out of range"),
+        (["--attacks", "pgd", "--eps", "0.1", "--n", "0"], "out of range"),
+        (["--attacks", "pgd", "--eps", "0.1", "--bounds", "0.2,0.8"], "outside the bounds"),
+        (["--attacks", "fgsm", "--eps", "0.1", "--steps", "5"], "exactly one step"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(capsys, extra, message):
@@ -121,7 +121,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys, extra, message):
     ],
 )
 def test_bad_models_and_data_exit_2(capsys, args, message):
-    code = main(["attack", *args, "--n", "32", "--attack", "pgd", "--eps", "0.1", "--no-progress"])
+    code = main(["attack", *args, "--n", "32", "--attacks", "pgd", "--eps", "0.1", "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
@@ -141,7 +141,7 @@ def test_corrupt_checkpoint_exit_2(tmp_path, capsys):
             "fashion-mnist",
             "--n",
             "8",
-            "--attack",
+            "--attacks",
             "fgsm",
             "--eps",
             "0.1",

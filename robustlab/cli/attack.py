@@ -6,21 +6,9 @@ import argparse
 import sys
 
 from robustlab.attacks import attack_help
-from robustlab.cli.common import (
-    add_data_args,
-    add_model_args,
-    add_run_args,
-    add_threat_args,
-    data_source,
-    model_source,
-    positive_float,
-    positive_int,
-    resolve_device,
-    topk_list,
-)
+from robustlab.cli import common as c
 from robustlab.errors import RobustlabError
 from robustlab.eval import AttackConfig, run_attack
-from robustlab.losses import loss_names
 
 EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attacks pgd --eps 0.1"
 
@@ -32,45 +20,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Attack every sample of a dataset split and report clean accuracy, (top-1) robust accuracy, "
         f"attack success rate and top-k statistics (table on stdout, OUT/report.json). Example: {EXAMPLE}",
     )
-    add_model_args(p)
-    add_data_args(p)
+    c.add_model_args(p)
+    c.add_data_args(p)
     p.add_argument("--attacks", dest="attack", metavar="SPEC", help=f"the attack (one spec; required): {attack_help()}")
-    p.add_argument("--attack", dest="attack", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # before 0.2
-    p.add_argument("--loss", help=f"attack loss: {', '.join(loss_names())} (default: the attack's, ce)")
-    add_threat_args(p)
-    p.add_argument("--steps", type=positive_int, help="gradient steps (default: 10; fgsm: 1)")
-    p.add_argument(
-        "--step-size",
-        type=positive_float,
-        help="step size (default: pgd 2.5*eps/steps, ifgsm/mifgsm eps/steps, fgsm eps)",
-    )
-    p.add_argument("--restarts", type=positive_int, help="random restarts of pgd (default: 1)")
     p.add_argument(
         "--target", help="targeted attack towards a class index, 'random' or 'least-likely' (default: untargeted)"
     )
     p.add_argument(
-        "--topk", type=topk_list, help="k's for top-k ASR and robust accuracy (default: 1,2,3,5; 1,5,10 for >10)"
+        "--topk", type=c.topk_list, help="k's for top-k ASR and robust accuracy (default: 1,2,3,5; 1,5,10 for >10)"
     )
     p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file (default: not)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    add_run_args(p, out_default="runs/attack")
+    c.add_batch_args(p)
+    c.add_threat_args(p)
+    c.add_attack_args(p)
+    c.add_run_args(p, out_default="runs/attack")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.attack is None:
         raise RobustlabError("give the attack: --attacks SPEC (e.g. --attacks pgd); see robustlab attack --help")
-    config = AttackConfig(
-        args.attack, args.eps, args.norm, args.bounds, target=args.target,
-        topk=tuple(args.topk) if args.topk else None, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-        step_size=args.step_size, loss=args.loss, restarts=args.restarts,
-        extra={k: v for k, v in vars(args).items() if k != "run"},
-    )  # fmt: skip
+    config = AttackConfig(args.attack, c.threat_of(args), target=args.target, topk=c.topk_tuple(args),
+                          **c.attack_defaults(args))  # fmt: skip
     report = run_attack(
-        model_source(args),
-        data_source(args, args.model),
-        config, args.out, save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
-        device=resolve_device(args.device), command_line=args.command_line,
+        c.model_source(args), c.data_source(args, args.model), config, args.out, save_adv=args.save_adv,
+        overwrite=args.overwrite, progress=not args.no_progress, device=c.resolve_device(args.device),
+        command_line=args.command_line,
     )  # fmt: skip
     loss = report.attack.get("loss")
     setting = f"{report.name}{f' ({loss})' if loss else ''}, {report.threat['norm']} eps={report.threat['eps']:.4g}"

@@ -7,35 +7,15 @@ import argparse
 import sys
 
 from robustlab.attacks import attack_help
-from robustlab.cli.common import (
-    add_data_args,
-    add_model_args,
-    add_run_args,
-    bounds_value,
-    data_source,
-    eps_value,
-    model_source,
-    positive_float,
-    positive_int,
-    resolve_device,
-    topk_list,
-)
+from robustlab.cli import common as c
 from robustlab.eval import EvalConfig, EvalReport, run_evaluation
 from robustlab.eval.intervals import format_interval
 from robustlab.io import markdown_table
-from robustlab.losses import loss_names
 
 EXAMPLE = (
     "robustlab eval --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --eps 0.02,0.05,0.1 "
     "--attacks pgd,autoattack --out runs/eval"
 )
-
-
-def eps_list(text: str) -> list[float]:
-    values = [eps_value(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one eps, e.g. --eps 0.1 or --eps 0.02,0.05,0.1")
-    return values
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,19 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "report.json, report.md and plots. Resumable with --resume; shard with torchrun --nproc_per_node=N -m "
         f"robustlab -- eval ... Example: {EXAMPLE}",
     )
-    add_model_args(p)
-    add_data_args(p)
-    p.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
-    p.add_argument("--eps", required=True, type=eps_list, help="one or more radii, e.g. 8/255 or 0.02,0.05,0.1")
-    p.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI", help="input range (default: 0,1)")
+    c.add_model_args(p)
+    c.add_data_args(p)
+    c.add_threat_args(p, many=True)
     p.add_argument(
-        "--attacks", default="pgd,autoattack", help=f"run in order: {attack_help()} (default: pgd,autoattack)"
+        "--attacks", default="default", help=f"run in order: {attack_help()} (default: default: apgd, apgd-t)"
     )
-    p.add_argument("--steps", type=positive_int, help="steps of the gradient attacks (default: 10)")
-    p.add_argument("--step-size", type=positive_float, help="step size of the gradient attacks (default: per attack)")
-    p.add_argument("--restarts", type=positive_int, help="restarts of pgd (default: 1)")
-    p.add_argument("--loss", help=f"loss of the gradient attacks: {', '.join(loss_names())} (default: ce)")
-    p.add_argument("--topk", type=topk_list, help="k's of the top-k metrics (default: 1,2,3,5; 1,5,10 for >10 classes)")
+    c.add_attack_args(p)
+    p.add_argument("--topk", type=c.topk_list, help="k's of the top-k metrics (default: 1,2,3,5; 1,5,10 for >10)")
     p.add_argument(
         "--all-samples",
         action="store_true",
@@ -77,32 +52,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "Square, EOT-PGD, more steps); off: the plain protocol, the headline marked unreliable")  # fmt: skip
     p.add_argument("--bpda", default="", metavar="NAME[,NAME]", help="modules run as they are forward and as the "
                    "identity backward, for every attack (BPDA), e.g. --bpda preprocess")  # fmt: skip
-    p.add_argument("--predictions", type=positive_int, default=1, help="forward passes per prediction of a "
+    p.add_argument("--predictions", type=c.positive_int, default=1, help="forward passes per prediction of a "
                    "randomised model (default 1; raised by the adaptive step for a random forward pass)")  # fmt: skip
     p.add_argument("--vote", default="mean", choices=("mean", "majority"), help="how repeated passes decide")
     p.add_argument("--surrogate", help="model spec (SPEC@FILE: with the weights in FILE) the adaptive step crafts "
                    "transfer attacks on, for zero gradients (default: none)")
-    p.add_argument("--resume", action="store_true", help="reuse the finished batches saved in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    add_run_args(p, out_default="runs/eval")
+    c.add_batch_args(p)
+    c.add_run_args(p, out_default="runs/eval", resume=True)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = EvalConfig(
-        eps=tuple(args.eps), attacks=args.attacks, norm=args.norm, bounds=args.bounds,
-        topk=tuple(args.topk) if args.topk else None, only_robust=not args.all_samples, batch_size=args.batch_size,
-        seed=args.seed, sanity_n=args.sanity_n, steps=args.steps, step_size=args.step_size, loss=args.loss,
-        restarts=args.restarts, plots=not args.no_plots, eps_protocol=args.eps_protocol, adaptive=args.adaptive,
-        bpda=args.bpda, predictions=args.predictions, vote=args.vote, surrogate=args.surrogate,
-        extra={k: v for k, v in vars(args).items() if k != "run"},
+        tuple(args.eps), c.threat_of(args), attacks=args.attacks, topk=c.topk_tuple(args),
+        only_robust=not args.all_samples, sanity_n=args.sanity_n, plots=not args.no_plots,
+        eps_protocol=args.eps_protocol, adaptive=args.adaptive, bpda=args.bpda, predictions=args.predictions,
+        vote=args.vote, surrogate=args.surrogate, **c.attack_defaults(args),
     )  # fmt: skip
     report = run_evaluation(
-        model_source(args),
-        data_source(args, args.model),
-        config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        device=resolve_device(args.device), command_line=args.command_line,
+        c.model_source(args), c.data_source(args, args.model), config, args.out, resume=args.resume,
+        overwrite=args.overwrite, progress=not args.no_progress, device=c.resolve_device(args.device),
+        command_line=args.command_line,
     )  # fmt: skip
     if report.rank == 0:
         print_report(report)

@@ -6,18 +6,9 @@ import argparse
 import sys
 
 from robustlab.attacks import attack_help
-from robustlab.cli.common import (
-    add_data_args,
-    add_run_args,
-    add_threat_args,
-    data_source,
-    positive_float,
-    positive_int,
-    resolve_device,
-    topk_list,
-)
+from robustlab.cli import common as c
 from robustlab.eval import TransferConfig, run_transfer
-from robustlab.eval.transfer_run import DEFAULT_ATTACKS
+from robustlab.eval.configs import DEFAULT_TRANSFER_ATTACKS
 
 EXAMPLE = (
     "robustlab transfer --source zoo:fmnist-cnn --targets zoo:fmnist-cnn-s1,zoo:fmnist-mlp "
@@ -35,34 +26,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"OUT/topk_curves.png. Example: {EXAMPLE}",
     )
     p.add_argument(
-        "--source",
-        action="append",
-        required=True,
-        metavar="SPEC[,SPEC...]",
+        "--source", action="append", required=True, metavar="SPEC[,SPEC...]",
         help="a surrogate model spec (SPEC@FILE: with the weights in FILE, e.g. torchvision:resnet18@r18.pt); "
         "several specs joined by commas form one ensemble (averaged logits); repeat --source for more rows of the "
         "matrix",
-    )
+    )  # fmt: skip
     p.add_argument(
         "--targets", required=True, metavar="SPEC,SPEC,...",
         help="comma-separated target model specs (SPEC@FILE: with the weights in FILE)",
     )  # fmt: skip
-    add_data_args(p)
-    p.add_argument(
-        "--attacks",
-        default=DEFAULT_ATTACKS,
-        help=f"comma-separated: {attack_help()}; e.g. mifgsm(diversity_prob=0.5) for DI-MI-FGSM (default: "
-        f"{DEFAULT_ATTACKS})",
-    )
-    add_threat_args(p)
-    p.add_argument("--steps", type=positive_int, help="gradient steps of the iterative attacks (default: 10)")
-    p.add_argument("--step-size", type=positive_float, help="step size of the iterative attacks (default: eps/steps)")
-    p.add_argument("--topk", type=topk_list, help="k's for the tables (default: 1,2,3,5 for 10 classes, else 1,5,10)")
+    c.add_data_args(p)
+    p.add_argument("--attacks", default=DEFAULT_TRANSFER_ATTACKS,
+                   help=f"comma-separated: {attack_help()}; mifgsm(diversity_prob=0.5) is DI-MI-FGSM")  # fmt: skip
+    p.add_argument("--topk", type=c.topk_list, help="k's for the tables (default: 1,2,3,5 for 10 classes, else 1,5,10)")
     p.add_argument(
         "--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'} (default: not)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    add_run_args(p, out_default="runs/transfer")
+    c.add_batch_args(p)
+    c.add_threat_args(p)
+    c.add_attack_args(p)
+    c.add_run_args(p, out_default="runs/transfer")
     p.set_defaults(run=run)
 
 
@@ -71,16 +54,11 @@ def _specs(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TransferConfig(
-        args.eps, args.attacks, args.norm, args.bounds, topk=tuple(args.topk) if args.topk else None,
-        batch_size=args.batch_size, seed=args.seed, steps=args.steps, step_size=args.step_size,
-        extra={k: v for k, v in vars(args).items() if k != "run"},
-    )  # fmt: skip
+    config = TransferConfig(c.threat_of(args), args.attacks, topk=c.topk_tuple(args), **c.attack_defaults(args))
     result = run_transfer(
-        [_specs(s) for s in args.source], _specs(args.targets),
-        data_source(args, args.targets.split(",")[0]), config, args.out,
-        save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
-        device=resolve_device(args.device), command_line=args.command_line,
+        [_specs(s) for s in args.source], _specs(args.targets), c.data_source(args, args.targets.split(",")[0]),
+        config, args.out, save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
+        device=c.resolve_device(args.device), command_line=args.command_line,
     )  # fmt: skip
     print(f"{args.dataset}/{args.split}, n = {result.n}, {result.threat.norm} eps = {result.threat.eps:.4g}")
     print(result.clean_table() + "\n")

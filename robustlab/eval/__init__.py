@@ -2,12 +2,13 @@
 ``run_attack``, ``run_transfer``: what ``robustlab eval``, ``attack`` and ``transfer`` do)."""
 
 from robustlab.eval.attack_report import AttackReport
-from robustlab.eval.attack_run import AttackConfig, run_attack
+from robustlab.eval.attack_run import run_attack
+from robustlab.eval.configs import AttackConfig, EvalConfig, TransferConfig
 from robustlab.eval.evaluator import EvalResult, Evaluator, merge_batches, merge_results
 from robustlab.eval.report import EvalReport
-from robustlab.eval.run import EvalConfig, load_results, run_evaluation
+from robustlab.eval.run import load_results, run_evaluation
 from robustlab.eval.sources import DataSource, ModelSource
-from robustlab.eval.transfer_run import TransferConfig, run_transfer
+from robustlab.eval.transfer_run import run_transfer
 
 __all__ = [
     "AttackConfig",

@@ -5,16 +5,14 @@ report and, if asked, the adversarial examples -- with every output path checked
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.attacks import Targeted, attack_from_spec
 from robustlab.attacks.runtime import runtime_of
-from robustlab.errors import RobustlabError
 from robustlab.eval.attack_report import AttackReport
+from robustlab.eval.configs import AttackConfig
 from robustlab.eval.evaluator import Evaluator
 from robustlab.eval.gallery import save_gallery
 from robustlab.eval.intervals import clopper_pearson
@@ -24,68 +22,14 @@ from robustlab.eval.sources import (
     Data,
     DataSource,
     ModelSource,
-    attack_keys,
     data_fingerprint,
     model_fingerprint,
     probe,
     resolve_data,
     resolve_model,
-    settings,
 )
 from robustlab.executor import Run, execute
 from robustlab.threat import ThreatModel
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """One attack (any spec, e.g. ``pgd``, ``topk(k=3)``, ``autoattack``; or an attack object) at one threat model.
-
-    ``steps``, ``step_size``, ``loss`` and ``restarts`` given here are options of that attack (an attack that does
-    not take one refuses it); ``target`` makes it targeted (a class index, ``random`` or ``least-likely``).
-    """
-
-    attack: Any
-    eps: float
-    norm: str = "linf"
-    bounds: tuple[float, float] = (0.0, 1.0)
-    target: str | None = None
-    topk: tuple[int, ...] | None = None
-    batch_size: int = 256
-    seed: int = 0
-    steps: int | None = None
-    step_size: float | None = None
-    loss: str | None = None
-    restarts: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
-
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps, self.bounds)
-
-    def build_attack(self) -> Any:
-        """The attack object, wrapped in :class:`~robustlab.attacks.Targeted` when a target rule is given."""
-        attack = self.attack
-        if isinstance(attack, str):
-            options = {k: getattr(self, k) for k in ("steps", "step_size", "loss", "restarts")}
-            try:
-                attack = attack_from_spec(with_options(attack, options), seed=self.seed)
-            except TypeError as exc:  # e.g. --steps for autoattack
-                given = ", ".join(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
-                raise RobustlabError(f"attack {attack!r} does not take {given or 'these options'} ({exc})") from None
-        return Targeted(attack, self.target, seed=self.seed) if self.target else attack
-
-    def fingerprint(self, runner: Any) -> dict[str, Any]:
-        """Every setting that changes the result, with the attack ``runner`` (built by :meth:`build_attack`)."""
-        attack = self.attack if isinstance(self.attack, str) else attack_keys({runner.name: runner}, as_specs=False)
-        return {**settings(self, exclude=("attack", "extra")), "attack": attack}
-
-
-def with_options(spec: str, options: dict[str, Any]) -> str:
-    """``spec`` with ``options`` (None: not given) as options in parentheses; options already in the spec win."""
-    given = ",".join(f"{k}={v!r}" for k, v in options.items() if v is not None)
-    if not given:
-        return spec
-    head, paren, rest = spec.strip().partition("(")
-    return f"{head}({given},{rest}" if paren else f"{head}({given})"
 
 
 def used_config(attack: Any, threat: ThreatModel) -> dict[str, Any]:
@@ -114,7 +58,7 @@ def run_attack(
     """Attack every sample of ``dataset``; with ``out`` (one run per folder, locked while it runs, an earlier run
     replaced only with ``overwrite``), write ``out/report.json`` and ``report.md``; with ``save_adv``, the
     adversarial examples ``{"x_adv", "y", "index"}``. Outputs, attack, model and data are checked first."""
-    threat, runner = config.threat(), config.build_attack()
+    threat, runner = config.threat, config.build()
 
     def build(run: Run) -> tuple[nn.Module, Data, str, list[int]]:
         module, _, _ = resolve_model(model, run.device)
@@ -140,10 +84,10 @@ def run_attack(
 
     fingerprint = None
     if out is not None:  # checked before anything loads; taken once model and data have loaded
-        fingerprint = {**model_fingerprint(model), **data_fingerprint(dataset), **config.fingerprint(runner)}
+        fingerprint = {**model_fingerprint(model), **data_fingerprint(dataset), **config.fingerprint()}
     return execute(
         "attack", build, work, out, fingerprint=fingerprint, overwrite=overwrite, resumable=False,
-        config={**settings(config, exclude=("attack", "extra")), **config.extra},
+        config={**config.settings(exclude=("attack", "extra")), **config.extra},
         export=("--save-adv", save_adv, ("gallery.pt",)), device=device, command_line=command_line,
     )  # fmt: skip
 
@@ -169,4 +113,4 @@ def attack_report(runner: Any, threat: ThreatModel, result: Any, ks: list[int]) 
     )  # fmt: skip
 
 
-__all__ = ["AttackConfig", "AttackReport", "run_attack", "with_options"]
+__all__ = ["AttackConfig", "AttackReport", "attack_report", "run_attack"]

@@ -7,38 +7,35 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.attacks import attack_from_spec, split_specs
-from robustlab.attacks.default import stage_entries
 from robustlab.attacks.runtime import runtime_of
 from robustlab.distributed import Shard, broadcast_object, gather_to_main
-from robustlab.errors import RobustlabError
-from robustlab.eval.adaptive import MODES, AdaptivePlan, plan_adaptive
-from robustlab.eval.evaluator import VOTES, EvalResult, Evaluator, gather_batches, merge_batches
+from robustlab.eval.adaptive import AdaptivePlan, plan_adaptive
+from robustlab.eval.configs import EvalConfig
+from robustlab.eval.curve import evaluation_curve
+from robustlab.eval.evaluator import EvalResult, Evaluator, gather_batches, merge_batches
+from robustlab.eval.indicators import evaluation_indicators
 from robustlab.eval.metrics import class_names
 from robustlab.eval.progress import EvalProgress
 from robustlab.eval.report import EpsEntry, EvalReport, run_cost
 from robustlab.eval.sanity import Flag, eps_curve_flag, run_sanity_checks
+from robustlab.eval.sanity_budget import SanityBudget
 from robustlab.eval.sources import (
     Data,
     DataSource,
     ModelSource,
-    attack_keys,
     chance_flag,
     first_batch,
     probe,
     resolve_data,
     resolve_model,
-    settings,
 )
 from robustlab.executor import Run, execute
 from robustlab.io import atomic_torch_save, check_digest, write_json
@@ -48,111 +45,6 @@ from robustlab.runs import text_digest
 from robustlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything that changes an evaluation's result.
-
-    ``attacks`` are specs (``"pgd,autoattack"``, ``["pgd(steps=50)", "autoattack"]``) built with ``steps``,
-    ``step_size``, ``loss``, ``restarts`` and ``seed`` as defaults, or ``{name: attack}`` objects. ``only_robust``
-    runs each attack only on what the previous ones left robust (AutoAttack's protocol). ``sanity_n`` samples go
-    through the gradient-masking checks (0 skips them), before the attacks.
-
-    ``eps_protocol="nested"`` evaluates the eps in ascending order and carries a sample broken at a smaller eps (with
-    its example, which lies in every larger ball) to the larger ones, attacking only the others; ``"separate"``
-    evaluates each eps from scratch. ``adaptive="on"`` adds the attacks that answer the sanity flags that fire
-    (:mod:`robustlab.eval.adaptive`: BPDA-PGD and Square for zero gradients, EOT-PGD for a random forward pass,
-    ...; ``surrogate`` adds a transfer attack from it), ``"off"`` keeps the plain protocol and marks the headline as
-    unreliable. ``bpda`` names modules run forward as they are and as the identity backward, for every attack.
-    ``predictions`` passes judge each prediction of a randomised model (``vote``: ``"mean"`` logits or
-    ``"majority"``).
-
-    ``early_stop`` (default on) lets gradient attacks built from specs drop a sample at the first iterate that breaks
-    it (never weaker than the final iterate; off when ``topk`` asks for ranks beyond 1 or ``predictions`` > 1).
-    ``memory_format`` and
-    ``precision`` are those attacks' layout and gradient-step precision (:mod:`robustlab.attacks.runtime`); the
-    choice each attack ran with is in the report's ``runtime``.
-    """
-
-    eps: tuple[float, ...]
-    attacks: str | tuple[str, ...] | Mapping[str, Any] = "default"
-    norm: str = "linf"
-    bounds: tuple[float, float] = (0.0, 1.0)
-    topk: tuple[int, ...] | None = None
-    only_robust: bool = True
-    batch_size: int = 256
-    seed: int = 0
-    sanity_n: int = 100
-    steps: int | None = None
-    step_size: float | None = None
-    loss: str | None = None
-    restarts: int | None = None
-    plots: bool = True
-    eps_protocol: str = "nested"
-    adaptive: str = "on"
-    bpda: tuple[str, ...] = ()
-    predictions: int = 1
-    vote: str = "mean"
-    surrogate: Any = None  # a model spec, ModelSource or module: transfer source of the adaptive step
-    eot_samples: int = 10
-    adaptive_queries: int = 1000
-    early_stop: bool = True
-    memory_format: str = "contiguous"
-    precision: str = "fp32"
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
-
-    def __post_init__(self) -> None:
-        eps = (self.eps,) if isinstance(self.eps, (int, float)) else tuple(self.eps)
-        object.__setattr__(self, "eps", eps)
-        if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
-            raise RobustlabError(f"eps {list(eps)}: give one or more finite radii >= 0")
-        if self.sanity_n < 0:
-            raise RobustlabError(f"--sanity-n {self.sanity_n} is negative; give 0 (skip the checks) or more samples")
-        if self.batch_size < 1:
-            raise RobustlabError(f"--batch-size {self.batch_size}: give 1 or more")
-        if self.topk is not None and (not self.topk or min(self.topk) < 1):
-            raise RobustlabError(f"--topk {list(self.topk)}: give k >= 1, e.g. 1,2,3,5")
-        for e in eps:
-            ThreatModel(self.norm, e, self.bounds)  # one line for a bad norm, eps or bounds, before any work
-        if self.eps_protocol not in ("nested", "separate"):
-            raise RobustlabError(f"--eps-protocol {self.eps_protocol!r}: choose nested or separate")
-        if self.adaptive not in MODES:
-            raise RobustlabError(f"--adaptive {self.adaptive!r}: choose on or off")
-        if self.vote not in VOTES or self.predictions < 1 or self.eot_samples < 1 or self.adaptive_queries < 1:
-            raise RobustlabError(
-                f"--predictions {self.predictions}, --vote {self.vote!r}, eot_samples {self.eot_samples}, "
-                f"adaptive_queries {self.adaptive_queries}: give counts >= 1 and a vote of {', '.join(VOTES)}"
-            )
-        bpda = (self.bpda,) if isinstance(self.bpda, str) else tuple(self.bpda)
-        object.__setattr__(self, "bpda", tuple(n.strip() for b in bpda for n in b.split(",") if n.strip()))
-
-    @property
-    def nested(self) -> bool:
-        """Whether the eps are evaluated nested (several eps, only-robust attacks, not asked to be separate)."""
-        return self.eps_protocol == "nested" and self.only_robust and len(set(self.eps)) > 1
-
-    def build_attacks(self) -> dict[str, Any]:
-        """``{name: attack}`` in order (specs built with the shared defaults); a repeated spec is refused."""
-        if isinstance(self.attacks, Mapping):
-            return stage_entries(self.attacks) if self.only_robust else dict(self.attacks)
-        specs = split_specs(self.attacks) if isinstance(self.attacks, str) else [s.strip() for s in self.attacks]
-        repeated = sorted({s for s in specs if specs.count(s) > 1})
-        if repeated:
-            raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
-        defaults = {"steps": self.steps, "step_size": self.step_size, "loss": self.loss, "restarts": self.restarts}
-        # top-k ranks need the final iterate; a randomised model's one pass is no verdict to stop on
-        early = self.early_stop and (self.topk is None or max(self.topk) == 1) and self.predictions == 1
-        defaults |= {"early_stop": early, "memory_format": self.memory_format, "precision": self.precision}
-        built = {spec: attack_from_spec(spec, seed=self.seed, **defaults) for spec in specs}
-        return stage_entries(built) if self.only_robust else built  # a protocol's stages: entries of their own
-
-    def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
-        """What the cached per-eps batches depend on (eps has a folder per value; sanity_n its own cache key)."""
-        keys = settings(self, exclude=("eps", "sanity_n", "topk", "plots", "extra", "attacks", "surrogate"))
-        keys["surrogate"] = _model_name(self.surrogate)
-        keys["attacks"] = attack_keys(attacks, as_specs=not isinstance(self.attacks, Mapping))
-        return keys
 
 
 def run_evaluation(
@@ -174,7 +66,7 @@ def run_evaluation(
     other ranks return it too, without sanity checks). Bad inputs raise one :class:`RobustlabError` line before
     any attack runs.
     """
-    attacks = config.build_attacks()
+    attacks = config.build()
 
     def build(run: Run) -> _Built:
         module, model_name, model_key = resolve_model(model, run.device)
@@ -187,14 +79,14 @@ def run_evaluation(
         if config.surrogate is not None:  # its weights, too: a surrogate changed under the same name is another run
             surrogate, _, key = resolve_model(config.surrogate, run.device)
             surrogate_key = {"surrogate_state_sha256": key["model_state_sha256"]}
-        fingerprint = {**model_key, **data_key, **config.fingerprint(attacks), **surrogate_key}
+        fingerprint = {**model_key, **data_key, **config.fingerprint(), **surrogate_key}
         return _Built(module, data, model_name, data_name, split, fingerprint, surrogate, setup)
 
     return execute(
         "eval", build, lambda run, built: _work(run, built, config, attacks, progress), out,
         fingerprint=lambda built: built.fingerprint, resume=resume, overwrite=overwrite,
         scratch=("partial",),  # the per-batch cache serves only the resume of an unfinished run
-        config={**settings(config, exclude=("attacks", "extra", "surrogate")), **config.extra},
+        config={**config.settings(exclude=("attacks", "extra", "surrogate")), **config.extra},
         distributed=True, device=device, command_line=command_line,
     )  # fmt: skip
 
@@ -221,6 +113,12 @@ def _work(run: Run, b: _Built, config: EvalConfig, attacks: dict[str, Any], prog
                               b.setup, progress=progress)  # fmt: skip
         report = _evaluate(b.module, b.data, config, {**attacks, **plan.attacks}, path, shard, run.device, progress,
                            plan)  # fmt: skip
+        if sanity is not None and shard.is_main:  # indicators of attack failure, beside the flags (setup's passes)
+            with count_passes(b.module, b.setup) if countable(b.module) else contextlib.nullcontext():
+                report.indicators = evaluation_indicators(b.module, b.data, config, config.threat, sanity, b.surrogate,
+                                                          run.device)  # fmt: skip
+        if config.curve and shard.is_main:  # the whole robustness curve from one minimum-norm run, its own passes
+            report.curve = evaluation_curve(b.module, b.data, config, config.threat, run.device).to_dict()
     report.sanity = sanity
     if sanity is not None and len(report.results) > 1:
         curve = eps_curve_flag([e.eps for e in report.results], [e.robust_accuracy for e in report.results])
@@ -251,7 +149,7 @@ def _adapt(
     progress: bool = False,
 ) -> tuple[AdaptivePlan, list[Flag] | None]:  # fmt: skip
     """The sanity checks (rank 0, before any attack) and the adaptive attacks they call for, on every rank."""
-    threat = ThreatModel(config.norm, max(config.eps), config.bounds)
+    threat = config.threat  # the largest eps
     flags = None
     if shard.is_main and config.sanity_n > 0:
         flags = _sanity(model, data, config, threat, device, out, fingerprint, progress)
@@ -259,7 +157,7 @@ def _adapt(
     flags = None if flags is None else [Flag(**f) for f in flags]
     x, y = first_batch(data, min(8, config.sanity_n or 8))
     with count_passes(model, setup) if setup is not None and countable(model) else contextlib.nullcontext():
-        plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate)
+        plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate, threat=threat)
     if plan.attacks:
         log.info("adaptive attacks added for flags %s: %s", plan.fired, list(plan.attacks))
     return plan, flags
@@ -279,7 +177,7 @@ def _evaluate(
     bar = EvalProgress(len(eps_order), len(attacks), config.batch_size) if progress and shard.is_main else None
     for i, eps in enumerate(eps_order):  # one bar for every eps (tqdm closes it on an error)
         evaluator = Evaluator(
-            attacks, ThreatModel(config.norm, eps, config.bounds), batch_size=config.batch_size,
+            attacks, config.threat.with_eps(eps), batch_size=config.batch_size,
             only_robust=config.only_robust, progress=bar.at_eps(eps, i) if bar else False, device=device,
             predictions=plan.predictions, vote=config.vote, seed=config.seed,
         )  # fmt: skip
@@ -303,11 +201,12 @@ def _evaluate(
     n = len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
     configs = {name: getattr(a, "config", dict)() for name, a in attacks.items()}
     return EvalReport(
-        model=type(model).__name__, dataset="-", split="-", n=n, norm=config.norm, bounds=tuple(config.bounds),
+        model=type(model).__name__, dataset="-", split="-", n=n, norm=config.threat.norm,
+        bounds=tuple(config.threat.bounds),
         eps=[e.eps for e in entries] or list(eps_order), only_robust=config.only_robust,
         attacks=configs, seeds={"seed": config.seed, "attacks": {n: c.get("seed") for n, c in configs.items()}},
-        results=entries, config={**settings(config, exclude=("attacks", "extra", "surrogate")), **config.extra},
-        protocol="nested" if config.nested else "separate", adaptive=plan.to_dict(),
+        results=entries, config={**config.settings(exclude=("attacks", "extra", "surrogate")), **config.extra},
+        protocol="nested" if config.nested else "separate", adaptive=plan.to_dict(entries),
         judgement={"predictions": plan.predictions, "vote": config.vote}, min_eps=_min_eps_counts(entries, min_eps),
         runtime={name: runtime_of(a) for name, a in attacks.items() if runtime_of(a)},
     )  # fmt: skip
@@ -331,13 +230,6 @@ def _min_eps_counts(entries: list[EpsEntry], min_eps: torch.Tensor | None) -> di
     return counts
 
 
-def _model_name(model: Any) -> str | None:
-    """A model's name for fingerprints: its spec, or its class for a module."""
-    if model is None or isinstance(model, str):
-        return model
-    return getattr(model, "spec", type(model).__name__)
-
-
 def _digest(values: list[Any]) -> str:
     return text_digest(json.dumps([repr(v) for v in values]))[:10]
 
@@ -359,7 +251,7 @@ def _sanity(
             log.warning("recomputing the sanity checks: %s is unreadable (%s)", path, exc)
     x, y = first_batch(data, config.sanity_n)
     flags = run_sanity_checks(model, x.to(device), y.to(device), threat, steps=config.steps or 10, seed=config.seed,
-                              progress=progress)  # fmt: skip
+                              progress=progress, budget=SanityBudget.of(config.build(), data))  # fmt: skip
     if path is not None:
         write_json(path, [f.to_dict() for f in flags])
     return flags

@@ -6,62 +6,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.attacks import Ensemble, attack_from_spec, split_specs
+from robustlab.attacks import Ensemble
 from robustlab.errors import RobustlabError
+from robustlab.eval.configs import TransferConfig
 from robustlab.eval.sources import (
     Data,
     DataSource,
     ModelSource,
-    attack_keys,
     data_fingerprint,
     model_fingerprint,
     probe,
     resolve_data,
-    settings,
 )
 from robustlab.eval.transfer import TransferResult, plot_heatmaps, plot_topk_curves, transfer_matrix
 from robustlab.executor import Run, execute
-from robustlab.threat import ThreatModel
 
-DEFAULT_ATTACKS = "fgsm,ifgsm,ifgsm+normalized-ce"
 TRANSFER_WRITES = ("heatmap.png", "topk_curves.png")  # what a transfer run writes into --out beside its report
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """Attacks (specs, built with ``steps``/``step_size``/``seed`` as defaults, or ``{name: attack}``), the threat
-    model and the k's of the tables."""
-
-    eps: float
-    attacks: str | tuple[str, ...] | Mapping[str, Any] = DEFAULT_ATTACKS
-    norm: str = "linf"
-    bounds: tuple[float, float] = (0.0, 1.0)
-    topk: tuple[int, ...] | None = None
-    batch_size: int = 256
-    seed: int = 0
-    steps: int | None = None
-    step_size: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded in report.json's config, changes nothing
-
-    def build_attacks(self) -> dict[str, Any]:
-        if isinstance(self.attacks, Mapping):
-            return dict(self.attacks)
-        specs = split_specs(self.attacks) if isinstance(self.attacks, str) else list(self.attacks)
-        repeated = sorted({s for s in specs if specs.count(s) > 1})
-        if repeated:
-            raise RobustlabError(f"attack {repeated[0]!r} is listed twice; give each attack once")
-        return {s: attack_from_spec(s, seed=self.seed, steps=self.steps, step_size=self.step_size) for s in specs}
-
-    def fingerprint(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
-        """Every setting that changes the result, with the ``attacks`` built by :meth:`build_attacks`."""
-        keys = settings(self, exclude=("attacks", "extra"))
-        return {**keys, "attacks": attack_keys(attacks, as_specs=not isinstance(self.attacks, Mapping))}
 
 
 Model = nn.Module | str | ModelSource
@@ -128,8 +93,7 @@ def run_transfer(
     """Craft every attack on every surrogate, judge every target; with ``out`` (one run per folder, locked while it
     runs, an earlier run replaced only with ``overwrite``), write the report and plots there. Outputs, attacks,
     models and data are checked before any attack runs."""
-    threat = ThreatModel(config.norm, config.eps, config.bounds)
-    attacks = config.build_attacks()
+    threat, attacks = config.threat, config.build()
 
     def build(run: Run) -> tuple[dict[str, nn.Module], dict[str, nn.Module], Data, str, str]:
         surrogates, judged = load_models(sources, targets, run.device)
@@ -157,12 +121,12 @@ def run_transfer(
     fingerprint = None
     if out is not None:  # checked before anything loads; taken once models and data have loaded
         fingerprint = {**_models_fingerprint(sources, targets), **data_fingerprint(dataset),
-                       **config.fingerprint(attacks)}  # fmt: skip
+                       **config.fingerprint()}  # fmt: skip
     return execute(
         "transfer", build, work, out, fingerprint=fingerprint, overwrite=overwrite, resumable=False,
-        config={**settings(config, exclude=("attacks", "extra")), **config.extra},
+        config={**config.settings(exclude=("attacks", "extra")), **config.extra},
         export=("--save-adv", save_adv, TRANSFER_WRITES), device=device, command_line=command_line,
     )  # fmt: skip
 
 
-__all__ = ["DEFAULT_ATTACKS", "TransferConfig", "load_models", "run_transfer"]
+__all__ = ["TransferConfig", "load_models", "run_transfer"]
