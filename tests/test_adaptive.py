@@ -58,7 +58,7 @@ def test_rounding_defence_plain_pgd_overstates_and_the_default_eval_does_not(zoo
         "transfer": TransferAttack(PGD(steps=20), zoo_cnn),
     }
     alone = Evaluator(answers, THREAT, only_robust=False).run(model, (x, y))
-    best = min((alone.clean_correct & ~s).float().mean().item() for s in alone.success.values())
+    best = min((alone.clean_correct & ~s).float().mean().item() for s in alone.broken.values())
     headline, overstated = adaptive.results[0].robust_accuracy, plain.results[0].robust_accuracy
     assert overstated > best + 0.3  # plain PGD sees no gradient: robustness grossly overstated
     assert headline <= best + 0.03

@@ -46,6 +46,6 @@ def test_two_ranks_equal_one_process(tmp_path):
     saved = [torch.load(d / "results.pt", weights_only=True)["results"] for d in (one, two)]
     for a, b in zip(*saved):
         assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["clean_logits"], b["clean_logits"])
-        for name in a["success"]:
-            assert torch.equal(a["success"][name], b["success"][name])
+        for name in a["broken"]:
+            assert torch.equal(a["broken"][name], b["broken"][name])
             assert torch.equal(a["adv_logits"][name], b["adv_logits"][name])

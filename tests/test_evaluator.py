@@ -22,8 +22,8 @@ def _attacks() -> dict:
 
 def _same(a: EvalResult, b: EvalResult) -> None:
     assert torch.equal(a.clean_correct, b.clean_correct) and torch.equal(a.robust, b.robust)
-    for name in a.success:
-        assert torch.equal(a.success[name], b.success[name])
+    for name in a.broken:
+        assert torch.equal(a.broken[name], b.broken[name])
         assert torch.equal(a.attacked[name], b.attacked[name])
         assert torch.equal(a.robust_after[name], b.robust_after[name])
         assert torch.allclose(a.adv_logits[name], b.adv_logits[name])
@@ -32,7 +32,7 @@ def _same(a: EvalResult, b: EvalResult) -> None:
 def test_worst_case_is_at_most_every_single_attack(zoo_mlp, fmnist_batch):
     x, y = fmnist_batch(60)
     every = Evaluator(_attacks(), THREAT, batch_size=30, only_robust=False).run(zoo_mlp, (x, y))
-    singles = {name: (every.clean_correct & ~s).float().mean().item() for name, s in every.success.items()}
+    singles = {name: (every.clean_correct & ~s).float().mean().item() for name, s in every.broken.items()}
     assert every.robust_accuracy <= min(singles.values())
     assert every.robust_accuracy < max(singles.values())  # the attacks disagree: the worst case matters
 
@@ -153,7 +153,7 @@ def test_the_headline_is_top1_whatever_the_attack_optimises(zoo_mlp, fmnist_batc
     top1 = result.clean_correct & (result.adv_logits["topk"].argmax(1) == y)
     assert result.robust_accuracy == top1.float().mean().item()
     # the attack's own criterion (true class out of the top 3) holds on fewer samples than top-1 errors
-    assert result.criterion["topk"].sum() < result.success["topk"].sum()
+    assert result.criterion["topk"].sum() < result.broken["topk"].sum()
     assert result.robust_accuracy == topk_report(result, [1, 3])["worst_case"]["robust_accuracy"]["1"]
 
 

@@ -117,7 +117,7 @@ class EpsEntry:
         for name, s in summary["attacks"].items():
             alone = None
             if bool(result.attacked[name].all()):  # the attack ran on every sample: its own robust accuracy
-                alone = (result.clean_correct & ~result.success[name]).float().mean().item()
+                alone = (result.clean_correct & ~result.broken[name]).float().mean().item()
             attacks[name] = AttackStats(
                 s["robust_accuracy_after"], s["attacked"], s["broken"], s["seconds"],
                 TopKStats.from_dict(topk["attacks"][name]), alone,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.attacks.default import stage_entries
-from robustlab.attacks.protocol import Attack, check_labels, model_logits, untouched
+from robustlab.attacks.protocol import Attack, as_attack, check_labels, model_logits, untouched
 from robustlab.distributed import Shard, gather_to_main
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.eval.progress import NoProgress, SampleProgress, sample_progress
@@ -75,10 +75,10 @@ class Evaluator:
             self.attacks = dict(attacks)
         else:
             self.attacks = {}
-            for i, attack in enumerate(attacks):
-                name = getattr(attack, "name", f"attack{i}")
-                self.attacks[name if name not in self.attacks else f"{name}{i}"] = attack
-        self.attacks = stage_entries(self.attacks) if only_robust else self.attacks  # a protocol chains its own else
+            for i, attack in enumerate(map(as_attack, attacks)):
+                self.attacks[attack.name if attack.name not in self.attacks else f"{attack.name}{i}"] = attack
+        self.attacks = {name: as_attack(attack) for name, attack in self.attacks.items()}  # the whole protocol
+        self.attacks = stage_entries(self.attacks) if only_robust else self.attacks  # else a protocol chains its own
         self.threat = threat
         self.batch_size = batch_size
         self.only_robust = only_robust
@@ -218,7 +218,7 @@ class Evaluator:
             result.seconds[name] = time.perf_counter() - start
             robust = robust & ~success  # a new tensor: robust_after of earlier attacks must not change
             result.attacked[name] = todo.cpu()
-            result.success[name] = (success & ~carried).cpu()
+            result.broken[name] = (success & ~carried).cpu()
             result.criterion[name] = (criterion & ~carried).cpu()
             result.adv_logits[name] = logits.cpu()
             result.robust_after[name] = (robust & ~carried).cpu()
@@ -229,7 +229,7 @@ class Evaluator:
     @property
     def per_sample(self) -> bool:
         """Whether every attack's result for a sample is independent of its batch (see :meth:`run_batch`)."""
-        return all(getattr(attack, "per_sample", False) for attack in self.attacks.values())
+        return all(attack.per_sample for attack in self.attacks.values())
 
 
 def checked_device(device: str | torch.device) -> torch.device:
@@ -312,8 +312,8 @@ def merge_results(parts: list[EvalResult], names: list[str]) -> EvalResult:
     )
     for name in names:
         merged.attacked[name] = cat([p.attacked[name] for p in parts])
-        merged.success[name] = cat([p.success[name] for p in parts])
-        merged.criterion[name] = cat([p.criterion.get(name, p.success[name]) for p in parts])
+        merged.broken[name] = cat([p.broken[name] for p in parts])
+        merged.criterion[name] = cat([p.criterion.get(name, p.broken[name]) for p in parts])
         merged.adv_logits[name] = cat([p.adv_logits[name] for p in parts])
         merged.robust_after[name] = cat([p.robust_after[name] for p in parts])
         merged.seconds[name] = sum(p.seconds[name] for p in parts)

@@ -32,7 +32,7 @@ def pick_samples(result: EvalResult, attack: str, per_class: int = 2) -> list[in
     first ``per_class`` it did not."""
     picks: list[int] = []
     attacked = result.attacked[attack] & result.clean_correct
-    success, labels = result.success[attack], result.labels
+    success, labels = result.broken[attack], result.labels
     for c in list(dict.fromkeys(labels.tolist()))[:MAX_CLASSES]:
         for outcome in (True, False):
             hits = torch.nonzero(attacked & (success == outcome) & (labels == c)).flatten()

@@ -20,8 +20,8 @@ class EvalResult:
     clean_logits: Tensor  # (N, C)
     clean_correct: Tensor  # bool (N,)
     attacked: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack ran on the sample
-    success: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): top-1 wrong at the attack's x_adv
-    criterion: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): the attack's own criterion held
+    broken: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): top-1 wrong at the attack's x_adv
+    criterion: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): its criterion held (AttackResult.success)
     adv_logits: dict[str, Tensor] = field(default_factory=dict)  # (N, C): logits at the attack's x_adv
     robust_after: dict[str, Tensor] = field(default_factory=dict)  # bool (N,): still robust after it
     seconds: dict[str, float] = field(default_factory=dict)
@@ -56,8 +56,8 @@ class EvalResult:
         flags = self.clean_correct.clone()
         if self.carried is not None:
             flags &= ~self.carried
-        for success in self.success.values():
-            flags &= ~success
+        for broken in self.broken.values():
+            flags &= ~broken
         return flags
 
     def breaking_logits(self) -> Tensor:
@@ -67,8 +67,8 @@ class EvalResult:
         if self.carried is not None:
             logits[self.carried] = self.carried_logits[self.carried]
             done = done | self.carried
-        for name, success in self.success.items():
-            take = success & ~done
+        for name, broken in self.broken.items():
+            take = broken & ~done
             logits[take] = self.adv_logits[name][take]
             done = done | take
         return logits
@@ -91,7 +91,7 @@ class EvalResult:
         state = {k: getattr(self, k) for k in ("labels", "clean_logits", "clean_correct", "x_adv")}
         if self.carried is not None:
             state.update(carried=self.carried, carried_logits=self.carried_logits)
-        for k in ("attacked", "success", "criterion", "adv_logits", "robust_after", "seconds"):
+        for k in ("attacked", "broken", "criterion", "adv_logits", "robust_after", "seconds"):
             state[k] = dict(getattr(self, k))
         state.update(forward_passes=dict(self.forward_passes), backward_passes=dict(self.backward_passes))
         state["clean_passes"] = self.clean_passes
@@ -99,7 +99,8 @@ class EvalResult:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> EvalResult:
-        """Inverse of :meth:`to_state`."""
+        """Inverse of :meth:`to_state`; a state saved before ``broken`` was named so holds it as ``success``."""
+        state = {"broken": state["success"], **state} if "success" in state else state
         return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
 
     def summary(self) -> dict[str, Any]:
@@ -114,12 +115,12 @@ class EvalResult:
                 name: {
                     "robust_accuracy_after": self.robust_after[name].float().mean().item(),
                     "attacked": int(self.attacked[name].sum().item()),
-                    "broken": int(self.success[name].sum().item()),
+                    "broken": int(self.broken[name].sum().item()),
                     "seconds": round(self.seconds[name], 4),
                     "forward_passes": int(self.forward_passes.get(name, 0)),
                     "backward_passes": int(self.backward_passes.get(name, 0)),
                 }
-                for name in self.success
+                for name in self.broken
             },
         }
 
