@@ -16,6 +16,8 @@ from robustlab.eval.sanity import (
     check_train_mode,
     run_sanity_checks,
 )
+from robustlab.eval.sanity_budget import SanityBudget
+from robustlab.models.counting import count_passes
 from robustlab.threat import ThreatModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,3 +137,29 @@ def test_robust_accuracy_rising_with_eps_is_flagged(zoo_mlp, fmnist_batch):
     flag = check_eps_monotone(model, x, y, ThreatModel("linf", 0.03), eps_list=[0.03, 0.1], steps=5)
     assert flag.fired, flag.message
     assert flag.values["robust_accuracy"][1] > flag.values["robust_accuracy"][0]
+
+
+def test_checks_share_one_pgd_run_and_square_attacks_only_what_it_left_robust(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(40)
+    with count_passes(zoo_cnn) as total:
+        flags = run_sanity_checks(zoo_cnn, x, y, ThreatModel("linf", 0.03), steps=3, queries=60)
+    assert sum(f.forward_passes for f in flags) == total.forward  # every pass is some check's, none twice
+    assert sum(f.backward_passes for f in flags) == total.backward
+    by_name = {f.name: f for f in flags}
+    pgd = by_name["rises_with_steps"].values["robust_accuracy"]["pgd-3"]
+    blackbox = by_name["blackbox_beats_whitebox"].values
+    assert blackbox["robust_accuracy"]["pgd"] == pgd  # the same PGD run
+    assert blackbox["square_attacked"] == round(pgd * len(y))  # Square only on PGD's survivors
+    assert by_name["rises_with_eps"].values["robust_accuracy"][1] == pgd
+
+
+def test_a_budget_sizes_the_expensive_checks_and_keeps_a_minimum(zoo_cnn, fmnist_batch):
+    x, y = fmnist_batch(60)
+    threat = ThreatModel("linf", 0.03)
+    tight = run_sanity_checks(zoo_cnn, x, y, threat, steps=3, queries=60, budget=SanityBudget(n=60, per_robust=20))
+    loose = run_sanity_checks(zoo_cnn, x, y, threat, steps=3, queries=60, budget=SanityBudget(n=10**6, per_robust=600))
+    assert {f.values.get("samples") for f in tight[3:]} == {SanityBudget.minimum}
+    assert {f.values.get("samples") for f in loose[3:]} == {60}
+    assert sum(f.forward_passes + f.backward_passes for f in tight) < sum(
+        f.forward_passes + f.backward_passes for f in loose
+    )
