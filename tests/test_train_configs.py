@@ -71,7 +71,9 @@ def test_the_fingerprint_is_the_config_fields_that_change_the_result(tmp_path):
     assert ATConfig(method="pgd", model="cnn", threat=THREAT, eval_n=5, **TINY).fingerprint() == keys
     assert ATConfig(method="pgd", model="cnn", threat=THREAT.with_eps(0.2), **TINY).fingerprint() != keys
     assert set(TRAINING_KINDS) == {"train", "ssl", "deacl", "pseudo-at", "finetune"}
-    assert TRAINING_KINDS["deacl"] is DeACLConfig
+    assert TRAINING_KINDS.get("deacl") is DeACLConfig
+    with pytest.raises(RobustlabError, match="unknown training kind 'deacel'.*did you mean deacl"):
+        TRAINING_KINDS.get("deacel")
 
 
 def test_a_resume_with_another_config_is_refused_naming_the_field(tmp_path):

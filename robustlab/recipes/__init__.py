@@ -8,7 +8,8 @@ run with one call::
     report = run_training(ATConfig(method="noiseaug", model="cnn", dataset="fashion-mnist",
                                    threat=ThreatModel("linf", 0.1), epochs=10), "runs/na")
 
-:data:`TRAINING_KINDS` maps each command (``train``, ``ssl``, ``deacl``, ``pseudo-at``, ``finetune``) to its config.
+:data:`TRAINING_KINDS` (a :class:`~robustlab.registry.Registry`) gives each command's config by name (``train``,
+``ssl``, ``deacl``, ``pseudo-at``, ``finetune``): ``TRAINING_KINDS.get("deacl")``.
 """
 
 from robustlab.recipes.base import RESUME_NEUTRAL, TrainingRunConfig
@@ -17,11 +18,11 @@ from robustlab.recipes.finetune import DEFAULT_LR, FineTuneConfig
 from robustlab.recipes.pseudo_at import PseudoATConfig
 from robustlab.recipes.ssl_teacher import SSLConfig
 from robustlab.recipes.supervised import ATConfig
+from robustlab.registry import Registry
 
-# a plain dict: robustlab.registry's Registry had not landed when this was written
-TRAINING_KINDS: dict[str, type[TrainingRunConfig]] = {
-    c.kind: c for c in (ATConfig, SSLConfig, DeACLConfig, PseudoATConfig, FineTuneConfig)
-}
+TRAINING_KINDS: Registry[type[TrainingRunConfig]] = Registry("training kind")
+for _config in (ATConfig, SSLConfig, DeACLConfig, PseudoATConfig, FineTuneConfig):
+    TRAINING_KINDS.register(_config.kind, _config)
 
 __all__ = [
     "DEFAULT_LR",
