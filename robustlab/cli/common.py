@@ -15,20 +15,34 @@ from robustlab.threat import parse_eps
 from robustlab.training.run import resolve_device  # noqa: F401 (the subcommands import it from here)
 
 
-def _whole(text: str, minimum: int) -> int:
-    """``text`` as a whole number >= ``minimum``, or the argparse error naming it."""
+def _checked(text: str, whole: bool, low: float, strict: bool = False) -> Any:
+    """``text`` as a finite number (whole; or a float, ``8/255`` allowed) >= ``low`` (> with ``strict``), or the
+    argparse error naming it."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        value = int(text) if whole else float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if whole else 'number'}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    if value < low or (strict and value == low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
-    """A whole number >= 1."""
-    return _whole(text, 1)
+    return _checked(text, True, 1)
+
+
+def nonnegative_int(text: str) -> int:  # 0 usually means off
+    return _checked(text, True, 0)
+
+
+def positive_float(text: str) -> float:
+    return _checked(text, False, 0, strict=True)
+
+
+def nonnegative_float(text: str) -> float:
+    return _checked(text, False, 0)
 
 
 def eps_value(text: str) -> float:
@@ -36,38 +50,6 @@ def eps_value(text: str) -> float:
         return parse_eps(text)
     except RobustlabError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (fractions such as 8/255 allowed)."""
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """A whole number >= 0 (0 usually means off)."""
-    return _whole(text, 0)
-
-
-def _number(text: str) -> float:
-    """``text`` as a finite float (``8/255`` allowed), or the argparse error naming it."""
-    try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
 
 
 def topk_list(text: str) -> list[int]:
@@ -94,31 +76,26 @@ MODEL_HELP = (
 
 
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
-    parser.add_argument(flag, required=True, metavar="SPEC", help=MODEL_HELP)
-    parser.add_argument(
-        "--checkpoint", metavar="FILE",
-        help=f"weights (a state dict) of {flag}: the same as {flag} SPEC@FILE (default: the spec's own)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--num-classes", type=positive_int, metavar="C",
-        help="outputs of a torchvision:/module:factory model (default: the factory's; torchvision: 1000)",
-    )  # fmt: skip
+    """The model group: ``flag`` (a spec), ``--checkpoint``, ``--num-classes``, ``--mean/--std``, ``--model-dir``,
+    ``--trust-checkpoint``."""
+    g = parser.add_argument_group("model")
+    g.add_argument(flag, required=True, metavar="SPEC", help=MODEL_HELP)
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help=f"weights (a state dict) of {flag}: the same as {flag} SPEC@FILE (default: the spec's own)")
+    g.add_argument("--num-classes", type=positive_int, metavar="C",
+                   help="outputs of a torchvision:/module:factory model (default: the factory's; torchvision: 1000)")
     norm = "(default: none; torchvision: ImageNet's)"
-    parser.add_argument("--mean", type=float_list, metavar="M,M,M", help=f"normalisation mean per channel {norm}")
-    parser.add_argument("--std", type=float_list, metavar="S,S,S", help=f"normalisation std per channel {norm}")
-    parser.add_argument(
-        "--model-dir", dest="checkpoint", metavar="DIR", help="robustbench: models folder (default: ./models)"
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load the checkpoint with weights_only=False (only for files you trust)",
-    )
+    g.add_argument("--mean", type=float_list, metavar="M,M,M", help=f"normalisation mean per channel {norm}")
+    g.add_argument("--std", type=float_list, metavar="S,S,S", help=f"normalisation std per channel {norm}")
+    g.add_argument("--model-dir", dest="checkpoint", metavar="DIR",
+                   help="robustbench: models folder (default: ./models)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="load the checkpoint with weights_only=False (only for files you trust)")
 
 
 def float_list(text: str) -> tuple[float, ...]:
     """``0.5,0.5,0.5`` -> ``(0.5, 0.5, 0.5)`` (finite numbers)."""
-    values = tuple(_number(v) for v in text.split(",") if v.strip())
+    values = tuple(_checked(v, False, -math.inf) for v in text.split(",") if v.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
     return values
@@ -156,17 +133,6 @@ DATA_ROOT_HELP = "where the dataset lives, searched first (default: the usual pl
 IMAGE_SIZE_HELP = "imagefolder: resize to PX, centre-crop PX x PX (default: a model file's size, else 256, crop 224)"
 
 
-def item_count(text: str) -> int:
-    """``--n``: a whole number of items >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: give 1 or more items")
-    return value
-
-
 def add_data_args(parser: argparse.ArgumentParser, split: bool = True) -> None:
     """The data group: ``--dataset``, ``--split`` (with ``split``; else the training split), ``--n``,
     ``--data-root``, ``--image-size``, ``--channels``, ``--no-download``."""
@@ -175,7 +141,7 @@ def add_data_args(parser: argparse.ArgumentParser, split: bool = True) -> None:
                    help="fashion-mnist, mnist, cifar10, cifar100, svhn or imagefolder:PATH")  # fmt: skip
     if split:
         g.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
-    g.add_argument("--n", type=item_count, help="use the first N items of the split (default: all)")
+    g.add_argument("--n", type=int, help="use the first N items of the split (default: all)")
     g.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
     g.add_argument("--image-size", type=positive_int, metavar="PX", help=IMAGE_SIZE_HELP)
     g.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
