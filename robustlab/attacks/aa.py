@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.protocol import Attack, AttackResult
+from robustlab.attacks.protocol import Attack, AttackBase, AttackResult
 from robustlab.errors import RobustlabError
 from robustlab.threat import ThreatModel
 
@@ -29,7 +29,7 @@ STANDARD: tuple[tuple[tuple[str, str], ...], ...] = (
 )
 
 
-class AutoAttackNative:
+class AutoAttackNative(AttackBase):
     """AutoAttack's protocol on native attacks: each member attacks only the samples the earlier ones left robust;
     a sample's result is the first member's success, else the last member's answer.
 
@@ -86,7 +86,7 @@ class AutoAttackNative:
     @property
     def per_sample(self) -> bool:
         """Whether a sample's result is independent of its batch: so for every member."""
-        return all(getattr(attack, "per_sample", False) for attack in self.members.values())
+        return all(attack.per_sample for attack in self.members.values())
 
     def config(self) -> dict:
         """The members' configurations, for reports."""

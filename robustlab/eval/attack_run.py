@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab.attacks.protocol import as_attack
 from robustlab.attacks.runtime import runtime_of
 from robustlab.eval.attack_report import AttackReport
 from robustlab.eval.configs import AttackConfig
@@ -34,10 +35,9 @@ from robustlab.threat import ThreatModel
 
 def used_config(attack: Any, threat: ThreatModel) -> dict[str, Any]:
     """The attack's configuration with the step size it actually used at this threat (not ``None`` for a default)."""
-    config = attack.config()
-    inner = getattr(attack, "attack", attack)  # Targeted wraps the attack it steers
-    if config.get("step_size") is None and hasattr(inner, "resolve_step_size"):
-        config["step_size"] = inner.resolve_step_size(threat)
+    config, step_size = attack.config(), as_attack(attack).resolve_step_size(threat)  # a wrapper's: its inner one's
+    if config.get("step_size") is None and step_size is not None:
+        config["step_size"] = step_size
     if runtime_of(attack):
         config["runtime"] = runtime_of(attack)  # the memory format and precision it ran with
     return config
