@@ -85,7 +85,7 @@ def test_an_attack_a_loss_and_a_training_method_each_in_one_line(extensions, zoo
     model = build_model("cnn")
     loss, stats = method.training_loss(model, x, y)
     loss.backward()
-    assert loss.requires_grad and 0 <= stats["train_acc"] <= 1
+    assert loss.requires_grad and 0 <= stats["accuracy"] <= 1
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(RobustlabError, match="method corner does not take noise; it takes: threat, step_size"):
         make_method("corner", THREAT, noise="gaussian")

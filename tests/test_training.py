@@ -69,7 +69,7 @@ def test_training_loss_takes_parameter_gradients_only_from_the_loss(fmnist_batch
         loss, stats = method.training_loss(model, x, y)
         assert all(p.grad is None for p in model.parameters()), name  # the inner attack accumulated nothing
         assert all(p.requires_grad for p in model.parameters()), name  # frozen_parameters restored them
-        assert loss.dim() == 0 and loss.requires_grad and 0 <= stats["train_acc"] <= 1
+        assert loss.dim() == 0 and loss.requires_grad and 0 <= stats["accuracy"] <= 1
     gradalign = _setup(make_method("gradalign", THREAT, lam=1.0))
     loss, stats = gradalign.training_loss(model, x, y)
     assert stats["gradalign_reg"] > 0 and -1 <= stats["grad_cos"] <= 1

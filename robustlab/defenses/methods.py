@@ -67,7 +67,7 @@ class AdversarialMethod(Method):
         x_train = self.training_input(unwrap(model), x, y).detach()
         logits = model(x_train)
         loss = F.cross_entropy(logits, y)
-        stats = {"train_acc": (logits.argmax(1) == y).float().mean().item()}
+        stats = {"accuracy": (logits.argmax(1) == y).float().mean().item()}
         extra, extra_stats = self.extra_loss(unwrap(model), x, y)
         if extra is not None:
             stats["ce"] = loss.item()

@@ -150,7 +150,7 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     epochs = [h["epoch"] for h in history]
     fig, (ax, ax_loss) = subplots(1, 2, figsize=(10, 3.6))
     for key, label in [("monitor_clean_acc", "clean"), ("monitor_fgsm_acc", "FGSM"), ("monitor_pgd_acc", "PGD"),
-                       ("train_acc", "training input")]:  # fmt: skip
+                       ("accuracy", "training input"), ("train_acc", "training input")]:  # train_acc: before 0.2
         if any(key in h for h in history):
             ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=label)
     for h in history:
@@ -166,7 +166,9 @@ def plot_curves(history: list[dict[str, float]], path: str | os.PathLike, title:
     save_png(fig, path, dpi=100)
 
 
-HISTORY_KEYS = ("epoch", "loss", "train_acc", "monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc", "co")
+# the accuracy on the training input is "accuracy" (a history written before 0.2 calls it "train_acc")
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "train_acc", "monitor_clean_acc", "monitor_fgsm_acc", "monitor_pgd_acc",
+                "co")  # fmt: skip
 
 
 @dataclass
