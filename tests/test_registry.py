@@ -98,6 +98,8 @@ def test_unknown_names_are_one_line_with_the_choices_and_the_closest():
         get_loss("dlrr")
     with pytest.raises(RobustlabError, match=r"unknown attack 'pgdd'.*did you mean pgd\?"):
         attack_from_spec("pgdd")
+    with pytest.raises(RobustlabError, match="topk: .* multiple values for keyword argument 'criterion'"):
+        attack_from_spec("topk(criterion=1)")  # a value its constructor does not check: still one line
 
 
 def test_the_registry_type():

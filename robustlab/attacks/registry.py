@@ -153,6 +153,8 @@ def _build(entry: AttackEntry, variant: str | None, kwargs: dict[str, Any], spec
     try:
         ATTACKS.check_options(entry.name, kwargs, entry.factory)
         return entry.factory(*args, **kwargs)
+    except TypeError as exc:  # a value of a kind the constructor does not check (attacks=3): still one line
+        raise RobustlabError(f"attack spec {spec!r}: {entry.name}: {exc}" if spec else f"{entry.name}: {exc}") from None
     except RobustlabError as exc:
         if spec is None or str(exc).startswith("attack spec"):
             raise
