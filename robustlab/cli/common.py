@@ -157,15 +157,19 @@ def eps_list(text: str) -> list[float]:
     return values
 
 
-def add_threat_args(parser: argparse.ArgumentParser, eps: bool | str | None = True, many: bool = False) -> None:
-    """The threat model group: ``--norm``, ``--eps`` (``eps`` True: required, a string: its default, None:
-    optional; ``many``: a comma-separated list of radii) and ``--bounds``."""
+def add_threat_args(
+    parser: argparse.ArgumentParser, eps: bool | float | str | None = True, many: bool = False, unset: str = "none"
+) -> None:
+    """The threat model group: ``--norm``, ``--eps`` (``eps`` True: required; a number or string: its default;
+    None: optional, ``unset`` saying what no eps means; ``many``: a comma-separated list of radii), ``--bounds``."""
     g = parser.add_argument_group("threat model")
     g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
-    said = "required" if eps is True else f"default: {eps}" if isinstance(eps, str) else "default: none"
+    default = None if eps is None or isinstance(eps, bool) else eps
+    said = "required" if eps is True else f"default: {unset}" if default is None else f"default: {default:.4g}"
+    said = f"default: {default}" if isinstance(default, str) else said
     what = "one or more radii, e.g. 8/255 or 0.02,0.05,0.1" if many else "radius of the eps-ball, e.g. 0.1 or 8/255"
-    g.add_argument("--eps", required=eps is True, default=eps if isinstance(eps, str) else None,
-                   type=eps_list if many else eps_value, help=f"{what} ({said})")  # fmt: skip
+    g.add_argument("--eps", required=eps is True, default=default, type=eps_list if many else eps_value,
+                   help=f"{what} ({said})")  # fmt: skip
     g.add_argument("--bounds", default="0,1", type=bounds_value, metavar="LO,HI",
                    help="valid input range (default: 0,1)")  # fmt: skip
 
