@@ -105,18 +105,18 @@ class FineTune(Method):
             info["beta"] = self.beta
         return info
 
-    def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
         """SLF: CE on clean inputs; ALF: CE on PGD inputs (encoder frozen); AFF: TRADES on all weights."""
         if self.attack is not None:
             self.attack.seed = self.attack_seed(x.device)
         if self.name == "aff":
-            return trades_loss(model, x, y, self.threat, self.beta, self.attack)
+            return trades_loss(model, x, labels, self.threat, self.beta, self.attack)
         with frozen_encoder(model):
             if self.name == "alf":
-                x = self.attack.perturb(unwrap(model), x, y, self.threat)
+                x = self.attack.perturb(unwrap(model), x, labels, self.threat)
             logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
 
 __all__ = ["PROTOCOLS", "FineTune", "frozen_encoder", "prepare_classifier"]

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 
 class Batches:
-    """``batches.epoch(e)`` yields this rank's ``(x, y)`` batches of epoch ``e``; ``len`` is the steps per epoch."""
+    """``batches.epoch(e)`` yields this rank's ``(images, labels)`` batches of epoch ``e``; ``len`` is the steps per
+    epoch."""
 
     def __init__(
         self,

@@ -116,12 +116,12 @@ class _Loop:
 
             bar = tqdm(bar, total=len(self.batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         channels_last = config.memory_format == "channels_last"
-        for x, y in bar:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for x, labels in bar:  # the dataset's labels (self-supervised methods ignore them)
+            x, labels = x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.precision), enabled=self.precision != "fp32"):
-                loss, stats = self.method.training_loss(self.trained, x, y)
+                loss, stats = self.method.training_loss(self.trained, x, labels)
             self.check_finite(loss.item(), epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -2,11 +2,12 @@
 
 Contract (the loop in :mod:`robustlab.training.loop` calls these):
 
-- ``training_loss(model, x, y) -> (loss, stats)``: build the training input (attack, noise, views, ...) and return
-  a scalar loss and ``{name: float}`` stats for the log. ``model`` is the module to train the loss through
-  (DDP-wrapped under torchrun); inner attacks run on :func:`robustlab.distributed.unwrap` ``(model)`` so that they
-  cause no extra all-reduce, and take gradients w.r.t. their input only: ``attack.perturb(model, x, y, threat)``
-  gives just ``x_adv``.
+- ``training_loss(model, x, labels) -> (loss, stats)``: build the training input (attack, noise, views, ...) from
+  the images ``x`` and the dataset's ``labels`` (self-supervised methods ignore them) and return a scalar loss and
+  ``{name: float}`` stats for the log. ``model`` is the module to train the loss through (DDP-wrapped under
+  torchrun); inner attacks run on :func:`robustlab.distributed.unwrap` ``(model)`` so that they cause no extra
+  all-reduce, and take gradients w.r.t. their input only: ``attack.perturb(model, x, labels, threat)`` gives just
+  ``x_adv``.
 - ``setup(ctx)``: called once before training (seeds this rank's generator; subclasses move frozen teachers).
 - ``check(config)``: refuses a training configuration the method cannot train with, before any work is done.
 - ``state_dict()`` / ``load_state_dict(state)``: the random generator (and any extra state), saved in every
@@ -41,7 +42,7 @@ class Method:
     _rank: int = 0
     _run_seed: int = 0
 
-    def training_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Build the training input and return (scalar loss, stats for the log)."""
         raise NotImplementedError
 
