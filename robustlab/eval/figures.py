@@ -29,6 +29,28 @@ def plot_robust_vs_eps(report: Any, path: str | os.PathLike) -> None:
     save_png(fig, path, dpi=120)
 
 
+def plot_curve(curve: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """The robustness curve of one minimum-norm run with its 95 % band, the median minimal norm and the fixed-eps
+    checks (the curve's value and the worst case at each)."""
+    eps, acc = curve["eps"], [100 * a for a in curve["robust_accuracy"]]
+    fig, ax = subplots(figsize=(5, 3.6))
+    ax.plot(eps, acc, "-", color="navy", label=f"{curve['attack'].get('attack', 'fmn')} (minimum norm)")
+    ax.fill_between(eps, [100 * b[0] for b in curve["intervals"]], [100 * b[1] for b in curve["intervals"]],
+                    color="navy", alpha=0.15, label="95 % interval")  # fmt: skip
+    checks = curve.get("checks", [])
+    if checks:
+        ax.plot([c["eps"] for c in checks], [100 * c["robust_accuracy"] for c in checks], "x", color="crimson",
+                label=f"worst case with {checks[0]['attack']} at fixed eps")  # fmt: skip
+    if curve.get("median_norm") is not None:
+        ax.axvline(curve["median_norm"], color="grey", ls=":", label=f"median minimal norm {curve['median_norm']:.3g}")
+    ax.set(xlabel=f"eps ({curve['norm']})", ylabel="robust accuracy (%)", ylim=(0, 100))
+    ax.set_title(f"{title}: robustness curve" if title else "robustness curve", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path, dpi=120)
+
+
 def plot_icr_histogram(report: Any, path: str | os.PathLike) -> None:
     """Histogram of the worst-case interest class rank, one group of bars per eps."""
     entries = sorted(report.results, key=lambda e: e.eps)
@@ -65,4 +87,4 @@ def plot_per_class(report: Any, path: str | os.PathLike) -> None:
     save_png(fig, path, dpi=120)
 
 
-__all__ = ["plot_icr_histogram", "plot_per_class", "plot_robust_vs_eps"]
+__all__ = ["plot_curve", "plot_icr_histogram", "plot_per_class", "plot_robust_vs_eps"]

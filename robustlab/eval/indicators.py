@@ -23,6 +23,7 @@ from robustlab.attacks.protocol import frozen_parameters, model_logits, untouche
 from robustlab.attacks.transfer import TransferAttack
 from robustlab.eval.flags import FlagKind, kind_of
 from robustlab.eval.sanity import Flag
+from robustlab.eval.sources import first_batch
 from robustlab.losses import cross_entropy
 from robustlab.threat import ThreatModel
 
@@ -39,6 +40,7 @@ MEANINGS = {
     "not the model robust",
 }
 NOT_RUN = "not computed"
+SAMPLES = 32  # the sanity samples the indicators probe: a few hundred passes in all
 
 
 @dataclass
@@ -239,12 +241,38 @@ def compute_indicators(
     ]
 
 
+def evaluation_indicators(
+    model: nn.Module, data: Any, config: Any, threat: ThreatModel, flags: Sequence[Flag] | None,
+    surrogate: nn.Module | None, device: torch.device | str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The indicators of an evaluation, on its first ``min(SAMPLES, sanity_n)`` samples at ``threat`` (the largest
+    eps), reusing its sanity ``flags``; as report dicts."""
+    x, y = first_batch(data, min(SAMPLES, config.sanity_n))
+    indicators = compute_indicators(model, x.to(device), y.to(device), threat, flags, None, surrogate,
+                                    steps=config.steps or 10, seed=config.seed)  # fmt: skip
+    return [i.to_dict() for i in indicators]
+
+
+def indicator_lines(indicators: Sequence[dict[str, Any]] | None) -> list[str]:
+    """``## Indicators of attack failure``: each one fired, passed or not computed, its numbers and what it means
+    (markdown lines; none when they were not computed)."""
+    if not indicators:
+        return []
+    state = {True: "**FIRED**", False: "ok", None: "not computed"}
+    lines = ["## Indicators of attack failure", "", "Pintor et al. (NeurIPS 2022), on the sanity samples.", ""]
+    lines += [f"- {state[i['fired']]} `{i['name']}`: {i['message']} ({i['meaning']})" for i in indicators]
+    return [*lines, ""]
+
+
 __all__ = [
     "MEANINGS",
+    "SAMPLES",
     "GradientBehaviour",
     "Indicator",
     "compute_indicators",
+    "evaluation_indicators",
     "gradient_behaviour",
+    "indicator_lines",
     "incomplete_optimization",
     "silent_success",
     "transfer_failure",

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from robustlab.errors import RobustlabError
+from robustlab.eval.curve import curve_lines
 from robustlab.eval.entries import AttackStats, EpsEntry, TopKStats
-from robustlab.eval.figures import plot_icr_histogram, plot_per_class, plot_robust_vs_eps
+from robustlab.eval.figures import plot_curve, plot_icr_histogram, plot_per_class, plot_robust_vs_eps
+from robustlab.eval.indicators import indicator_lines
 from robustlab.eval.intervals import clopper_pearson, format_interval
 from robustlab.eval.sanity import Flag
 from robustlab.io import markdown_table, write_report
@@ -84,6 +86,8 @@ class EvalReport:
     min_eps: dict[str, int] = field(default_factory=dict)  # samples per smallest breaking eps ("none": robust)
     runtime: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> memory format, precision it ran with
     cost: dict[str, Any] = field(default_factory=dict)  # passes of the whole run (see run_cost); {} in older reports
+    indicators: list[dict[str, Any]] | None = None  # indicators of attack failure (eval/indicators.py), with the flags
+    curve: dict[str, Any] | None = None  # --curve: robust accuracy at every eps from one minimum-norm run (eval/curve)
 
     @property
     def headline_note(self) -> str:
@@ -110,6 +114,7 @@ class EvalReport:
             "wall_time_s": self.wall_time_s, "environment": self.environment, "files": self.files,
             "eps_protocol": self.protocol, "class_names": self.class_names, "adaptive": self.adaptive,
             "judgement": self.judgement, "min_eps": self.min_eps, "runtime": self.runtime, "cost": self.cost,
+            "indicators": self.indicators, "curve": self.curve,
         }  # fmt: skip
 
     @classmethod
@@ -214,6 +219,7 @@ class EvalReport:
             lines += [f"- {'**FLAG**' if f.fired else 'ok'} `{f.name}`: {f.message}{_passes(f) if counted else ''}"
                       for f in self.sanity]  # fmt: skip
             lines.append("")
+        lines += indicator_lines(self.indicators)
         return "\n".join(lines)
 
     def cost_lines(self) -> list[str]:
@@ -277,6 +283,7 @@ class EvalReport:
                 rows.append(row)
             headers = ["class", "n", "clean", *[f"robust, eps {e.eps:.4g}" for e in self.results]]
             lines += ["## Per class", "", markdown_table(headers, rows), ""]
+        lines += curve_lines(self.curve)
         if self.min_eps:
             rows = [[k, v] for k, v in self.min_eps.items()]
             lines += [
@@ -298,6 +305,9 @@ class EvalReport:
         if self.results[0].per_class:
             files["per_class"] = str(out / "per_class.png")
             plot_per_class(self, files["per_class"])
+        if self.curve:
+            files["curve"] = str(out / "robustness_curve.png")
+            plot_curve(self.curve, files["curve"], f"{self.model} on {self.dataset}")
         return files
 
     def write(self, out: str | os.PathLike, plots: bool = True) -> dict[str, str]:

@@ -78,6 +78,13 @@ def sanity_section(data: dict[str, Any]) -> str:
         f"{inline(str(f.get('message', '')))}{_passes(f)}</div>"
         for f in flags
     )
+    state = {True: ("fired", "Indicator fired"), False: ("passed", "Indicator ok"), None: ("passed", "Not computed")}
+    items += "".join(  # indicators of attack failure (Pintor et al. 2022), each with what it means
+        f'<div class="flag {state[i.get("fired")][0]}"><strong>{state[i.get("fired")][1]}</strong> '
+        f"({inline(str(i.get('name')))}): {inline(str(i.get('message', '')))} <em>{inline(str(i.get('meaning', '')))}"
+        "</em></div>"
+        for i in data.get("indicators") or []
+    )
     headline = data.get("adaptive", {}).get("headline")
     note = f"<p>The headline is {inline(str(headline))}.</p>" if headline else ""
     return f'<section id="sanity"><h2>Sanity checks</h2><p>{lead}</p>{note}{items}</section>'
