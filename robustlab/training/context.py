@@ -14,6 +14,7 @@ what they need; the loop calls every hook of every callback:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ class Callback:
     hook defaults to doing nothing."""
 
     every_steps: int = 0  # on_step_end runs every this many optimizer steps (0: never)
+    events: Sequence[dict[str, Any]] = ()  # what the run's report lists (e.g. catastrophic-overfitting events)
 
     def on_epoch_end(self, ctx: TrainContext) -> Decision | None:
         """After each epoch (rank 0): add to ``ctx.stats``, and continue (None), stop or roll back."""

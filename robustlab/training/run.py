@@ -188,7 +188,7 @@ def run_training(
             kind, {**setup.method.config(), **setup.method_info}, asdict(setup.config), result.history,
             result.epochs_done, result.best_epoch, result.stop_reason, result.train_seconds, evaluation,
             setup.summary_keys,
-            {**setup.report, "co_events": [e for c in setup.callbacks for e in getattr(c, "events", [])],
+            {**setup.report, "co_events": [e for c in setup.callbacks for e in c.events],
              "train_samples": len(setup.train_set), "world_size": run.shard.world, "settings": settings},
         )  # fmt: skip
 
