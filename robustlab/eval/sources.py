@@ -8,8 +8,8 @@ import hashlib
 import logging
 import os
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,6 @@ class DataSource:
         return {"dataset": self.name, "split": self.split, "n": self.n, **shape}
 
 
-def settings(config: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """A config dataclass's fields as a dict, shallow (attack objects are not deep-copied as ``asdict`` would)."""
-    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in exclude}
-
-
 def model_fingerprint(model: nn.Module | str | ModelSource) -> dict[str, Any]:
     """A model's part of a run's fingerprint, without loading a spec: the spec and its files' content, or a
     module's class and weights."""
@@ -150,12 +145,6 @@ def _item_bytes(part: Any) -> bytes:
         return tensor_bytes(part)
     array = np.asarray(part)
     return repr(part).encode() if array.dtype == object else np.ascontiguousarray(array).tobytes()
-
-
-def attack_keys(attacks: Mapping[str, Any], as_specs: bool) -> list[str] | dict[str, dict]:
-    """Attacks' part of a run's fingerprint: their specs (``as_specs``; the defaults they are built with are
-    settings of their own), or each attack object's configuration."""
-    return list(attacks) if as_specs else {name: getattr(a, "config", dict)() for name, a in attacks.items()}
 
 
 def resolve_model(model: nn.Module | str | ModelSource, device: torch.device | str) -> tuple[nn.Module, str, dict]:
@@ -312,7 +301,6 @@ def probe(model: nn.Module, data: Data, device: torch.device | str, ks: Sequence
 __all__ = [
     "DataSource",
     "ModelSource",
-    "attack_keys",
     "chance_flag",
     "check_domain",
     "data_digest",
@@ -322,5 +310,4 @@ __all__ = [
     "probe",
     "resolve_data",
     "resolve_model",
-    "settings",
 ]
