@@ -55,7 +55,7 @@ def test_a_robustbench_entry_loads_from_its_layout_and_is_attacked(robustbench_d
         expected = net(x)
         assert torch.allclose(model(x), expected, atol=1e-5)  # the saved weights, robustbench's own architecture
     y = expected.argmax(1)  # labels the model gets right, so the attack has something to break
-    config = AttackConfig("pgd", eps=8 / 255, steps=3, batch_size=8)
+    config = AttackConfig("pgd", 8 / 255, steps=3, batch_size=8)  # a bare eps: Linf
     report = run_attack(ModelSource(f"robustbench:{ENTRY}", str(root)), (x, y), config)
     assert report.n == 8 and report.clean_accuracy == 1.0
     assert 0 <= report.robust_accuracy <= report.clean_accuracy and report.attack["steps"] == 3
