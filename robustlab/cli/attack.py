@@ -14,12 +14,11 @@ EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "attack",
-        help="attack a model with any attack spec (FGSM, PGD, top-k, AutoAttack, ...) and report robust accuracy",
-        description="Attack every sample of a dataset split and report clean accuracy, (top-1) robust accuracy, "
+    p = c.subparser(
+        subparsers, "attack",
+        "Attack every sample of a dataset split and report clean accuracy, (top-1) robust accuracy, "
         f"attack success rate and top-k statistics (table on stdout, OUT/report.json). Example: {EXAMPLE}",
-    )
+    )  # fmt: skip
     c.add_model_args(p)
     c.add_data_args(p)
     p.add_argument("--attacks", dest="attack", metavar="SPEC", help=f"the attack (one spec; required): {attack_help()}")

@@ -52,6 +52,13 @@ def eps_value(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def subparser(subparsers: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, with its one-line help from :data:`robustlab.cli.SUBCOMMANDS`."""
+    from robustlab.cli import SUBCOMMANDS
+
+    return subparsers.add_parser(name, help=SUBCOMMANDS[name], description=description)
+
+
 def topk_list(text: str) -> list[int]:
     """``--topk 1,2,3,5`` -> ``[1, 2, 3, 5]`` (k >= 1; the model's class count bounds it later)."""
     try:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from robustlab.cli import common as c
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "compare",
-        help="the headline figures of several runs side by side (table, Markdown, plot)",
-        description="Read the report.json of two or more eval, attack, transfer or training run folders and print "
+    p = c.subparser(
+        subparsers, "compare",
+        "Read the report.json of two or more eval, attack, transfer or training run folders and print "
         "their headline figures side by side (in %, with 95 % intervals where the run has them); --out writes "
         "compare.md and compare.png. Example: robustlab compare runs/pgd-at runs/noiseaug",
-    )
+    )  # fmt: skip
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (each holds report.json)")
     p.add_argument("--out", metavar="DIR", help="also write DIR/compare.md and DIR/compare.png (default: print only)")
     p.set_defaults(run=run)

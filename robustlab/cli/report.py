@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from robustlab.cli import common as c
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "report",
-        help="rebuild report.html and report.md of a run folder from its saved results",
-        description="Rebuild OUT/report.html (one self-contained page: summary with intervals, plots, sanity flags, "
+    p = c.subparser(
+        subparsers, "report",
+        "Rebuild OUT/report.html (one self-contained page: summary with intervals, plots, sanity flags, "
         "configuration, the attack gallery) and OUT/report.md from what a finished attack, eval, transfer or "
         "training run saved, without recomputing anything. Example: robustlab report runs/eval",
-    )
+    )  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="the folder of a finished robustlab run (holds report.json)")
     p.set_defaults(run=run)
 

@@ -17,14 +17,13 @@ EXAMPLE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "transfer",
-        help="transfer attacks: craft on surrogates, evaluate on targets, top-k ASR matrix",
-        description="Craft adversarial examples with each attack on each surrogate (white-box numbers included), "
+    p = c.subparser(
+        subparsers, "transfer",
+        "Craft adversarial examples with each attack on each surrogate (white-box numbers included), "
         "evaluate them on every target, and report a surrogate x target matrix of top-k attack success rates, "
         "interest class rank statistics, OUT/report.json, OUT/report.md, OUT/heatmap.png and "
         f"OUT/topk_curves.png. Example: {EXAMPLE}",
-    )
+    )  # fmt: skip
     p.add_argument(
         "--source", action="append", required=True, metavar="SPEC[,SPEC...]",
         help="a surrogate model spec (SPEC@FILE: with the weights in FILE, e.g. torchvision:resnet18@r18.pt); "

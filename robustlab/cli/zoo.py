@@ -6,17 +6,17 @@ import argparse
 import json
 from typing import Any
 
+from robustlab.cli import common as c
 from robustlab.io import markdown_table
 from robustlab.models import zoo_index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "zoo",
-        help="list the embedded model zoo (architecture, training, clean and robust accuracy)",
-        description="The models that ship with robustlab, usable anywhere a model is taken as zoo:NAME. Figures "
+    p = c.subparser(
+        subparsers, "zoo",
+        "The models that ship with robustlab, usable anywhere a model is taken as zoo:NAME. Figures "
         "come from robustlab/models/zoo/zoo.json (with the command that trained each model: --json shows it).",
-    )
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     p.set_defaults(run=run)
 
