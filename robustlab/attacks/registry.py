@@ -192,7 +192,7 @@ def attack_from_spec(spec: str, **defaults: Any) -> Attack:
         get_loss(loss)  # a clear error for an unknown loss
         kwargs["loss"] = loss.lower()
     attack = _build(entry, variant.strip() if colon else None, {**kwargs, **options}, spec)
-    attack.spec = spec.strip()  # type: ignore[attr-defined]
+    attack.spec = spec.strip()
     return attack
 
 
