@@ -19,14 +19,13 @@ EXAMPLE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="robust accuracy under several attacks and eps values (worst case, AutoAttack, top-k, reports)",
-        description="Start from clean accuracy, run each attack only on the samples still robust, and report the "
+    p = c.subparser(
+        subparsers, "eval",
+        "Start from clean accuracy, run each attack only on the samples still robust, and report the "
         "worst-case (top-1) robust accuracy per eps with top-k statistics, gradient-masking sanity checks, "
         "report.json, report.md and plots. Resumable with --resume; shard with torchrun --nproc_per_node=N -m "
         f"robustlab -- eval ... Example: {EXAMPLE}",
-    )
+    )  # fmt: skip
     c.add_model_args(p)
     c.add_data_args(p)
     c.add_threat_args(p, many=True)
@@ -57,6 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vote", default="mean", choices=("mean", "majority"), help="how repeated passes decide")
     p.add_argument("--surrogate", help="model spec (SPEC@FILE: with the weights in FILE) the adaptive step crafts "
                    "transfer attacks on, for zero gradients (default: none)")
+    p.add_argument("--curve", action="store_true", help="also the whole robustness curve from one minimum-norm run "
+                   "(FMN): robust accuracy at every eps with intervals, checked by a fixed-eps attack at three eps")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     c.add_batch_args(p)
     c.add_run_args(p, out_default="runs/eval", resume=True)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.eps), c.threat_of(args), attacks=args.attacks, topk=c.topk_tuple(args),
         only_robust=not args.all_samples, sanity_n=args.sanity_n, plots=not args.no_plots,
         eps_protocol=args.eps_protocol, adaptive=args.adaptive, bpda=args.bpda, predictions=args.predictions,
-        vote=args.vote, surrogate=args.surrogate, **c.attack_defaults(args),
+        vote=args.vote, surrogate=args.surrogate, curve=args.curve, **c.attack_defaults(args),
     )  # fmt: skip
     report = run_evaluation(
         c.model_source(args), c.data_source(args, args.model), config, args.out, resume=args.resume,
@@ -116,6 +117,13 @@ def print_report(report: EvalReport) -> None:
                   f"(indices {shown})")  # fmt: skip
     for flag in report.sanity or []:
         print(f"{'FLAG' if flag.fired else 'ok  '} {flag.name}: {flag.message}")
+    for ind in report.indicators or []:  # indicators of attack failure, beside the flags
+        state = {True: "FIRED", False: "ok  ", None: "n/a "}[ind["fired"]]
+        print(f"{state} indicator {ind['name']}: {ind['message']}")
+    if report.curve:
+        median = report.curve["median_norm"]
+        print(f"curve: {len(report.curve['eps'])} eps from one {report.curve['attack']['attack']} run, median minimal "
+              f"norm {'not reached' if median is None else f'{median:.4g}'}; {report.curve['note']} (report.md)")
     plots = f", plots in {report.files['robust_vs_eps'].rsplit('/', 1)[0]}" if "robust_vs_eps" in report.files else ""
     print(f"report: {report.files['json']}, {report.files['markdown']}{plots}")
     sys.stdout.flush()

@@ -157,7 +157,7 @@ def _adapt(
     flags = None if flags is None else [Flag(**f) for f in flags]
     x, y = first_batch(data, min(8, config.sanity_n or 8))
     with count_passes(model, setup) if setup is not None and countable(model) else contextlib.nullcontext():
-        plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate, threat=threat)
+        plan = plan_adaptive(model, x.to(device), y.to(device), flags, config, list(attacks), surrogate)
     if plan.attacks:
         log.info("adaptive attacks added for flags %s: %s", plan.fired, list(plan.attacks))
     return plan, flags
