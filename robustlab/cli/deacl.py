@@ -16,16 +16,16 @@ TEACHER_HELP = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = c.subparser(
+        subparsers,
         "deacl",
-        help="stage 2: DeACL, a robust student encoder learns a frozen SSL teacher's features (no labels)",
-        description="The student (initialised from the teacher) minimises -cos(f(x), T(x)) - beta * cos(f(x'), "
+        "The student (initialised from the teacher) minimises -cos(f(x), T(x)) - beta * cos(f(x'), "
         "f(x)), x' a feature-space PGD maximising -cos(f(x'), T(x)). Labels are never used. Writes OUT/model.pt "
         "(the student encoder's classifier: fine-tune it with robustlab finetune), report.json/md, resumable "
         f"checkpoints; DDP under torchrun. Example: {EXAMPLE}",
     )
     t.add_model_args(p, "--teacher", TEACHER_HELP)
-    t.add_training_args(p, DeACLConfig, eps=None)
+    t.add_training_args(p, DeACLConfig)
     d = p.add_argument_group("DeACL (defaults: the paper's)")
     d.add_argument("--beta", type=c.nonnegative_float, default=2.0, help="weight of the adversarial term (default: 2)")
     d.add_argument("--steps", type=c.positive_int, default=5, help="steps of the inner feature PGD (default: 5)")

@@ -16,10 +16,10 @@ EXAMPLE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = c.subparser(
+        subparsers,
         "finetune",
-        help="fine-tune an encoder into a classifier: slf (linear), alf (adversarial linear), aff (TRADES, full)",
-        description="SLF trains a fresh linear head on clean data over the frozen encoder; ALF trains it on PGD "
+        "SLF trains a fresh linear head on clean data over the frozen encoder; ALF trains it on PGD "
         "examples; AFF fine-tunes every weight with TRADES. Then evaluates clean and PGD (and with --autoattack "
         "AutoAttack) accuracy at --eps. Writes OUT/model.pt, a classifier robustlab attack / eval load directly, "
         f"and report.json/md. Example: {EXAMPLE}",
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_model_args(p, "--encoder", TEACHER_HELP.replace("the teacher", "the encoder"))
     p.add_argument("--protocol", required=True, choices=["slf", "alf", "aff"], help="fine-tuning protocol")
     p.add_argument("--keep-head", action="store_true", help="start from the encoder's own head (e.g. an slf run's)")
-    t.add_training_args(p, FineTuneConfig, eps=None)
+    t.add_training_args(p, FineTuneConfig, unset="none; needed by alf, aff and the evaluation")
     lr = p._option_string_actions["--lr"]  # its default depends on the protocol
     lr.help = "learning rate (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")"
     f = p.add_argument_group("adversarial fine-tuning (alf, aff)")

@@ -16,11 +16,10 @@ EXAMPLE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = c.subparser(
+        subparsers,
         "pseudo-at",
-        help="pseudo-supervised adversarial training: a robust student of a frozen teacher's embedding, "
-        "k-means clusters or linear-head predictions",
-        description="Targets: embedding (the teacher's features; cosine loss, or with --loss trades DeACL's "
+        "Targets: embedding (the teacher's features; cosine loss, or with --loss trades DeACL's "
         "decoupled loss), kmeans (hard pseudo-labels: the teacher's k-means cluster of each image; no labels "
         "anywhere) or linear (the argmax of the teacher's own head, self-training). Hard pseudo-labels train "
         "a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the teacher (--init random: "

@@ -13,10 +13,10 @@ EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = c.subparser(
+        subparsers,
         "ssl",
-        help="stage 1: train a self-supervised teacher encoder (SimCLR or SimCo)",
-        description="Contrastive self-supervised training of an encoder + projector (labels unused; a kNN "
+        "Contrastive self-supervised training of an encoder + projector (labels unused; a kNN "
         "monitor on a small labelled split reports feature quality each epoch). Writes OUT/model.pt (the "
         "encoder's classifier, for robustlab deacl/pseudo-at/finetune), report.json/md and resumable "
         f"checkpoints; trains with DDP under torchrun, gathering negatives across ranks. Example: {EXAMPLE}",

@@ -16,10 +16,10 @@ EXAMPLE = "robustlab train --method noiseaug --model cnn --dataset fashion-mnist
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = c.subparser(
+        subparsers,
         "train",
-        help="adversarial training: noiseaug, fgsm-rs, n-fgsm, gradalign, pgd (PGD-AT), fgsm, standard",
-        description="Train a model with one of the (fast) adversarial training methods, watch for catastrophic "
+        "Train a model with one of the (fast) adversarial training methods, watch for catastrophic "
         "overfitting, checkpoint every epoch (resume with --resume) and evaluate at the end (OUT/report.json, "
         f"report.md, curves.png, model.pt). Under torchrun it trains with DDP. Example: {EXAMPLE}",
     )
@@ -37,8 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_training_args(p, ATConfig, eps=True)
     g = p.add_argument_group("method")
-    c.add_attack_args(g, ("step_size",),
-                      step_size="step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps fgsm/n-fgsm, eps/4 pgd)")
+    c.add_attack_args(
+        g,
+        ("step_size",),
+        step_size="step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps fgsm/n-fgsm, eps/4 pgd)",
+    )
     g.add_argument("--noise", choices=NOISE_KINDS, help="noiseaug: noise distribution (default: uniform)")
     g.add_argument("--noise-sigma", type=c.nonnegative_float, help="noiseaug: noise scale in units of eps (default: 2)")
     g.add_argument("--noise-multiple", type=c.nonnegative_float, help="n-fgsm: noise U(-m eps, m eps) (default: 2)")

@@ -21,62 +21,35 @@ def defaults_of(config: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(config) if f.default is not MISSING}
 
 
-def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None) -> None:
-    """Data, threat model (``eps``: True required, None optional or the config's default, False none),
+def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None = None, unset: str = "") -> None:
+    """The shared data, threat model (``eps``: True required, None the config's default or ``unset``, False none),
     optimisation and run-folder arguments of a training command, with ``config``'s defaults."""
     from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TRAIN_MEMORY_FORMATS, TRAIN_PRECISIONS
 
     d = defaults_of(config)
-    p.add_argument("--dataset", required=True, metavar="NAME", help="fashion-mnist, mnist, cifar10, ...")
-    p.add_argument("--n", type=c.positive_int, help="train on the first N training items (default: all)")
-    p.add_argument("--data-root", metavar="DIR", help=c.DATA_ROOT_HELP)
-    p.add_argument("--no-download", dest="download", action="store_false", help="never download missing data")
-    p.add_argument("--image-size", type=c.positive_int, metavar="PX", help=c.IMAGE_SIZE_HELP)
-    p.add_argument("--channels", type=int, choices=[1, 3], help="imagefolder: 1 grey or 3 RGB (default: 3)")
+    c.add_data_args(p, split=False)
     if eps is not False:
-        g = p.add_argument_group("threat model")
-        g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
         threat = d.get("threat")
-        default = None if threat is None else threat.eps
-        said = "required" if eps else f"default: {default:.4g}" if default else "default: none; needed to evaluate"
-        g.add_argument("--eps", required=bool(eps), default=default, type=c.eps_value,
-                       help=f"radius of the eps-ball, e.g. 0.1 or 8/255 ({said})")  # fmt: skip
-        g.add_argument(
-            "--bounds", default="0,1", type=c.bounds_value, metavar="LO,HI", help="input range (default: 0,1)"
-        )
+        c.add_threat_args(p, True if eps else None if threat is None else threat.eps, unset=unset)
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=c.positive_int, default=d["epochs"], help=f"epochs (default: {d['epochs']})")
-    o.add_argument(
-        "--batch-size", type=c.positive_int, default=d["batch_size"], help=f"per rank (default: {d['batch_size']})"
-    )
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help=f"(default: {d['optimizer']})")
-    o.add_argument(
-        "--lr", type=c.positive_float, default=d["lr"], help=f"peak/initial learning rate (default: {d['lr']})"
-    )
-    o.add_argument(
-        "--lr-schedule", choices=LR_SCHEDULES, default=d["lr_schedule"], help=f"(default: {d['lr_schedule']})"
-    )
-    o.add_argument(
-        "--momentum", type=c.nonnegative_float, default=d["momentum"], help="SGD momentum / Adam beta1, in [0, 1)"
-    )
-    o.add_argument("--weight-decay", type=c.nonnegative_float, default=d["weight_decay"],
-                   help=f"(default: {d['weight_decay']})")  # fmt: skip
+    o.add_argument("--epochs", type=c.positive_int, default=d["epochs"], help="epochs")
+    o.add_argument("--batch-size", type=c.positive_int, default=d["batch_size"], help="per rank")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help="the optimizer")
+    o.add_argument("--lr", type=c.positive_float, default=d["lr"], help="peak/initial learning rate")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d["lr_schedule"], help="the learning-rate schedule")
+    o.add_argument("--momentum", type=c.nonnegative_float, default=d["momentum"], help="SGD momentum / Adam beta1")
+    o.add_argument("--weight-decay", type=c.nonnegative_float, default=d["weight_decay"], help="weight decay")
     o.add_argument(
         "--max-steps-per-epoch", type=c.positive_int, help="cut epochs short, for smoke tests (default: off)"
     )
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
-                   help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a bf16 CPU; default: fp32)")  # fmt: skip
-    p.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, default="contiguous",
-                   help="channels_last: faster convolutions on many CPUs and GPUs (default: contiguous)")  # fmt: skip
-    p.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers (default: 0)")
-    p.add_argument("--threads", type=c.positive_int, help="CPU threads per process (default: torch's choice)")
-    out = f"runs/{config.kind}"
-    p.add_argument("--out", default=out, metavar="DIR", help=f"run folder (default: {out})")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    o.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
+                   help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a bf16 CPU)")  # fmt: skip
+    o.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, default="contiguous",
+                   help="channels_last: faster convolutions on many CPUs and GPUs")  # fmt: skip
+    o.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers")
+    o.add_argument("--threads", type=c.positive_int, help="CPU threads per process (default: torch's choice)")
+    c.add_run_args(p, f"runs/{config.kind}", resume=True)
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (OUT/tensorboard)")
     p.set_defaults(run=lambda args: run_command(config, args))
 
