@@ -14,7 +14,8 @@ from robustlab.attacks import PGD, AttackBase, AttackResult, attack_from_spec, a
 from robustlab.criteria import Misclassified
 from robustlab.defenses.methods import METHODS, AdversarialMethod, make_method
 from robustlab.losses import LOSSES, get_loss, loss_names, register_loss
-from robustlab.models import build_model
+from robustlab.models import build_model, load_model, save_model, seeded_weights
+from robustlab.models.sources import SOURCES, ModelSource
 from robustlab.registry import Registry, signature_options
 
 THREAT = ThreatModel("linf", 0.1)
@@ -118,3 +119,24 @@ def test_signature_options_follow_kwargs_to_where_they_go():
     assert signature_options(PGD)[0][:3] == ["steps", "step_size", "restarts"]  # then GradientAttack's own
     assert "momentum" in signature_options(PGD)[0] and not signature_options(PGD)[1]
     assert signature_options(lambda a, **rest: None) == (["a"], True)  # a factory that takes anything
+
+
+def test_a_model_source_in_one_line(tmp_path):
+    """A source of its own prefix: ``load`` for ``PREFIX:NAME`` specs, ``build`` for model files trained from one."""
+
+    def seeded(spec, num_classes=None, mean=None, std=None):
+        with seeded_weights(int(spec.partition(":")[2])):  # the weights drawn from the seed its name gives
+            return build_model("mlp", num_classes=num_classes)
+
+    SOURCES.register("seeded", ModelSource(lambda spec, request: (seeded(spec, request.num_classes), None), seeded))
+    try:
+        model = load_model("seeded:3")
+        assert isinstance(model, nn.Module) and not model.training
+        assert torch.equal(model(torch.zeros(1, 1, 28, 28)), load_model("seeded:3")(torch.zeros(1, 1, 28, 28)))
+        save_model(tmp_path / "model.pt", model, "seeded:3", dataset="fashion-mnist")
+        again = load_model(str(tmp_path))  # a model file names its source: rebuilt through build, then its weights
+        assert torch.equal(again(torch.ones(2, 1, 28, 28)), model(torch.ones(2, 1, 28, 28)))
+    finally:
+        SOURCES.unregister("seeded")
+    with pytest.raises(RobustlabError, match="cannot read model spec 'nothing'.*torchvision:NAME"):
+        load_model("nothing")
