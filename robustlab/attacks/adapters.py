@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-AUTOATTACK_OPTIONS = ("seed", "batch_size", "n_iter", "n_restarts", "n_target_classes", "n_queries")
 _AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -289,7 +288,6 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
 
 __all__ = [
     "AUTOATTACK_ATTACKS",
-    "AUTOATTACK_OPTIONS",
     "AUTOATTACK_VERSIONS",
     "AutoAttack",
     "TorchattacksAttack",
