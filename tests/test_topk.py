@@ -196,6 +196,6 @@ def test_three_class_attack_reports_no_top_k_at_or_above_the_classes(fmnist_batc
     x, y = fmnist_batch(40)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3)).eval()
-    report = run_attack(model, (x, y % 3), AttackConfig("fgsm", eps=0.1))
+    report = run_attack(model, (x, y % 3), AttackConfig("fgsm", 0.1))
     assert sorted(report.topk.asr) == [1, 2]
     assert "top-5" not in report.to_markdown() and "top-3" not in report.to_markdown()
