@@ -13,30 +13,18 @@ EXAMPLE = "robustlab ssl --method simclr --model cnn --dataset fashion-mnist --n
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = c.subparser(
-        subparsers,
-        "ssl",
-        "Contrastive self-supervised training of an encoder + projector (labels unused; a kNN "
-        "monitor on a small labelled split reports feature quality each epoch). Writes OUT/model.pt (the "
-        "encoder's classifier, for robustlab deacl/pseudo-at/finetune), report.json/md and resumable "
-        f"checkpoints; trains with DDP under torchrun, gathering negatives across ranks. Example: {EXAMPLE}",
-    )
-    p.add_argument("--method", choices=["simclr", "simco"], default="simclr", help="(default: simclr)")
-    t.add_model_args(
-        p,
-        "--model",
-        f"a fresh architecture ({', '.join(ARCHITECTURES)}) or an encoder to start from "
-        "(zoo:NAME, torchvision:NAME, package.module:factory, or a robustlab run folder)",
-    )
+    p = c.subparser(subparsers, "ssl", "Contrastive self-supervised training of an encoder + projector (labels unused; "
+                    "a kNN monitor on a small labelled split reports feature quality each epoch). Writes OUT/model.pt "
+                    "(the encoder's classifier, for robustlab deacl/pseudo-at/finetune), report.json/md and resumable "
+                    "checkpoints; trains with DDP under torchrun, gathering negatives across ranks. Example: "
+                    f"{EXAMPLE}")  # fmt: skip
+    p.add_argument("--method", choices=["simclr", "simco"], default="simclr", help="the contrastive method")
+    t.add_model_args(p, "--model", f"a fresh architecture ({', '.join(ARCHITECTURES)}) or an encoder to start from "
+                     "(zoo:NAME, torchvision:NAME, package.module:factory, or a robustlab run folder)")  # fmt: skip
     t.add_training_args(p, SSLConfig, eps=False)
     s = p.add_argument_group("self-supervised method")
-    s.add_argument("--temperature", type=c.positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha (default: 0.2)")
-    s.add_argument("--tau-beta", type=c.positive_float, default=1.0, help="SimCo's second temperature (default: 1.0)")
-    s.add_argument("--proj-hidden", type=c.positive_int, default=512, help="projector hidden width (default: 512)")
-    s.add_argument("--proj-dim", type=c.positive_int, default=128, help="projection dimension (default: 128)")
-    s.add_argument(
-        "--knn-n",
-        type=c.nonnegative_int,
-        default=2000,
-        help="labelled items of the kNN monitor (0: off; default: 2000)",
-    )
+    s.add_argument("--temperature", type=c.positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha")
+    s.add_argument("--tau-beta", type=c.positive_float, default=1.0, help="SimCo's second temperature")
+    s.add_argument("--proj-hidden", type=c.positive_int, default=512, help="projector hidden width")
+    s.add_argument("--proj-dim", type=c.positive_int, default=128, help="projection dimension")
+    s.add_argument("--knn-n", type=c.nonnegative_int, default=2000, help="labelled items of the kNN monitor (0: off)")

@@ -39,9 +39,7 @@ def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d["lr_schedule"], help="the learning-rate schedule")
     o.add_argument("--momentum", type=c.nonnegative_float, default=d["momentum"], help="SGD momentum / Adam beta1")
     o.add_argument("--weight-decay", type=c.nonnegative_float, default=d["weight_decay"], help="weight decay")
-    o.add_argument(
-        "--max-steps-per-epoch", type=c.positive_int, help="cut epochs short, for smoke tests (default: off)"
-    )
+    o.add_argument("--max-steps-per-epoch", type=c.positive_int, help="cut epochs short (smoke tests; default: off)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
     o.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
                    help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a bf16 CPU)")  # fmt: skip
@@ -75,12 +73,10 @@ def add_student_args(group: argparse._ArgumentGroup, init_help: str) -> None:
 def config_from(config: type, args: argparse.Namespace) -> Any:
     """The arguments mapped onto the config: each field from the argument of its name, the threat model from
     ``--norm/--eps/--bounds``."""
-    from robustlab.threat import ThreatModel
-
     names = {f.name for f in fields(config)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "eps" in vars(args):
-        values["threat"] = ThreatModel(args.norm, args.eps, args.bounds) if args.eps is not None else None
+        values["threat"] = c.threat_of(args)
     return config(**values, progress=not args.no_progress)
 
 
@@ -104,7 +100,5 @@ def run_command(config: type, args: argparse.Namespace) -> int:
 
 
 def _print_epoch(s: dict, epochs: int, keys: tuple[str, ...]) -> None:
-    parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s] + (
-        ["CATASTROPHIC OVERFITTING"] if s.get("co") else []
-    )
+    parts = [f"{k} {s[k]:.4f}" for k in ("loss", *keys) if k in s] + ["CATASTROPHIC OVERFITTING"] * bool(s.get("co"))
     print(f"epoch {s['epoch']:>3}/{epochs}  {s['epoch_seconds']:.1f}s  " + "  ".join(parts), flush=True)
