@@ -4,7 +4,7 @@ from robustlab.training.context import Callback, Decision, TrainContext
 from robustlab.training.loop import TrainConfig, TrainResult, lr_at, train
 from robustlab.training.method import Method
 from robustlab.training.report import FinalEvaluation, TrainReport, final_evaluation
-from robustlab.training.run import TrainingSetup, run_training
+from robustlab.training.run import TrainingRun, TrainingSetup, run_training
 
 __all__ = [
     "Callback",
@@ -15,6 +15,7 @@ __all__ = [
     "TrainContext",
     "TrainReport",
     "TrainResult",
+    "TrainingRun",
     "TrainingSetup",
     "final_evaluation",
     "lr_at",
