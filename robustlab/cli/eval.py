@@ -4,13 +4,11 @@ checks, reports and plots; resumable (``--resume``) and shardable (``torchrun --
 from __future__ import annotations
 
 import argparse
-import sys
 
 from robustlab.attacks import attack_help
 from robustlab.cli import common as c
-from robustlab.eval import EvalConfig, EvalReport, run_evaluation
-from robustlab.eval.intervals import format_interval
-from robustlab.io import markdown_table
+from robustlab.eval import EvalConfig, run_evaluation
+from robustlab.eval.summary import summary_text
 
 EXAMPLE = (
     "robustlab eval --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --eps 0.02,0.05,0.1 "
@@ -77,53 +75,5 @@ def run(args: argparse.Namespace) -> int:
         command_line=args.command_line,
     )  # fmt: skip
     if report.rank == 0:
-        print_report(report)
+        print(summary_text(report), flush=True)
     return 0
-
-
-def print_report(report: EvalReport) -> None:
-    """The table of robust accuracy per eps and attack, samples with NaN/inf logits, sanity flags, files."""
-    names = report.attack_names
-    print(
-        f"{report.model} on {report.dataset}/{report.split} (n={report.n}), {report.norm}, attacks: {', '.join(names)}"
-    )
-    rows = [
-        [f"{e.eps:.4g}", format_interval(e.clean_accuracy, e.intervals.get("clean_accuracy"))]
-        + [format_interval(e.attacks[a].robust_accuracy_after, e.attacks[a].robust_accuracy_after_ci) for a in names]
-        + [
-            format_interval(e.robust_accuracy, e.intervals.get("robust_accuracy")),
-            f"{e.worst_case_topk.icr['mean']:.2f}",
-        ]
-        for e in report.results
-    ]
-    print(markdown_table(["eps", "clean %", *[f"after {a} %" for a in names], "robust %", "ICR mean"], rows))
-    # the protocol in one line here; report.md says what it means, once
-    print(f"95 % Clopper-Pearson intervals, n = {report.n}; eps protocol: {report.protocol} (see report.md)")
-    if report.cost:  # the cost of the answer: images forward / input gradients backward, all ranks
-        passes = [[f"{e.eps:.4g}", a, f"{e.attacks[a].seconds:.2f}", e.attacks[a].forward_passes,
-                   e.attacks[a].backward_passes] for e in report.results for a in names]  # fmt: skip
-        print(markdown_table(["eps", "attack", "seconds", "forward passes", "backward passes"], passes))
-        parts = ", ".join(f"{k} {v['forward_passes']}/{v['backward_passes']}" for k, v in report.cost.items()
-                          if isinstance(v, dict))  # fmt: skip
-        print(f"cost: {report.cost['forward_passes']} forward, {report.cost['backward_passes']} backward passes "
-              f"(forward/backward: {parts})")  # fmt: skip
-    print(f"headline: {report.headline_text()}")
-    for added, why in report.adaptive.get("added", {}).items():
-        print(f"added {added}: {why}")
-    for e in report.results:
-        if e.nonfinite:
-            shown = ", ".join(map(str, e.nonfinite[:10])) + (", ..." if len(e.nonfinite) > 10 else "")
-            print(f"NaN/inf logits at eps {e.eps:.4g}: {len(e.nonfinite)} sample(s) counted neither correct nor robust "
-                  f"(indices {shown})")  # fmt: skip
-    for flag in report.sanity or []:
-        print(f"{'FLAG' if flag.fired else 'ok  '} {flag.name}: {flag.message}")
-    for ind in report.indicators or []:  # indicators of attack failure, beside the flags
-        state = {True: "FIRED", False: "ok  ", None: "n/a "}[ind["fired"]]
-        print(f"{state} indicator {ind['name']}: {ind['message']}")
-    if report.curve:
-        median = report.curve["median_norm"]
-        print(f"curve: {len(report.curve['eps'])} eps from one {report.curve['attack']['attack']} run, median minimal "
-              f"norm {'not reached' if median is None else f'{median:.4g}'}; {report.curve['note']} (report.md)")
-    plots = f", plots in {report.files['robust_vs_eps'].rsplit('/', 1)[0]}" if "robust_vs_eps" in report.files else ""
-    print(f"report: {report.files['json']}, {report.files['markdown']}{plots}")
-    sys.stdout.flush()
