@@ -65,6 +65,8 @@ def test_steps_is_a_default_for_every_attack_that_takes_it_and_refused_when_none
     EvalConfig(0.1, attacks="square", steps=7).build()  # the sanity checks take --steps
     with pytest.raises(RobustlabError, match="exactly one step"):  # fgsm answers in its own words
         AttackConfig("fgsm", 0.1, steps=5).build()
+    with pytest.raises(RobustlabError, match="names 2 attacks"):  # robustlab attack runs one
+        AttackConfig("pgd,fgsm", 0.1).build()
     with pytest.raises(RobustlabError, match="attack objects"):
         EvalConfig(0.1, attacks={"pgd": PGD()}, steps=3).build()
 

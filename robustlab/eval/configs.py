@@ -124,7 +124,10 @@ class AttackConfig(AttackOptions):
     def build(self) -> Any:
         """The attack object, wrapped in :class:`~robustlab.attacks.Targeted` when a target rule is given."""
         if isinstance(self.attack, str):
-            attack = self.attacks_from(self.attack)[self.attack.strip()]
+            built = self.attacks_from(self.attack)
+            if len(built) != 1:
+                raise RobustlabError(f"attack {self.attack!r} names {len(built)} attacks; give one (several: eval)")
+            attack = next(iter(built.values()))
         else:
             attack = self.attacks_from({"attack": self.attack})["attack"]
         return Targeted(attack, self.target, seed=self.seed) if self.target else attack
