@@ -130,6 +130,7 @@ def test_square_budget_grows_until_a_block_breaks_nothing(zoo_pgdat, fmnist_batc
     assert int(grown.success.sum()) == sum(b["broken"] for b in blocks)
     assert bool((grown.info["queries"][~grown.success] == sum(b["queries"] for b in blocks)).all())
     assert counting.rows == int(grown.info["queries"].sum())
+    assert Square(n_queries=50).per_sample and not Square(n_queries=50, max_queries=100).per_sample  # batch-wide blocks
     with torch.no_grad():
         assert torch.equal(grown.success, zoo_pgdat(grown.x_adv).argmax(1) != y)
     assert float(threat.distance(grown.x_adv, x).max()) <= 0.1 * (1 + 1e-5)

@@ -146,7 +146,6 @@ class Square(AttackBase):
     """
 
     name = "square"
-    per_sample = True  # keyed draws and a per-sample schedule: a sample's result does not depend on its batch
 
     def __init__(
         self,
@@ -159,6 +158,9 @@ class Square(AttackBase):
     ) -> None:
         self.n_queries = options.whole("n_queries", n_queries)
         self.max_queries = None if max_queries is None else options.whole("max_queries", max_queries)
+        # keyed draws and a per-sample schedule: a sample's result does not depend on its batch, unless the budget
+        # grows (whether another block runs depends on what the batch's last block broke)
+        self.per_sample = self.max_queries is None
         if self.max_queries is not None and self.max_queries < self.n_queries:
             raise RobustlabError(
                 f"max_queries {self.max_queries} is below n_queries {self.n_queries}; give max_queries >= n_queries"
