@@ -4,7 +4,9 @@ Run: ``python bench/eval_cost.py`` (writes bench/results/eval_cost.json and prin
 (``--models``: the zoo's robust models at ``--eps``, zoo:fmnist-cnn at a small eps written ``MODEL@EPS``), on the
 first ``--n`` Fashion-MNIST test images, Linf, one evaluator entry per row:
 
-- ``pgd``: robustlab's PGD-10 with early stopping (the CLI's defaults);
+- ``pgd``: robustlab's PGD-10 with early stopping;
+- ``default``: ``robustlab eval``'s default protocol (APGD-CE, then APGD-T towards 2 MALT-ranked targets; each
+  stage's broken samples, passes and seconds under ``stages``);
 - ``aa``: robustlab's native AutoAttack preset (APGD-CE, APGD-T, FAB-T/FMN, Square), when it is registered;
 - ``autoattack``: pyautoattack's standard version (the reference);
 - ``torchattacks:AutoAttack``: torchattacks' AutoAttack (standard);
@@ -35,7 +37,7 @@ from robustlab.eval.intervals import clopper_pearson
 from robustlab.io import environment, markdown_table, write_json
 from robustlab.models import load_model
 
-ROWS = ("pgd", "aa", "autoattack", "torchattacks:AutoAttack")
+ROWS = ("pgd", "default", "aa", "autoattack", "torchattacks:AutoAttack")
 REFERENCE = "autoattack"
 MODELS = "zoo:fmnist-cnn-pgdat,zoo:fmnist-cnn-noiseaug,zoo:fmnist-cnn@0.02"
 
@@ -45,7 +47,7 @@ def build_rows(specs: list[str], seed: int) -> tuple[dict, dict[str, str]]:
     attacks, skipped = {}, {}
     for spec in specs:
         try:
-            attacks[spec] = EvalConfig(eps=(0.1,), attacks=(spec,), seed=seed).build_attacks()[spec]
+            attacks[spec] = EvalConfig(eps=(0.1,), attacks=(spec,), seed=seed, only_robust=False).build()[spec]
         except (RobustlabError, ImportError) as exc:
             skipped[spec] = str(exc).splitlines()[0]
     return attacks, skipped
@@ -59,17 +61,21 @@ def run_row(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    robust = int(result.robust.sum())
+    robust, entries = int(result.robust.sum()), list(evaluator.attacks)  # a protocol's stages: entries of their own
+    stages = {name: {"broken": int(result.broken[name].sum()), "forward_passes": result.forward_passes[name],
+                     "backward_passes": result.backward_passes[name], "seconds": round(result.seconds[name], 3)}
+              for name in entries}  # fmt: skip
     return {
         "robust": result.robust,
         "robust_accuracy": robust / len(y),
         "robust_accuracy_ci": list(clopper_pearson(robust, len(y))),
         "clean_accuracy": result.clean_accuracy,
-        "attacked": int(result.attacked[spec].sum()),
-        "forward_passes": result.forward_passes[spec],
-        "backward_passes": result.backward_passes[spec],
+        "attacked": int(result.attacked[entries[0]].sum()),
+        "forward_passes": sum(s["forward_passes"] for s in stages.values()),
+        "backward_passes": sum(s["backward_passes"] for s in stages.values()),
         "clean_passes": result.clean_passes,
         "seconds": seconds,
+        **({"stages": stages} if len(stages) > 1 else {}),
     }
 
 

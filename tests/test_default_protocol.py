@@ -33,7 +33,7 @@ def _robust_and_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["zoo:fmnist-cnn-pgdat", "zoo:fmnist-cnn-noiseaug"])
 def test_default_is_as_strong_as_autoattack_standard_at_a_tenth_of_its_passes(name, fmnist_batch):
-    pytest.importorskip("autoattack")
+    pytest.importorskip("pyautoattack")
     x, y = fmnist_batch(8)
     model = load_model(name)
     ours, our_passes = _robust_and_passes(model, x, y, "default")
