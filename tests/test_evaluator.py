@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustlab.attacks import FGSM, PGD
+from robustlab.attacks import FGSM, PGD, attack_from_spec
 from robustlab.eval import EvalResult, Evaluator, merge_batches
 from robustlab.eval.metrics import topk_report
 from robustlab.threat import ThreatModel
@@ -58,6 +58,17 @@ def test_shards_merge_to_the_single_process_result(zoo_mlp, fmnist_batch):
         parts.update(mine)
     assert sorted(parts) == [0, 1, 2, 3]
     _same(merge_batches(parts, list(_attacks())), whole)
+
+
+def test_a_staged_protocol_runs_its_stages_as_entries_that_shards_merge(zoo_mlp, fmnist_batch):
+    x, y = fmnist_batch(24)
+    evaluator = Evaluator({"fgsm": FGSM(), "default": attack_from_spec("default", seed=0)}, THREAT, batch_size=8)
+    assert list(evaluator.attacks) == ["fgsm", "default/apgd-ce", "default/apgd-t"]
+    whole = evaluator.run(zoo_mlp, (x, y))
+    assert not (whole.broken["default/apgd-t"] & ~whole.attacked["default/apgd-t"]).any()
+    assert torch.equal(whole.attacked["default/apgd-t"], whole.robust_after["default/apgd-ce"])  # only what is left
+    parts = {b: r for rank in range(2) for b, r in evaluator.run_batches(zoo_mlp, (x, y), shard=(rank, 2)).items()}
+    _same(merge_batches(parts, list(evaluator.attacks)), whole)
 
 
 class _CrashError(Exception):
