@@ -29,7 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--topk", type=c.topk_list, help="k's for top-k ASR and robust accuracy (default: 1,2,3,5; 1,5,10 for >10)"
     )
     p.add_argument("--save-adv", metavar="FILE", help="save {'x_adv', 'y', 'index'} as a torch file (default: not)")
-    c.add_batch_args(p)
     c.add_threat_args(p)
     c.add_attack_args(p)
     c.add_run_args(p, out_default="runs/attack")

@@ -212,14 +212,19 @@ ATTACK_HELP = {
 
 def add_attack_args(parser: Any, options: tuple[str, ...] = tuple(ATTACK_HELP), **helps: str) -> None:
     """The attack defaults ``--steps``, ``--step-size``, ``--loss``, ``--restarts`` (those in ``options``; ``helps``
-    replaces an option's help): a default for every chosen attack that takes it, refused when none does."""
+    replaces an option's help): a default for every chosen attack that takes it, refused when none does. On a
+    parser, in a group with ``--seed`` and ``--batch-size``: the fields of ``eval.configs.AttackOptions``."""
     from robustlab.losses import loss_names
 
-    g = parser.add_argument_group("attack defaults") if isinstance(parser, argparse.ArgumentParser) else parser
+    group = isinstance(parser, argparse.ArgumentParser)
+    g = parser.add_argument_group("attacks") if group else parser
     types = {"steps": positive_int, "step_size": positive_float, "loss": str, "restarts": positive_int}
     for name in options:
         text = helps.get(name, ATTACK_HELP[name]).replace("{losses}", ", ".join(loss_names()))
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=types[name], help=text)
+    if group:
+        g.add_argument("--seed", type=int, default=0, help="seed of the attacks' own random generators")
+        g.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (default: 256)")
 
 
 def attack_defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,9 +245,3 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: str, resume: bool
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_batch_args(parser: argparse.ArgumentParser) -> None:
-    """``--batch-size`` and ``--seed`` of the attack-running commands."""
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (default: 256)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' own random generators")

@@ -57,7 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--curve", action="store_true", help="also the whole robustness curve from one minimum-norm run "
                    "(FMN): robust accuracy at every eps with intervals, checked by a fixed-eps attack at three eps")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    c.add_batch_args(p)
     c.add_run_args(p, out_default="runs/eval", resume=True)
     p.set_defaults(run=run)
 

@@ -41,7 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'} (default: not)"
     )
-    c.add_batch_args(p)
     c.add_threat_args(p)
     c.add_attack_args(p)
     c.add_run_args(p, out_default="runs/transfer")
