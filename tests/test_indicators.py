@@ -110,3 +110,18 @@ def test_all_indicators_from_one_call_with_their_meaning(zoo_cnn, fmnist_batch):
     assert all(i.meaning == MEANINGS[i.name] and i.message for i in indicators)
     assert [i.name for i in indicators if i.fired] == []
     assert {i.name for i in indicators if i.fired is None} == {"incomplete_optimization", "transfer_failure"}
+
+
+def test_an_evaluation_reports_the_indicators_beside_its_flags(zoo_cnn, fmnist_batch):
+    from robustlab.eval import EvalConfig, run_evaluation
+
+    x, y = fmnist_batch(40)
+    report = run_evaluation(zoo_cnn, (x, y), EvalConfig(eps=(0.03,), attacks="pgd(steps=3)", sanity_n=20, steps=3,
+                                                        plots=False))  # fmt: skip
+    assert [i["name"] for i in report.indicators] == list(MEANINGS)
+    # 3 steps are too few: the sanity check's 12-step PGD breaks more, and the indicator says so from its numbers
+    assert [i["name"] for i in report.indicators if i["fired"]] == ["incomplete_optimization"]
+    assert "pgd-12" in next(i for i in report.indicators if i["fired"])["message"]
+    text = report.to_markdown()
+    assert "## Indicators of attack failure" in text and text.index("## Sanity checks") < text.index("## Indicators")
+    assert report.to_dict()["indicators"] == report.indicators
