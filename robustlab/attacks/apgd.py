@@ -2,14 +2,14 @@
 
 :class:`APGD` is the one gradient loop's attack with another step rule: it reuses :class:`GradientAttack`'s
 restarts (as rows of one batch), keyed per-sample random starts, early stopping, EOT, precision and memory format,
-and replaces only the steps (:meth:`APGD._run`). Steps, projections, clipping and random starts are the
+and replaces only the step rule (:class:`APGDStep`). Steps, projections, clipping and random starts are the
 :class:`~robustlab.threat.ThreatModel`'s (Linf: signed steps; L2: steps on the normalised gradient).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.base import GradientAttack
+from robustlab.attacks.loop import Rows
 from robustlab.attacks.protocol import AttackBase, AttackResult, frozen_parameters, model_logits, untouched
-from robustlab.attacks.restarts import pick, stop_rows
-from robustlab.attacks.runtime import Runtime
+from robustlab.attacks.restarts import pick
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn
@@ -40,30 +40,51 @@ def checkpoints(steps: int) -> list[int]:
         points.append(points[-1] + length)
 
 
-@dataclass
-class _Rows:
-    """APGD's state per row: the iterate, the one before it (momentum), the gradient there, the step size, the best
-    iterate so far (with its objective and gradient) and the bookkeeping of the current checkpoint interval."""
+class APGDStep:
+    """APGD's step rule (the paper's Algorithm 1) on :func:`~robustlab.attacks.loop.gradient_loop`: a step of size
+    ``eta`` then momentum against the previous iterate, ``eta`` halved at the checkpoints where the objective
+    stalled (the iterate back to the best one), the best iterate kept; per-row state in ``rows.state``. It evaluates
+    ``steps + 1`` iterates (the start and each step's), so the last one counts too."""
 
-    x: Tensor
-    x_prev: Tensor
-    grad: Tensor
-    eta: Tensor  # (N, 1, ...): the step size
-    best_x: Tensor
-    best_grad: Tensor
-    best: Tensor  # the highest objective so far
-    last: Tensor  # the objective at the previous iterate
-    increases: Tensor  # steps that raised the objective since the last checkpoint
-    best_at_check: Tensor  # the best objective at the last checkpoint
-    reduced: Tensor  # whether the step size was halved at the last checkpoint
-    x0: Tensor  # the clean inputs
-    y: Tensor
-    target: Tensor | None
+    def __init__(
+        self, threat: ThreatModel, step_size: float, steps: int, momentum: float, rho: float,
+        objective: Callable[[Tensor, Rows], Tensor],
+    ) -> None:  # fmt: skip
+        self.threat, self.step_size, self.steps, self.momentum, self.rho = threat, step_size, steps, momentum, rho
+        self.objective, self.iterations = objective, steps + 1
+        self.previous = dict(zip(checkpoints(steps), [0, *checkpoints(steps)]))  # checkpoint -> the one before
 
-    def select(self, rows: Tensor) -> _Rows:
-        """The state of ``rows`` only (early stopping drops the others)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return _Rows(**{k: v.index_select(0, rows) if v is not None else None for k, v in values.items()})
+    def __call__(self, x: Tensor, grad: Tensor, logits: Tensor, rows: Rows, i: int) -> Tensor:
+        s, objective = rows.state, self.objective(logits, rows)
+        if i == 0:
+            eta = torch.full((x.shape[0], *([1] * (x.dim() - 1))), self.step_size, device=x.device, dtype=grad.dtype)
+            s.update(eta=eta, x_prev=x, best_x=x, best_grad=grad, best=objective, last=objective,
+                     increases=torch.zeros_like(objective), best_at_check=objective,
+                     reduced=torch.ones_like(objective, dtype=torch.bool))  # fmt: skip
+        else:
+            s["increases"] += objective > s["last"]
+            s["last"] = objective
+            better = objective > s["best"]
+            s["best"] = torch.where(better, objective, s["best"])
+            s["best_x"], s["best_grad"] = _where(better, x, s["best_x"]), _where(better, grad, s["best_grad"])
+        if i in self.previous:  # halve the step and go back to the best point where the objective stalled
+            stalled = ~s["reduced"] & (s["best"] <= s["best_at_check"])
+            halve = (s["increases"] < self.rho * (i - self.previous[i])) | stalled
+            s["eta"] = _where(halve, s["eta"] / 2, s["eta"])
+            x, grad = _where(halve, s["best_x"], x), _where(halve, s["best_grad"], grad)
+            s["reduced"], s["best_at_check"], s["increases"] = halve, s["best"].clone(), torch.zeros_like(objective)
+        if i == self.steps:
+            return x
+        # z = P(x + eta * step(grad)); x_next = P(x + alpha (z - x) + (1 - alpha) (x - x_prev))
+        z = self.threat.project(self.threat.step(x, grad, s["eta"]), rows.x)
+        alpha = self.momentum if i > 0 else 1.0
+        x_next = self.threat.project(x + alpha * (z - x) + (1 - alpha) * (x - s["x_prev"]), rows.x)
+        s["x_prev"] = x
+        return x_next
+
+    def final(self, x: Tensor, rows: Rows) -> Tensor:
+        """The best iterate."""
+        return rows.state["best_x"]
 
 
 class APGD(GradientAttack):
@@ -86,6 +107,7 @@ class APGD(GradientAttack):
 
     name = "apgd"
     rel_step_size = 2.0
+    keep_first_success = True
 
     def __init__(
         self,
@@ -106,106 +128,18 @@ class APGD(GradientAttack):
         """The attack's configuration, for reports."""
         return {**super().config(), "rho": self.rho}
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        x_adv: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        threat: ThreatModel,
-        step_size: float,
-        criterion: Criterion,
-        generator: torch.Generator,
-        run: Runtime,
-        early: bool = False,
-        samples: int | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """APGD's iterations from ``x_adv`` (the paper's Algorithm 1): ``(x_adv, left, hit, hit_logits)`` as
-        :meth:`GradientAttack._run` returns them; ``x_adv`` holds each row's first success, else its best iterate."""
-        grad, objective, logits = self._objective(model, x_adv, y, target, generator, run, criterion, first=True)
-        eta = torch.full((x.shape[0], *([1] * (x.dim() - 1))), step_size, device=x.device, dtype=grad.dtype)
-        s = _Rows(x=x_adv, x_prev=x_adv, grad=grad, eta=eta, best_x=x_adv, best_grad=grad, best=objective,
-                  last=objective, increases=torch.zeros_like(objective), best_at_check=objective,
-                  reduced=torch.ones_like(objective, dtype=torch.bool), x0=x, y=y, target=target)  # fmt: skip
-        found = _Found(x_adv, early, samples)
-        s = found.judge(s, logits, model, criterion, run)
-        previous = dict(zip(checkpoints(self.steps), [0, *checkpoints(self.steps)]))  # checkpoint -> the one before
-        for i in range(1, self.steps + 1):
-            if s.x.shape[0] == 0:
-                break
-            # z = P(x + eta * step(grad)); x_next = P(x + alpha (z - x) + (1 - alpha) (x - x_prev))
-            z = threat.project(threat.step(s.x, s.grad, s.eta), s.x0)
-            alpha = self.momentum if i > 1 else 1.0
-            s.x, s.x_prev = threat.project(s.x + alpha * (z - s.x) + (1 - alpha) * (s.x - s.x_prev), s.x0), s.x
-            s.grad, objective, logits = self._objective(model, s.x, s.y, s.target, generator, run, criterion)
-            s.increases += objective > s.last
-            s.last = objective
-            better = objective > s.best
-            s.best = torch.where(better, objective, s.best)
-            s.best_x, s.best_grad = _where(better, s.x, s.best_x), _where(better, s.grad, s.best_grad)
-            s = found.judge(s, logits, model, criterion, run)
-            if i in previous:  # halve the step and restart from the best point where the loss stalled
-                halve = (s.increases < self.rho * (i - previous[i])) | (~s.reduced & (s.best <= s.best_at_check))
-                s.eta = _where(halve, s.eta / 2, s.eta)
-                s.x, s.grad = _where(halve, s.best_x, s.x), _where(halve, s.best_grad, s.grad)
-                s.reduced, s.best_at_check, s.increases = halve, s.best.clone(), torch.zeros_like(s.increases)
-        return found.result(s)
+    def _step(self, threat: ThreatModel, step_size: float) -> APGDStep:
+        """APGD's step rule, its objective the attack loss (minus the loss towards a target: higher is better)."""
+        return APGDStep(threat, step_size, self.steps, self.momentum, self.rho, self._objective)
 
-    def _objective(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator, run: Runtime,
-        criterion: Criterion, first: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """The gradient of the attack objective at ``x``, the objective per row (the loss, or minus the loss towards
-        a target: higher is better) in float32, and the logits."""
-        grad, logits = self._gradient(model, x.detach().requires_grad_(True), y, target, criterion, generator, run,
-                                      first)  # fmt: skip
-        loss = self._loss(logits.detach().float(), y, target).float()
-        return grad, (-loss if target is not None else loss), logits.detach()
+    def _objective(self, logits: Tensor, rows: Rows) -> Tensor:
+        loss = self._loss(logits.detach().float(), rows.y, rows.target).float()
+        return -loss if rows.target is not None else loss
 
 
 def _where(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Per row: ``a`` where ``rows`` holds, else ``b``."""
     return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
-
-
-class _Found:
-    """Which rows met the criterion, and at which iterate: with early stopping such rows leave the batch (and, with
-    restarts as rows, every row of their sample); without, the first success is kept while the row goes on."""
-
-    def __init__(self, x_adv: Tensor, early: bool, samples: int | None) -> None:
-        self.out = x_adv.clone()
-        self.done = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
-        self.left = torch.zeros_like(self.done)
-        self.active = torch.arange(x_adv.shape[0], device=x_adv.device)
-        self.early, self.samples = early, samples
-        self.hits: list[Tensor] = [self.active[:0]]
-        self.hit_logits: list[Tensor] = []
-
-    def judge(self, s: _Rows, logits: Tensor, model: nn.Module, criterion: Criterion, run: Runtime) -> _Rows:
-        """Record the rows that meet the criterion at ``s.x``; the state of the rows that go on."""
-        if not self.early:
-            new = criterion(logits, s.y, s.target) & ~self.done
-            self.out[new] = s.x[new]
-            self.done |= new
-            return s
-        leave, hit, judged = stop_rows(model, criterion, run, s.x, s.y, s.target, logits, self.active, self.samples)
-        if leave is None:
-            return s
-        gone, stay = leave.nonzero().squeeze(1), (~leave).nonzero().squeeze(1)
-        self.hits.append(self.active[hit])
-        self.hit_logits.append(judged)
-        self.out[self.active[gone]] = s.x[gone]
-        self.left[self.active[gone]] = True
-        self.active = self.active[stay]
-        return s.select(stay)
-
-    def result(self, s: _Rows) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``(x_adv, left, hit, hit_logits)``: the rows still going end at their best iterate."""
-        keep = ~self.done[self.active]
-        self.out[self.active[keep]] = s.best_x[keep]
-        logits = torch.cat(self.hit_logits) if self.hit_logits else None
-        return self.out.detach(), self.left, torch.cat(self.hits), logits
 
 
 class APGDTargeted(AttackBase):

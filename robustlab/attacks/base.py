@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -10,17 +11,17 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options, runtime
-from robustlab.attacks.inputs import diverse_inputs, eot_rng
+from robustlab.attacks.inputs import diverse_inputs
+from robustlab.attacks.loop import Found, InputGradient, Momentum, ProjectedStep, Rows, Step, gradient_loop
 from robustlab.attacks.protocol import (
     AttackBase,
     AttackResult,
     check_batch,
-    check_first_logits,
     frozen_parameters,
     model_logits,
     untouched,
 )
-from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, select_rows, stack_rows, stop_rows
+from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, stack_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, check_criterion
 from robustlab.errors import RobustlabError
@@ -257,85 +258,21 @@ class GradientAttack(AttackBase):
         generator.manual_seed(self.seed)
         return generator
 
+    keep_first_success = False  # without early stopping, a row's answer is its last iterate (APGD: the first success)
+
     def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        x_adv: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        threat: ThreatModel,
-        step_size: float,
-        criterion: Criterion,
-        generator: torch.Generator,
-        run: Runtime,
-        early: bool = False,
+        self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel,
+        step_size: float, criterion: Criterion, generator: torch.Generator, run: Runtime, early: bool = False,
         samples: int | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """The steps from ``x_adv``: ``(iterates, left, hit, hit_logits)``. With ``early`` stopping a row leaves at the
-        first iterate that breaks it (``hit``: those rows, ``hit_logits``: their float32 logits there), or when another
-        restart of its sample (rows ``i % samples``) broke; the others end at the final iterate."""
-        velocity = torch.zeros_like(x) if self.momentum else None
-        active = torch.arange(x.shape[0], device=x.device)
-        left = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        hits: list[Tensor] = [active[:0]]
-        hit_logits: list[Tensor] = []
-        # with early stopping the rows still active, compacted only at a step where some leave (x_adv keeps those)
-        current, xs, ys, ts = x_adv, x, y, target
-        for step in range(self.steps):
-            xa = current.detach().requires_grad_(True)
-            grad, logits = self._gradient(model, xa, ys, ts, criterion, generator, run, step == 0)
-            xa = xa.detach()
-            stop = stop_rows(model, criterion, run, xa, ys, ts, logits, active, samples) if early else _NONE
-            leave, hit, judged = stop
-            stay: Tensor | None = None  # rows that go on, where they are compacted after the step
-            if leave is not None:  # the leaving rows keep this iterate; the others go on, compacted by one index
-                gone, stay = leave.nonzero().squeeze(1), (~leave).nonzero().squeeze(1)
-                hits.append(active[hit])
-                hit_logits.append(judged)
-                rows, active = active[gone], active[stay]
-                left[rows] = True
-                x_adv[rows] = xa.index_select(0, gone)
-                if active.numel() == 0:
-                    break
-                ys, ts = select_rows(stay, ys, ts)
-                if velocity is not None or threat.norm != "linf":  # steps that reduce over a row see the same rows
-                    xa, grad, xs, velocity = select_rows(stay, xa, grad, xs, velocity)
-                    stay = None
-            if velocity is not None:
-                l1 = grad.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-                grad = velocity = self.momentum * velocity + grad / l1
-            current = threat.project(threat.step(xa, grad, step_size), xs, inplace=True)
-            if stay is not None:  # an elementwise step (Linf): compact after it, one gather fewer (not xa and grad)
-                current, xs = select_rows(stay, current, xs)
-        if not early:
-            x_adv = current
-        elif active.numel():
-            x_adv[active] = current
-        return x_adv.detach(), left, torch.cat(hits), torch.cat(hit_logits) if hit_logits else None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+        """The loop from ``x_adv`` with this attack's pieces: ``(x_adv, left, hit, hit_logits)`` (see ``Found``)."""
+        inputs = functools.partial(diverse_inputs, prob=self.diversity_prob, generator=generator)
+        gradient = InputGradient(model, self._loss, criterion, run, generator, self.eot_samples,
+                                 inputs if self.diversity_prob > 0 else None)  # fmt: skip
+        rows, step = Rows(x, y, target), self._step(threat, step_size)
+        found = Found(x_adv, model, criterion, run, early, samples, self.keep_first_success)
+        return found.result(gradient_loop(x_adv, rows, gradient, step, found.stop), rows)
 
-    def _gradient(
-        self, model: nn.Module, xa: Tensor, y: Tensor, target: Tensor | None, criterion: Criterion,
-        generator: torch.Generator, run: Runtime, first: bool,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """The input gradient of the attack objective at ``xa`` (under EOT the mean over passes with fresh randomness),
-        in float32 where the step ran in low precision (no underflow in norms), and the last pass's logits."""
-        grad: Tensor | None = None
-        with torch.enable_grad(), eot_rng(self.eot_samples, generator, xa.device):
-            for _ in range(self.eot_samples):
-                with run.autocast(xa.device):
-                    logits = model_logits(model, diverse_inputs(xa, self.diversity_prob, generator))
-                    if first:
-                        check_first_logits(logits, y, target, criterion)
-                    objective = self._loss(logits, y, target).sum()
-                    objective = objective * run.loss_scale if run.loss_scale != 1 else objective
-                g = torch.autograd.grad(objective if target is None else -objective, xa)[0]
-                if self.eot_samples > 1:
-                    grad = (torch.zeros_like(xa) if grad is None else grad).add_(g / self.eot_samples)
-                else:  # one pass: its gradient as it is (0 + g / 1 is g; only the sign of a zero could differ)
-                    grad = g
-        assert grad is not None
-        return grad.float() if grad.dtype in LOW_PRECISION else grad, logits
-
-
-_NONE = (None, None, None)
+    def _step(self, threat: ThreatModel, step_size: float) -> Step:
+        """The step rule: a projected step of ``step_size`` on the gradient, through momentum when it is on."""
+        return ProjectedStep(threat, step_size, self.steps, (Momentum(self.momentum),) if self.momentum else ())
