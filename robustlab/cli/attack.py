@@ -7,7 +7,6 @@ import sys
 
 from robustlab.attacks import attack_help
 from robustlab.cli import common as c
-from robustlab.errors import RobustlabError
 from robustlab.eval import AttackConfig, run_attack
 
 EXAMPLE = "robustlab attack --model zoo:fmnist-cnn --dataset fashion-mnist --n 1000 --attacks pgd --eps 0.1"
@@ -21,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     c.add_model_args(p)
     c.add_data_args(p)
-    p.add_argument("--attacks", dest="attack", metavar="SPEC", help=f"the attack (one spec; required): {attack_help()}")
+    p.add_argument("--attacks", dest="attack", required=True, metavar="SPEC", help=f"the attack, one spec: {attack_help()}")
     p.add_argument(
         "--target", help="targeted attack towards a class index, 'random' or 'least-likely' (default: untargeted)"
     )
@@ -36,8 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.attack is None:
-        raise RobustlabError("give the attack: --attacks SPEC (e.g. --attacks pgd); see robustlab attack --help")
     config = AttackConfig(args.attack, c.threat_of(args), target=args.target, topk=c.topk_tuple(args),
                           **c.attack_defaults(args))  # fmt: skip
     report = run_attack(
