@@ -106,22 +106,24 @@ def _gradient_answer(
 ) -> tuple[str, Any] | None:
     """BPDA-PGD where the gradient vanishes: on the modules that cut it, else on the whole input pipeline; None
     (with the reason in ``plan.unanswered``) when neither gives a gradient back."""
-    plan.bpda_modules = masking_modules(model, x)
-    if plan.bpda_modules:
-        with bpda(model, plan.bpda_modules):
+    cutting = masking_modules(model, x)
+    if cutting:
+        with bpda(model, cutting):
             if _gradient_flows(model, x, y, threat):
-                return (f"bpda-pgd(steps={steps})[{','.join(plan.bpda_modules)}]",
-                        BPDAAttack(PGD(steps=steps, seed=seed), plan.bpda_modules))  # fmt: skip
+                plan.bpda_modules = cutting
+                return (f"bpda-pgd(steps={steps})[{','.join(cutting)}]",
+                        BPDAAttack(PGD(steps=steps, seed=seed), cutting))  # fmt: skip
     stage = input_stage(model, x)
     if stage is not None:
         with straight_through(model, stage):
             if _gradient_flows(model, x, y, threat):
                 plan.straight_through = stage
                 return f"bpda-pgd(steps={steps})[input<{stage}]", BPDAAttack(PGD(steps=steps, seed=seed), before=stage)
-    where = f"; BPDA on {', '.join(plan.bpda_modules)} did not help" if plan.bpda_modules else ""
+    modules = f"BPDA on {', '.join(cutting)} leaves it zero" if cutting else "no module cuts it by itself"
+    pipeline = f"up to {stage}" if stage else "no layer with weights sees the input"
     plan.unanswered["bpda"] = (
-        "BPDA could NOT be run: no module cuts the gradient by itself and the identity backward over the input "
-        f"pipeline{f' (up to {stage})' if stage else ' (no layer with weights sees the input)'} leaves it zero{where}"
+        f"BPDA could NOT be run: the gradient stays zero ({modules}; the identity backward over the input pipeline, "
+        f"{pipeline}, does not bring it back)"
     )
     return None
 
