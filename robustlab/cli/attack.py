@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     c.add_model_args(p)
     c.add_data_args(p)
-    p.add_argument("--attacks", dest="attack", required=True, metavar="SPEC", help=f"the attack, one spec: {attack_help()}")
+    p.add_argument("--attacks", dest="attack", required=True, metavar="SPEC", help=f"one attack: {attack_help()}")
     p.add_argument(
         "--target", help="targeted attack towards a class index, 'random' or 'least-likely' (default: untargeted)"
     )
