@@ -13,8 +13,8 @@ from typing import NoReturn
 from robustlab import __version__
 from robustlab.errors import RobustlabError
 
-# Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args) -> int``; its one-line help is here too,
-# so ``robustlab --help`` lists them without importing them (and torch): a test checks the two agree.
+# Each subcommand is a module with ``add_parser(subparsers)`` (through common.subparser, which takes its one-line help
+# from here) and a ``run(args) -> int`` default; ``robustlab --help`` lists them without importing them (and torch).
 SUBCOMMANDS = {
     "attack": "attack a model with any attack spec (FGSM, PGD, top-k, AutoAttack, ...) and report robust accuracy",
     "eval": "robust accuracy under several attacks and eps values (worst case, AutoAttack, top-k, reports)",
