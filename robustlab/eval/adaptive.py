@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from robustlab.attacks import PGD, TransferAttack, attack_from_spec
 from robustlab.attacks.bpda import BPDAAttack
 from robustlab.attacks.square import Square
-from robustlab.eval.flags import FlagKind, kind_of
+from robustlab.eval.flags import FlagKind
 from robustlab.eval.indicators import GradientBehaviour, gradient_behaviour
 from robustlab.eval.sanity import Flag
 from robustlab.models.bpda import bpda, input_stage, masking_modules, straight_through
@@ -141,7 +141,7 @@ def plan_adaptive(
     threat = config.threat  # the largest eps
     behaviour: GradientBehaviour = gradient_behaviour(model, x, y, threat)
     plan.behaviour = behaviour.to_dict()
-    kinds = {kind_of(f.name): f.name for f in flags if f.fired}
+    kinds = {f.kind: f.name for f in flags if f.fired}
     if behaviour.useless and FlagKind.ZERO_OR_NAN_GRADIENTS not in kinds:
         plan.fired.append("useless_gradients")  # found by behaviour: a staircase response, no flag of its own
     if not plan.fired:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from robustlab.attacks.presets import PGD
 from robustlab.attacks.protocol import frozen_parameters, model_logits, untouched
 from robustlab.attacks.transfer import TransferAttack
-from robustlab.eval.flags import FlagKind, kind_of
+from robustlab.eval.flags import FlagKind
 from robustlab.eval.sanity import Flag
 from robustlab.eval.sources import first_batch
 from robustlab.losses import cross_entropy
@@ -116,7 +116,7 @@ class Indicator:
 
 
 def _flag(flags: Sequence[Flag] | None, kind: FlagKind) -> Flag | None:
-    return next((f for f in flags or [] if kind_of(f.name) is kind), None)
+    return next((f for f in flags or [] if f.kind is kind), None)
 
 
 def silent_success(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int, seed: int) -> Indicator:

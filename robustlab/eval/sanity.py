@@ -25,6 +25,7 @@ from robustlab.attacks.presets import PGD
 from robustlab.attacks.protocol import frozen_parameters, model_logits
 from robustlab.attacks.square import Square
 from robustlab.eval.evaluator import Evaluator, as_found
+from robustlab.eval.flags import FlagKind, kind_of
 from robustlab.eval.progress import check_progress
 from robustlab.eval.sanity_budget import SanityBudget
 from robustlab.losses import cross_entropy
@@ -45,6 +46,11 @@ class Flag:
     values: dict[str, Any] = field(default_factory=dict)
     forward_passes: int = 0
     backward_passes: int = 0
+
+    @property
+    def kind(self) -> FlagKind | None:
+        """The flag's declared kind (None for a name this version does not know, e.g. from a newer report)."""
+        return kind_of(self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,6 +279,7 @@ def run_sanity_checks(
 
 __all__ = [
     "Flag",
+    "FlagKind",
     "check_blackbox",
     "check_eps_monotone",
     "check_eps_zero",
