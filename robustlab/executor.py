@@ -110,18 +110,18 @@ def execute(
     shard = init_distributed(device) if distributed else Shard()
     try:
         run = Run(kind, shard_device(device, shard), shard, command_line)
-        folder = _folder(run, out, fingerprint, resume=resume, overwrite=overwrite, resumable=resumable,
-                         scratch=scratch) if isinstance(fingerprint, dict) or fingerprint is None else None  # fmt: skip
-        if folder is not None:  # checked now: a busy folder is refused before the models load
+        options = {"resume": resume, "overwrite": overwrite, "resumable": resumable, "scratch": scratch}
+        known = not callable(fingerprint)  # known before anything loads: the folder is checked first
+        folder = _folder(run, out, fingerprint, **options) if known else None  # type: ignore[arg-type]
+        if folder is not None:  # a busy folder, or one holding a run, is refused before the models load
             folder.precheck()
         if export is not None and export[1] is not None:
             flag, path, writes = export
             check_not_in_run(path, out, flag, (*REPORT_FILES, *writes))
             run.export = check_writable_file(path, flag)
         built = build(run)
-        if folder is None and out is not None:  # a fingerprint of what was built (weights, data digests)
-            folder = _folder(run, out, fingerprint(built), resume=resume, overwrite=overwrite,  # type: ignore[misc]
-                             resumable=resumable, scratch=scratch)  # fmt: skip
+        if not known:  # a fingerprint of what was built (weights, data digests)
+            folder = _folder(run, out, fingerprint(built), **options)  # type: ignore[misc,operator]
         with folder if folder is not None else contextlib.nullcontext():
             run.folder = folder
             report = work(run, built)
