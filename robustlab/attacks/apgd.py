@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options
 from robustlab.attacks.base import GradientAttack
-from robustlab.attacks.loop import Rows
+from robustlab.attacks.loop import Call, Rows
 from robustlab.attacks.protocol import AttackBase, AttackResult, frozen_parameters, model_logits, untouched
 from robustlab.attacks.restarts import pick
 from robustlab.criteria import Criterion, Misclassified, TargetedMisclassified
@@ -128,9 +128,9 @@ class APGD(GradientAttack):
         """The attack's configuration, for reports."""
         return {**super().config(), "rho": self.rho}
 
-    def _step(self, threat: ThreatModel, step_size: float) -> APGDStep:
+    def step_rule(self, call: Call) -> APGDStep:
         """APGD's step rule, its objective the attack loss (minus the loss towards a target: higher is better)."""
-        return APGDStep(threat, step_size, self.steps, self.momentum, self.rho, self._objective)
+        return APGDStep(call.threat, call.step_size, self.steps, self.momentum, self.rho, self._objective)
 
     def _objective(self, logits: Tensor, rows: Rows) -> Tensor:
         loss = self._loss(logits.detach().float(), rows.y, rows.target).float()

@@ -12,7 +12,18 @@ from torch import Tensor, nn
 
 from robustlab.attacks import options, runtime
 from robustlab.attacks.inputs import diverse_inputs
-from robustlab.attacks.loop import Found, InputGradient, Momentum, ProjectedStep, Rows, Step, gradient_loop
+from robustlab.attacks.loop import (
+    Call,
+    Found,
+    GradientTransform,
+    InputGradient,
+    InputTransform,
+    Momentum,
+    ProjectedStep,
+    Rows,
+    Step,
+    gradient_loop,
+)
 from robustlab.attacks.protocol import (
     AttackBase,
     AttackResult,
@@ -21,8 +32,7 @@ from robustlab.attacks.protocol import (
     model_logits,
     untouched,
 )
-from robustlab.attacks.restarts import keyed_starts, pick, pick_rows, restart_groups, stack_rows
-from robustlab.attacks.runtime import Runtime
+from robustlab.attacks.restarts import best_of_restarts, keyed_starts, pick_rows, stack_rows
 from robustlab.criteria import Criterion, check_criterion
 from robustlab.errors import RobustlabError
 from robustlab.losses import LossFn, get_loss, is_targeted_loss
@@ -73,6 +83,7 @@ class GradientAttack(AttackBase):
 
     name = "gradient"
     rel_step_size: float = 0.25
+    keep_first_success = False  # without early stopping a row's answer is its last iterate (APGD: its first success)
 
     def __init__(
         self,
@@ -173,15 +184,12 @@ class GradientAttack(AttackBase):
                 "call the attack for its AttackResult instead"
             )
         criterion = self._setup(x, y, threat, target)
-        step_size = self.resolve_step_size(threat)
-        x, generator = x.detach(), self._generator(x.device)
+        x = x.detach()
         with frozen_parameters(model):
-            run = self._resolve(model, x, inside=False)
-            with run.layout(model, x):
-                start = run.inputs(self._start(x, threat, generator, keyed=False))
-                early = self.early_stop and self.eot_samples == 1
-                x_adv = self._run(model, run.inputs(x), start, y, target, threat, step_size, criterion, generator, run,
-                                  early)[0]  # fmt: skip
+            call = self._call(model, x, threat, criterion, inside=False)
+            with call.runtime.layout(model, x):
+                start = call.runtime.inputs(self._start(x, threat, call.generator, keyed=False))
+                x_adv = self._run(call, call.runtime.inputs(x), start, y, target)[0]
         return x_adv.contiguous() if x.is_contiguous() else x_adv
 
     def __call__(
@@ -190,55 +198,48 @@ class GradientAttack(AttackBase):
         """Attack ``model`` at ``x`` (true labels ``y``); with ``target`` the attack is targeted."""
         start = time.perf_counter()
         criterion = self._setup(x, y, threat, target)
-        sign = -1.0 if target is not None else 1.0
-        step_size = self.resolve_step_size(threat)
-        generator = self._generator(x.device)
         x = x.detach()
-        best: AttackResult | None = None
         with frozen_parameters(model), untouched(model, x.device):
-            run = self._resolve(model, x)
-            with run.layout(model, x):
-                for rows in restart_groups(self.restarts, x.shape[0], self.restart_batch):
-                    group = self._restarts(model, run.inputs(x), y, target, threat, step_size, criterion, generator,
-                                           run, rows)  # fmt: skip
-                    best = group if best is None else pick(best, group, sign)
-                    if bool(best.success.all()):
-                        break
-        assert best is not None
+            call = self._call(model, x, threat, criterion)
+            with call.runtime.layout(model, x):
+                xs = call.runtime.inputs(x)
+                sign = 1.0 if target is None else -1.0
+                best = best_of_restarts(lambda rows: self._restarts(call, xs, y, target, rows), self.restarts,
+                                        x.shape[0], self.restart_batch, sign)  # fmt: skip
         best.x_adv = best.x_adv.contiguous() if x.is_contiguous() else best.x_adv
-        best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": step_size, **self.runtime}
+        best.info = {"time_s": time.perf_counter() - start, **self.config(), "step_size": call.step_size,
+                     **call.runtime.to_dict()}  # fmt: skip
         return best
 
-    def _resolve(self, model: nn.Module, x: Tensor, inside: bool = True) -> Runtime:
-        """The layout and precision of this call (a probe leaves no trace on the model); recorded in ``runtime``."""
+    def _call(
+        self, model: nn.Module, x: Tensor, threat: ThreatModel, criterion: Criterion, inside: bool = True
+    ) -> Call:
+        """What this call fixes: its layout and precision (a probe leaves no trace on the model; recorded in
+        ``runtime`` for the reports), step size and a fresh generator from the seed."""
         with contextlib.nullcontext() if inside else untouched(model, x.device):
             run = runtime.resolve(model, x, self.memory_format, self.precision)
         self.runtime = run.to_dict()
-        return run
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return Call(model, threat, criterion, self.resolve_step_size(threat), run, generator)
 
-    def _restarts(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel, step_size: float,
-        criterion: Criterion, generator: torch.Generator, run: Runtime, rows: int,
-    ) -> AttackResult:  # fmt: skip
+    def _restarts(self, call: Call, x: Tensor, y: Tensor, target: Tensor | None, rows: int) -> AttackResult:
         """``rows`` restarts as one batch of ``rows * N``; per sample a success, else the highest loss, judged by a
         float32 forward pass (reusing the logits early stopping already judged a leaving row by)."""
         sign = -1.0 if target is not None else 1.0
-        draws = [self._start(x, threat, generator, self.keyed_start) for _ in range(rows)]
-        starts = run.inputs(draws[0] if rows == 1 else torch.cat(draws))
+        draws = [self._start(x, call.threat, call.generator, self.keyed_start) for _ in range(rows)]
+        starts = call.runtime.inputs(draws[0] if rows == 1 else torch.cat(draws))
         xr, yr = stack_rows(x, rows), stack_rows(y, rows)  # labels may be float features (DeACL)
         tr = stack_rows(target, rows) if target is not None else None
-        early = self.early_stop and self.eot_samples == 1
-        x_adv, left, hit, hit_logits = self._run(model, xr, starts, yr, tr, threat, step_size, criterion, generator,
-                                                 run, early, x.shape[0] if rows > 1 else None)  # fmt: skip
+        x_adv, left, hit, hit_logits = self._run(call, xr, starts, yr, tr, x.shape[0] if rows > 1 else None)
         rest = (~left).nonzero().squeeze(1)
         with torch.no_grad():
-            parts = [hit_logits, model_logits(model, x_adv[rest]) if rest.numel() else None]
+            parts = [hit_logits, model_logits(call.model, x_adv[rest]) if rest.numel() else None]
         judged = torch.cat([t.float() if t.dtype in LOW_PRECISION else t for t in parts if t is not None])
         logits = judged.new_zeros(xr.shape[0], judged.shape[1])
         logits[torch.cat([hit, rest])] = judged
         dropped = left.clone()
         dropped[hit] = False  # rows that left because another restart of their sample broke
-        success = criterion(logits, yr, tr) & ~dropped
+        success = call.criterion(logits, yr, tr) & ~dropped
         loss = torch.where(dropped, -sign * float("inf"), self._loss(logits, yr, tr).to(logits.dtype))
         result = AttackResult(x_adv, success, loss, logits)
         return pick_rows(result, rows, sign) if rows > 1 else result
@@ -253,26 +254,25 @@ class GradientAttack(AttackBase):
         salt = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
         return keyed_starts(x, threat, salt, self.l2_start_radius)
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed)
-        return generator
-
-    keep_first_success = False  # without early stopping, a row's answer is its last iterate (APGD: the first success)
-
     def _run(
-        self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel,
-        step_size: float, criterion: Criterion, generator: torch.Generator, run: Runtime, early: bool = False,
-        samples: int | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+        self, call: Call, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None, samples: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """The loop from ``x_adv`` with this attack's pieces: ``(x_adv, left, hit, hit_logits)`` (see ``Found``)."""
-        inputs = functools.partial(diverse_inputs, prob=self.diversity_prob, generator=generator)
-        gradient = InputGradient(model, self._loss, criterion, run, generator, self.eot_samples,
-                                 inputs if self.diversity_prob > 0 else None)  # fmt: skip
-        rows, step = Rows(x, y, target), self._step(threat, step_size)
-        found = Found(x_adv, model, criterion, run, early, samples, self.keep_first_success)
-        return found.result(gradient_loop(x_adv, rows, gradient, step, found.stop), rows)
+        gradient = InputGradient(call, self._loss, self.eot_samples, self.input_transform(call.generator))
+        found = Found(x_adv, call, self.early_stop and self.eot_samples == 1, samples, self.keep_first_success)
+        rows = Rows(x, y, target)
+        return found.result(gradient_loop(x_adv, rows, gradient, self.step_rule(call), found.stop), rows)
 
-    def _step(self, threat: ThreatModel, step_size: float) -> Step:
-        """The step rule: a projected step of ``step_size`` on the gradient, through momentum when it is on."""
-        return ProjectedStep(threat, step_size, self.steps, (Momentum(self.momentum),) if self.momentum else ())
+    def input_transform(self, generator: torch.Generator) -> InputTransform | None:
+        """What each gradient pass sees of the iterate: input diversity when it is on (a plug point)."""
+        if self.diversity_prob == 0:
+            return None
+        return functools.partial(diverse_inputs, prob=self.diversity_prob, generator=generator)
+
+    def gradient_transforms(self) -> tuple[GradientTransform, ...]:
+        """What the step sees of the gradient: momentum when it is on (a plug point)."""
+        return (Momentum(self.momentum),) if self.momentum else ()
+
+    def step_rule(self, call: Call) -> Step:
+        """A projected step of the call's step size on the transformed gradient (APGD: its own rule)."""
+        return ProjectedStep(call.threat, call.step_size, self.steps, self.gradient_transforms())

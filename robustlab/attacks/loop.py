@@ -15,6 +15,7 @@ never on the attack.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -26,6 +27,19 @@ from robustlab.attacks.restarts import stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion
 from robustlab.threat import LOW_PRECISION, ThreatModel
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one call of an attack fixes for its loop: the model, threat model, criterion, step size, the layout and
+    precision of the passes, and the generator the call's random draws come from."""
+
+    model: nn.Module
+    threat: ThreatModel
+    criterion: Criterion
+    step_size: float
+    runtime: Runtime
+    generator: torch.Generator
 
 
 class Rows:
@@ -48,6 +62,8 @@ class Rows:
 
 
 class Gradient(Protocol):
+    """The input gradient of the attack objective at ``x_adv`` and the logits there (``first``: the first iterate)."""
+
     def __call__(self, x_adv: Tensor, rows: Rows, first: bool) -> tuple[Tensor, Tensor]: ...
 
 
@@ -90,22 +106,22 @@ class InputGradient:
     fresh randomness. Float32 where the pass ran in low precision (no underflow in norms)."""
 
     def __init__(
-        self, model: nn.Module, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], criterion: Criterion,
-        runtime: Runtime, generator: torch.Generator, samples: int = 1, inputs: InputTransform | None = None,
+        self, call: Call, loss: Callable[[Tensor, Tensor, Tensor | None], Tensor], samples: int = 1,
+        inputs: InputTransform | None = None,
     ) -> None:  # fmt: skip
-        self.model, self.loss, self.criterion, self.runtime = model, loss, criterion, runtime
-        self.generator, self.samples, self.inputs = generator, samples, inputs
+        self.call, self.loss, self.samples, self.inputs = call, loss, samples, inputs
 
     def __call__(self, xa: Tensor, rows: Rows, first: bool) -> tuple[Tensor, Tensor]:
         grad: Tensor | None = None
-        with torch.enable_grad(), eot_rng(self.samples, self.generator, xa.device):
+        run = self.call.runtime
+        with torch.enable_grad(), eot_rng(self.samples, self.call.generator, xa.device):
             for _ in range(self.samples):
-                with self.runtime.autocast(xa.device):
-                    logits = model_logits(self.model, self.inputs(xa) if self.inputs is not None else xa)
+                with run.autocast(xa.device):
+                    logits = model_logits(self.call.model, self.inputs(xa) if self.inputs is not None else xa)
                     if first:
-                        check_first_logits(logits, rows.y, rows.target, self.criterion)
+                        check_first_logits(logits, rows.y, rows.target, self.call.criterion)
                     objective = self.loss(logits, rows.y, rows.target).sum()
-                    scale = self.runtime.loss_scale
+                    scale = run.loss_scale
                     objective = objective * scale if scale != 1 else objective
                 g = torch.autograd.grad(objective if rows.target is None else -objective, xa)[0]
                 if self.samples > 1:
@@ -154,10 +170,9 @@ class Found:
     it goes on (APGD). ``result`` fills in the rows that never left."""
 
     def __init__(
-        self, x_adv: Tensor, model: nn.Module, criterion: Criterion, runtime: Runtime, early: bool,
-        samples: int | None = None, keep_first: bool = False,
-    ) -> None:  # fmt: skip
-        self.model, self.criterion, self.runtime = model, criterion, runtime
+        self, x_adv: Tensor, call: Call, early: bool, samples: int | None = None, keep_first: bool = False
+    ) -> None:
+        self.model, self.criterion, self.runtime = call.model, call.criterion, call.runtime
         self.early, self.samples, self.keep_first = early, samples, keep_first
         self.out = x_adv.clone()
         self.done = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
@@ -201,6 +216,7 @@ class Found:
 
 
 __all__ = [
+    "Call",
     "Found",
     "Gradient",
     "GradientTransform",

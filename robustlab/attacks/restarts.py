@@ -10,6 +10,7 @@ Each restart's keyed random starts: a sample's start depends on its content and 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,21 @@ def restart_groups(restarts: int, samples: int, restart_batch: int) -> list[int]
     """How many restarts each batch holds: as many as fit ``restart_batch`` rows (at least one per batch)."""
     per_batch = max(1, min(restarts, restart_batch // max(samples, 1)))
     return [min(per_batch, restarts - done) for done in range(0, restarts, per_batch)]
+
+
+def best_of_restarts(
+    attempt: Callable[[int], AttackResult], restarts: int, samples: int, restart_batch: int, sign: float
+) -> AttackResult:
+    """The restart wrapper: ``attempt(rows)`` runs ``rows`` restarts as one batch (:func:`restart_groups`); per sample
+    the first success, else the highest objective (:func:`pick`); no further group once every sample broke."""
+    best: AttackResult | None = None
+    for rows in restart_groups(restarts, samples, restart_batch):
+        group = attempt(rows)
+        best = group if best is None else pick(best, group, sign)
+        if bool(best.success.all()):
+            break
+    assert best is not None
+    return best
 
 
 def stack_rows(t: Tensor, rows: int) -> Tensor:
@@ -134,6 +150,7 @@ def _key_weights(dim: int) -> Tensor:
 
 
 __all__ = [
+    "best_of_restarts",
     "keyed_starts",
     "pick",
     "pick_rows",
