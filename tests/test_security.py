@@ -85,7 +85,7 @@ def test_crafted_model_files_never_run(tmp_path, capsys, hostile, kind):
          "--eps", "0.1", *SMALL_TRAIN, "--out", str(tmp_path / "tr2")],
         ["ssl", "--model", str(evil), "--knn-n", "0", *SMALL_TRAIN, "--out", str(tmp_path / "s")],
         ["deacl", "--teacher", str(folder), "--eps", "0.1", *SMALL_TRAIN, "--out", str(tmp_path / "d")],
-        ["pseudo-at", "--teacher", str(evil), "--targets", "embedding", "--eps", "0.1", *SMALL_TRAIN,
+        ["pseudo-at", "--teacher", str(evil), "--pseudo-targets", "embedding", "--eps", "0.1", *SMALL_TRAIN,
          "--out", str(tmp_path / "p")],
         ["finetune", "--encoder", str(folder), "--protocol", "slf", "--eps", "0.1", *SMALL_TRAIN,
          "--out", str(tmp_path / "f")],
@@ -101,7 +101,7 @@ def _training_runs(tmp_path: Path) -> dict[str, list[str]]:
         "train": ["train", "--method", "fgsm", "--model", "cnn", "--eps", "0.1", "--monitor-n", "0", "--no-eval"],
         "ssl": ["ssl", "--model", "cnn", "--knn-n", "0"],
         "deacl": ["deacl", *teacher, "--eps", "0.1", "--steps", "1"],
-        "pseudo-at": ["pseudo-at", *teacher, "--targets", "embedding", "--eps", "0.1", "--steps", "1"],
+        "pseudo-at": ["pseudo-at", *teacher, "--pseudo-targets", "embedding", "--eps", "0.1", "--steps", "1"],
         "finetune": ["finetune", "--encoder", "zoo:fmnist-simclr-slf", "--protocol", "slf", "--eval-n", "0"],
     }
 
