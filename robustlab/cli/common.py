@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import MISSING, fields
 from fractions import Fraction
 from typing import Any
 
@@ -50,6 +51,11 @@ def eps_value(text: str) -> float:
         return parse_eps(text)
     except RobustlabError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def defaults_of(config: type) -> dict[str, Any]:
+    """The defaults of a config class's fields: the CLI's defaults are the library's, shown in ``--help``."""
+    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
 
 
 def subparser(subparsers: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
@@ -223,8 +229,11 @@ def add_attack_args(parser: Any, options: tuple[str, ...] = tuple(ATTACK_HELP), 
         text = helps.get(name, ATTACK_HELP[name]).replace("{losses}", ", ".join(loss_names()))
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=types[name], help=text)
     if group:
-        g.add_argument("--seed", type=int, default=0, help="seed of the attacks' own random generators")
-        g.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (default: 256)")
+        from robustlab.eval.configs import AttackOptions
+
+        d = defaults_of(AttackOptions)
+        g.add_argument("--seed", type=int, default=d["seed"], help="seed of the attacks' own random generators")
+        g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="samples per batch")
 
 
 def attack_defaults(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,31 +27,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_model_args(p)
     c.add_data_args(p)
     c.add_threat_args(p, many=True)
-    p.add_argument(
-        "--attacks", default="default", help=f"run in order: {attack_help()} (default: default: apgd, apgd-t)"
-    )
+    d = c.defaults_of(EvalConfig)
+    p.add_argument("--attacks", default=d["attacks"], help=f"run in order: {attack_help()} (default: {d['attacks']})")
     c.add_attack_args(p)
     p.add_argument("--topk", type=c.topk_list, help="k's of the top-k metrics (default: 1,2,3,5; 1,5,10 for >10)")
-    p.add_argument(
-        "--all-samples",
-        action="store_true",
-        help="run every attack on every sample (each attack's own robust accuracy and top-k statistics over all "
-        "samples) instead of only on the still-robust ones; the worst case is the same, the cost higher",
-    )
-    p.add_argument(
-        "--sanity-n", type=int, default=100, help="samples for the gradient-masking checks (0 skips; default 100)"
-    )
-    p.add_argument("--eps-protocol", default="nested", choices=("nested", "separate"),
-                   help="nested (default): ascending eps, a sample broken at a smaller eps stays broken and only the "
-                   "others are attacked; separate: each eps from scratch")  # fmt: skip
-    p.add_argument("--adaptive", default="on", choices=("on", "off"),
-                   help="on (default): add the attacks that answer the gradient-masking flags that fire (BPDA-PGD, "
-                   "Square, EOT-PGD, more steps); off: the plain protocol, the headline marked unreliable")  # fmt: skip
+    p.add_argument("--all-samples", action="store_true",
+                   help="run every attack on every sample (each attack's own robust accuracy and top-k statistics over "
+                   "all samples) instead of only on the still-robust ones; the worst case is the same, the cost higher")
+    p.add_argument("--sanity-n", type=c.nonnegative_int, default=d["sanity_n"],
+                   help="samples for the gradient-masking checks (0 skips them)")
+    p.add_argument("--eps-protocol", default=d["eps_protocol"], choices=("nested", "separate"),
+                   help="nested: ascending eps, a sample broken at a smaller eps stays broken and only the others are "
+                   "attacked; separate: each eps from scratch")
+    p.add_argument("--adaptive", default=d["adaptive"], choices=("on", "off"),
+                   help="on: add the attacks that answer the gradient-masking flags that fire (BPDA-PGD, Square, "
+                   "EOT-PGD, more steps); off: the plain protocol, the headline marked unreliable")
     p.add_argument("--bpda", default="", metavar="NAME[,NAME]", help="modules run as they are forward and as the "
-                   "identity backward, for every attack (BPDA), e.g. --bpda preprocess")  # fmt: skip
-    p.add_argument("--predictions", type=c.positive_int, default=1, help="forward passes per prediction of a "
-                   "randomised model (default 1; raised by the adaptive step for a random forward pass)")  # fmt: skip
-    p.add_argument("--vote", default="mean", choices=("mean", "majority"), help="how repeated passes decide")
+                   "identity backward, for every attack (BPDA), e.g. --bpda preprocess (default: none)")
+    p.add_argument("--predictions", type=c.positive_int, default=d["predictions"], help="forward passes per "
+                   "prediction of a randomised model (raised by the adaptive step for a random forward pass)")
+    p.add_argument("--vote", default=d["vote"], choices=("mean", "majority"), help="how repeated passes decide")
     p.add_argument("--surrogate", help="model spec (SPEC@FILE: with the weights in FILE) the adaptive step crafts "
                    "transfer attacks on, for zero gradients (default: none)")
     p.add_argument("--curve", action="store_true", help="also the whole robustness curve from one minimum-norm run "

@@ -5,7 +5,7 @@ of the kind's config (:mod:`robustlab.recipes`), and the one call: the arguments
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,12 @@ from robustlab.cli import common as c
 TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)"
 
 
-def defaults_of(config: type) -> dict[str, Any]:
-    """The defaults of a config class's fields."""
-    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
-
-
 def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None = None, unset: str = "") -> None:
     """The shared data, threat model (``eps``: True required, None the config's default or ``unset``, False none),
     optimisation and run-folder arguments of a training command, with ``config``'s defaults."""
     from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TRAIN_MEMORY_FORMATS, TRAIN_PRECISIONS
 
-    d = defaults_of(config)
+    d = c.defaults_of(config)
     c.add_data_args(p, split=False)
     if eps is not False:
         threat = d.get("threat")

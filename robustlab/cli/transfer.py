@@ -8,7 +8,6 @@ import sys
 from robustlab.attacks import attack_help
 from robustlab.cli import common as c
 from robustlab.eval import TransferConfig, run_transfer
-from robustlab.eval.configs import DEFAULT_TRANSFER_ATTACKS
 
 EXAMPLE = (
     "robustlab transfer --source zoo:fmnist-cnn --targets zoo:fmnist-cnn-s1,zoo:fmnist-mlp "
@@ -24,23 +23,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "interest class rank statistics, OUT/report.json, OUT/report.md, OUT/heatmap.png and "
         f"OUT/topk_curves.png. Example: {EXAMPLE}",
     )  # fmt: skip
-    p.add_argument(
-        "--source", action="append", required=True, metavar="SPEC[,SPEC...]",
-        help="a surrogate model spec (SPEC@FILE: with the weights in FILE, e.g. torchvision:resnet18@r18.pt); "
-        "several specs joined by commas form one ensemble (averaged logits); repeat --source for more rows of the "
-        "matrix",
-    )  # fmt: skip
-    p.add_argument(
-        "--targets", required=True, metavar="SPEC,SPEC,...",
-        help="comma-separated target model specs (SPEC@FILE: with the weights in FILE)",
-    )  # fmt: skip
+    p.add_argument("--source", action="append", required=True, metavar="SPEC[,SPEC...]",
+                   help="a surrogate model spec (SPEC@FILE: the weights in FILE, e.g. torchvision:resnet18@r18.pt); "
+                   "several specs joined by commas form one ensemble (averaged logits); repeat --source for more rows")
+    p.add_argument("--targets", required=True, metavar="SPEC,SPEC,...",
+                   help="comma-separated target model specs (SPEC@FILE: with the weights in FILE)")
     c.add_data_args(p)
-    p.add_argument("--attacks", default=DEFAULT_TRANSFER_ATTACKS,
-                   help=f"comma-separated: {attack_help()}; mifgsm(diversity_prob=0.5) is DI-MI-FGSM")  # fmt: skip
+    p.add_argument("--attacks", default=c.defaults_of(TransferConfig)["attacks"],
+                   help=f"comma-separated: {attack_help()}; mifgsm(diversity_prob=0.5) is DI-MI-FGSM")
     p.add_argument("--topk", type=c.topk_list, help="k's for the tables (default: 1,2,3,5 for 10 classes, else 1,5,10)")
-    p.add_argument(
-        "--save-adv", metavar="FILE", help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'} (default: not)"
-    )
+    p.add_argument("--save-adv", metavar="FILE",
+                   help="save {'x_adv': {attack: {source: tensor}}, 'y', 'index'} (default: not)")
     c.add_threat_args(p)
     c.add_attack_args(p)
     c.add_run_args(p, out_default="runs/transfer")
