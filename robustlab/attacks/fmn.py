@@ -19,15 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import options
-from robustlab.attacks.protocol import (
-    AttackBase,
-    AttackResult,
-    check_batch,
-    check_first_logits,
-    frozen_parameters,
-    model_logits,
-    untouched,
-)
+from robustlab.attacks.loop import Call, InputGradient, Rows, gradient_loop
+from robustlab.attacks.protocol import AttackBase, AttackResult, check_batch, frozen_parameters, model_logits, untouched
+from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion, check_criterion
 from robustlab.losses import cw_margin
 from robustlab.threat import ThreatModel
@@ -125,49 +119,68 @@ class FMN(AttackBase):
     def _search(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel, criterion: Criterion
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The paper's loop: ``(best_adv, norms, logits at best_adv)``; ``best_adv`` is ``x`` where nothing broke."""
-        alpha_init = self._alpha(threat)
-        alpha_final = self.alpha_final if self.alpha_final is not None else alpha_init / 100
-        lo, hi = threat.bounds
-        worst = threat.distance(torch.maximum(x - lo, hi - x), torch.zeros_like(x))  # the farthest point in bounds
-        radius = torch.full_like(worst, math.inf)
-        best_norm, best_adv = torch.full_like(worst, math.inf), x.clone()
-        found = torch.zeros_like(worst, dtype=torch.bool)
-        best_logits: Tensor | None = None
-        x_adv = x.clone()
-        for i in range(self.steps):
-            cosine = (1 + math.cos(math.pi * i / self.steps)) / 2
-            alpha = alpha_final + (alpha_init - alpha_final) * cosine
-            gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
-            xa = x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                logits = model_logits(model, xa)
-                if i == 0:
-                    check_first_logits(logits, y, target, criterion)
-                margin = cw_margin(logits, y) if target is None else -cw_margin(logits, target)  # > 0: adversarial
-                grad = torch.autograd.grad(margin.sum(), xa)[0]
-            xa, logits, margin = xa.detach(), logits.detach().float(), margin.detach()
-            norm = threat.distance(xa, x)
-            adv = criterion(logits, y, target)
-            better = adv & (norm < best_norm)
-            best_norm = torch.where(better, norm, best_norm)
-            best_adv[better] = xa[better]
-            best_logits = logits.clone() if best_logits is None else torch.where(better[:, None], logits, best_logits)
-            found |= adv
-            to_boundary = margin.abs() / grad.flatten(1).norm(p=DUAL[threat.norm], dim=1).clamp_min(1e-12)
-            # before any success: the linearised boundary, measured from the radius, not only the norm (clipping at
-            # the bounds keeps the norm below the radius, and norm + distance can then stall short of the boundary)
-            grown = torch.where(
-                found, radius * (1 + gamma), torch.maximum(radius.nan_to_num(posinf=0), norm) + to_boundary
-            )
-            radius = torch.minimum(torch.where(adv, torch.minimum(radius * (1 - gamma), best_norm), grown), worst)
-            step = grad / _rows(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-            delta = xa + alpha * step - x
-            if threat.norm == "l2":  # onto the sphere of the radius, as the reference code does: shrinking the
-                delta = delta * _rows(radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12), x)  # radius shrinks delta
-            x_adv = threat.project(x + delta, x, radius=radius)
-        assert best_logits is not None
-        return best_adv, best_norm, best_logits
+        """The paper's loop, the shared gradient loop with FMN's step rule: ``(best_adv, norms, logits at best_adv)``;
+        ``best_adv`` is ``x`` where nothing broke."""
+        call = Call(model, threat, criterion, self._alpha(threat), Runtime(), torch.Generator(device=x.device))
+        rows, step = Rows(x, y, target), FMNStep(self, call)
+        best_adv = gradient_loop(x.clone(), rows, InputGradient(call, _margin), step)
+        return best_adv, rows.state["best_norm"], rows.state["best_logits"]
+
+
+def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """The CW margin of the true class (of the target: the loop's objective is then minus it); > 0: adversarial."""
+    return cw_margin(logits, y if target is None else target)
+
+
+class FMNStep:
+    """FMN's step rule: a normalised gradient step of size ``alpha``, then onto the ball of each sample's radius,
+    which shrinks while the iterate is adversarial, grows once one was found, and before that jumps to the linearised
+    boundary; ``alpha`` and ``gamma`` cosine-annealed. Per-row state in ``rows.state``; ``final``: the smallest
+    adversarial iterate found (``x`` where none)."""
+
+    def __init__(self, attack: FMN, call: Call) -> None:
+        self.threat, self.criterion, self.iterations = call.threat, call.criterion, attack.steps
+        self.alpha_init = call.step_size
+        self.alpha_final = attack.alpha_final if attack.alpha_final is not None else self.alpha_init / 100
+        self.gamma_init, self.gamma_final = attack.gamma_init, attack.gamma_final
+
+    def __call__(self, xa: Tensor, grad: Tensor, logits: Tensor, rows: Rows, i: int) -> Tensor:
+        threat, x, s = self.threat, rows.x, rows.state
+        cosine = (1 + math.cos(math.pi * i / self.iterations)) / 2
+        alpha = self.alpha_final + (self.alpha_init - self.alpha_final) * cosine
+        gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
+        logits = logits.detach().float()
+        if i == 0:
+            lo, hi = threat.bounds
+            worst = threat.distance(torch.maximum(x - lo, hi - x), torch.zeros_like(x))  # the farthest point in bounds
+            s.update(worst=worst, radius=torch.full_like(worst, math.inf), best_norm=torch.full_like(worst, math.inf),
+                     best_adv=x.clone(), found=torch.zeros_like(worst, dtype=torch.bool), best_logits=logits.clone())
+        norm = threat.distance(xa, x)
+        adv = self.criterion(logits, rows.y, rows.target)
+        better = adv & (norm < s["best_norm"])
+        s["best_norm"] = torch.where(better, norm, s["best_norm"])
+        s["best_adv"][better] = xa[better]
+        s["best_logits"] = torch.where(better[:, None], logits, s["best_logits"])
+        s["found"] |= adv
+        dual = grad.flatten(1).norm(p=DUAL[threat.norm], dim=1).clamp_min(1e-12)
+        to_boundary = _margin(logits, rows.y, rows.target).abs() / dual
+        # before any success: the linearised boundary, measured from the radius, not only the norm (clipping at
+        # the bounds keeps the norm below the radius, and norm + distance can then stall short of the boundary)
+        radius = s["radius"]
+        grown = torch.where(
+            s["found"], radius * (1 + gamma), torch.maximum(radius.nan_to_num(posinf=0), norm) + to_boundary
+        )
+        radius = torch.minimum(torch.where(adv, torch.minimum(radius * (1 - gamma), s["best_norm"]), grown), s["worst"])
+        s["radius"] = radius
+        step = grad / _rows(grad.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        delta = xa + alpha * step - x
+        if threat.norm == "l2":  # onto the sphere of the radius, as the reference code does: shrinking the
+            delta = delta * _rows(radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12), x)  # radius shrinks delta
+        return threat.project(x + delta, x, radius=radius)
+
+    def final(self, x_adv: Tensor, rows: Rows) -> Tensor:
+        """The smallest adversarial iterate (``x`` where none was found)."""
+        return rows.state["best_adv"]
 
 
 def _rows(t: Tensor, like: Tensor) -> Tensor:
