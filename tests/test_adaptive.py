@@ -19,7 +19,7 @@ from robustlab.eval import EvalConfig, Evaluator, run_evaluation
 from robustlab.eval.adaptive import plan_adaptive
 from robustlab.eval.sanity import Flag
 from robustlab.models import load_model
-from robustlab.models.bpda import BPDA, bpda, masking_modules
+from robustlab.models.bpda import BPDA, bpda, input_stage, masking_modules, straight_through
 from robustlab.models.preprocess import MedianFilter, QuantizedInput, defended
 from robustlab.threat import ThreatModel
 
@@ -60,6 +60,31 @@ def references(model, x, y, threat, surrogate, bpda_model=None, predictions=1) -
 
 
 DEFAULT = dict(attacks="pgd", sanity_n=40, plots=False)  # the measurement: --attacks pgd, adaptive step on
+
+
+@pytest.mark.parametrize("net", ["cnn", "linear"])
+def test_the_straight_through_gradient_reaches_a_rounding_inside_forward(fmnist_batch, net):
+    from fixture_models import linear_fmnist
+
+    x, y = fmnist_batch(8)
+    inner = load_model("zoo:fmnist-cnn") if net == "cnn" else linear_fmnist().eval()
+    model = QuantizedInput(inner)  # round(4x)/4 inside forward: no module to name
+    assert masking_modules(model, x) == []
+    stage = input_stage(model, x)
+    assert stage == ("net.model.features.0" if net == "cnn" else "net.1")  # the first layer with weights
+    xg = x.clone().requires_grad_(True)
+    model(xg).sum().backward()
+    assert (xg.grad == 0).all()
+    with straight_through(model, stage):
+        xg = x.clone().requires_grad_(True)
+        out = model(xg)
+        out.sum().backward()
+        assert torch.equal(out.detach(), model(x))  # the forward pass is unchanged
+    assert (xg.grad != 0).any()
+    with torch.enable_grad():  # the hooks are gone afterwards: the gradient is zero again
+        xg = x.clone().requires_grad_(True)
+        model(xg).sum().backward()
+    assert (xg.grad == 0).all()
 
 
 @pytest.mark.slow

@@ -14,6 +14,25 @@ from torch import Tensor, nn
 from robustlab.errors import RobustlabError
 
 
+class _ValueOf(torch.autograd.Function):
+    """``value`` forward, exactly; its gradient handed to ``stand_in`` unchanged (reshaped to it)."""
+
+    @staticmethod
+    def forward(ctx: Any, stand_in: Tensor, value: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shape = stand_in.shape
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad.reshape(ctx.shape), None
+
+
+def value_of(stand_in: Tensor, value: Tensor) -> Tensor:
+    """A tensor equal to ``value`` (bit for bit) whose gradient flows to ``stand_in`` as the identity: the
+    straight-through estimator without the rounding error of ``stand_in + (value - stand_in).detach()``."""
+    return _ValueOf.apply(stand_in, value)
+
+
 class BPDA(nn.Module):
     """``module`` forward, ``backward`` (a module of the same input and output shapes; identity if None) backward."""
 
@@ -31,7 +50,7 @@ class BPDA(nn.Module):
                 f"BPDA on {type(self.module).__name__}: its output {tuple(out.shape)} differs from the stand-in's "
                 f"{tuple(stand_in.shape)}; give a backward module of the output's shape"
             )
-        return stand_in + (out - stand_in).detach()  # the value of out, the gradient of the stand-in
+        return value_of(stand_in, out)  # the value of out, the gradient of the stand-in
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -109,8 +128,7 @@ def straight_through(model: nn.Module, stage: str) -> Iterator[nn.Module]:
         state["done"] = True  # once per forward pass: a module called again later keeps its own input
         if x.numel() != inp.numel():
             return None
-        flat = x.reshape(inp.shape).to(inp.dtype)
-        return (flat + (inp - flat).detach(), *args[1:])
+        return (value_of(x, inp), *args[1:])
 
     hooks = [model.register_forward_pre_hook(enter), modules[stage].register_forward_pre_hook(swap)]
     try:
@@ -154,4 +172,4 @@ def masking_modules(model: nn.Module, x: Tensor) -> list[str]:
     return found
 
 
-__all__ = ["BPDA", "bpda", "check_modules", "input_stage", "masking_modules", "straight_through"]
+__all__ = ["BPDA", "bpda", "value_of", "check_modules", "input_stage", "masking_modules", "straight_through"]
