@@ -136,7 +136,8 @@ def silent_success(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, 
 
 
 def incomplete_optimization(flags: Sequence[Flag] | None, tolerance: float = 0.02) -> Indicator:
-    """From the sanity check "more steps and restarts": robust accuracy falling by more than ``tolerance``."""
+    """From the sanity check "more steps and restarts": robust accuracy falling by more than ``tolerance`` and, where
+    the check names its sample count, by two samples or more (one sample of a few is no trend)."""
     flag = _flag(flags, FlagKind.RISES_WITH_STEPS)
     if flag is None or "robust_accuracy" not in flag.values:
         return Indicator("incomplete_optimization", None, f"{NOT_RUN}: the more-steps sanity check did not run")
@@ -144,7 +145,8 @@ def incomplete_optimization(flags: Sequence[Flag] | None, tolerance: float = 0.0
     base_name = min((k for k in acc if k.startswith("pgd-") and "x" not in k), key=lambda k: int(k[4:]))
     base = acc[base_name]
     gains = {k: base - v for k, v in acc.items() if k not in ("clean", base_name)}
-    fired = any(g > tolerance for g in gains.values())
+    least = 2 / flag.values["samples"] - 1e-9 if flag.values.get("samples") else 0.0
+    fired = any(g > tolerance and g >= least for g in gains.values())
     text = ", ".join(f"{k} {100 * acc[k]:.1f} %" for k in gains)
     return Indicator(
         "incomplete_optimization", fired, f"{base_name} {100 * base:.1f} % robust vs {text}",
