@@ -1,4 +1,5 @@
-"""The one iterative gradient loop; FGSM, I-FGSM, PGD and MI-FGSM are configurations of it."""
+"""GradientAttack: the options of the one gradient loop (:mod:`robustlab.attacks.loop`) turned into its pieces, with
+restarts as rows of one batch around it; FGSM, I-FGSM, PGD and MI-FGSM are configurations of it."""
 
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ class GradientAttack(AttackBase):
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast for the gradient steps (where the device offers
             it), or ``"auto"`` (bf16 where offered and faster). ``x_adv`` is always judged in float32.
         restart_batch: the most rows one batch holds when restarts run as one batch of restarts x samples.
+
+    Each option is a piece of :func:`~robustlab.attacks.loop.gradient_loop` or wraps it: ``diversity_prob`` an input
+    transform (:meth:`input_transform`), ``eot_samples`` the passes of the input gradient, ``momentum`` a gradient
+    transform (:meth:`gradient_transforms`), ``early_stop`` the stop rule, ``restarts`` the wrapper
+    (:func:`~robustlab.attacks.restarts.best_of_restarts`); a subclass plugs in its own by overriding those methods
+    or :meth:`step_rule` (APGD). A call's state lives in the loop's objects and the result, not on the attack.
 
     A call leaves the model as it found it (:func:`~robustlab.attacks.protocol.untouched`): a train-mode model is
     attacked in train mode, and its buffers (BatchNorm statistics) and the caller's RNG state are restored.

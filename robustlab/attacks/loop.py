@@ -7,9 +7,11 @@
         stay = stop(x_adv, logits, rows)                # early stopping: rows that meet the criterion leave
         x_adv = step(x_adv, grad, logits, rows, i)      # a projected step (momentum: a gradient transform; APGD's rule)
 
-Restarts wrap it (rows of one batch, :mod:`robustlab.attacks.restarts`); an attack builds the pieces from its options
-(:class:`~robustlab.attacks.base.GradientAttack`); everything a call changes lives in :class:`Rows` and :class:`Found`,
-never on the attack.
+PGD, I-FGSM and MI-FGSM step with :class:`ProjectedStep` (momentum: :class:`Momentum`), APGD with its
+:class:`~robustlab.attacks.apgd.APGDStep`, FMN with :class:`~robustlab.attacks.fmn.FMNStep`. Restarts wrap the loop
+(rows of one batch, :mod:`robustlab.attacks.restarts`); an attack builds the pieces from its options
+(:class:`~robustlab.attacks.base.GradientAttack`); what a call changes lives in :class:`Rows` and :class:`Found`, never
+on the attack.
 """
 
 from __future__ import annotations
