@@ -260,9 +260,10 @@ def indicator_lines(indicators: Sequence[dict[str, Any]] | None) -> list[str]:
     (markdown lines; none when they were not computed)."""
     if not indicators:
         return []
-    state = {True: "**FIRED**", False: "ok", None: "not computed"}
-    lines = ["## Indicators of attack failure", "", "Pintor et al. (NeurIPS 2022), on the sanity samples.", ""]
-    lines += [f"- {state[i['fired']]} `{i['name']}`: {i['message']} ({i['meaning']})" for i in indicators]
+    state = {True: "**FIRED**", False: "ok", None: "n/a"}
+    lines = ["## Indicators of attack failure", "", "Pintor et al. (NeurIPS 2022), on the sanity samples; in italics "
+             "what a fired indicator means.", ""]  # fmt: skip
+    lines += [f"- {state[i['fired']]} `{i['name']}`: {i['message']}. *{i['meaning']}*" for i in indicators]
     return [*lines, ""]
 
 
