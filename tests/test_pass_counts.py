@@ -273,7 +273,7 @@ def test_attack_run_reports_its_passes(cnn, fmnist_batch, tmp_path):
     x, y = fmnist_batch(24)
     counter = ImageCounter(cnn)
     try:
-        report = run_attack(cnn, (x, y), AttackConfig(attack="pgd(steps=4)", eps=0.05, batch_size=16))
+        report = run_attack(cnn, (x, y), AttackConfig("pgd(steps=4)", 0.05, batch_size=16))
     finally:
         counter.close()
     assert report.backward_passes == counter.backward > 0
