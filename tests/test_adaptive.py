@@ -197,6 +197,7 @@ def test_a_plain_model_gets_nothing_added_and_the_same_numbers(zoo_cnn, fmnist_b
     off = run_evaluation(zoo_cnn, (x, y), EvalConfig(**common, adaptive="off"))
     assert on.adaptive["fired"] == [] and on.adaptive["added"] == {} and on.attack_names == ["pgd(steps=3)"]
     assert "no gradient-masking flag fired" in on.headline_note
+    assert on.adaptive["headline_set_by"]["attack"] == "pgd(steps=3)" and "asked for" in on.headline_note
     assert [e.robust_accuracy for e in on.results] == [e.robust_accuracy for e in off.results]
     assert on.results[0].attacks["pgd(steps=3)"].broken == off.results[0].attacks["pgd(steps=3)"].broken
 
