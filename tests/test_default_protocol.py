@@ -69,7 +69,7 @@ def test_called_directly_the_protocol_chains_its_stages(zoo_mlp, fmnist_batch):
     threat = ThreatModel("linf", 0.1)
     whole = Evaluator({"default": protocol}, threat, only_robust=False).run(zoo_mlp, (x, y))  # chained inside
     staged = Evaluator({"default": protocol}, threat).run(zoo_mlp, (x, y))
-    assert list(whole.success) == ["default"] and torch.equal(whole.robust, staged.robust)
+    assert list(whole.broken) == ["default"] and torch.equal(whole.robust, staged.robust)
 
 
 def test_sanity_checks_cost_at_most_a_quarter_of_the_attack_passes_at_500_images(zoo_mlp, fmnist_batch):
