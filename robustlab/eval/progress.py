@@ -21,7 +21,11 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 def expected_passes(attack: Any) -> int | None:
     """About how many forward passes ``attack`` makes on a batch (steps x restarts, + a final pass each), where its
-    settings say; ``None`` where they do not (an adapter, a query-based attack)."""
+    settings say (APGD-T: per target); ``None`` where they do not (an adapter, a query-based attack)."""
+    runs, targets = getattr(attack, "runs", None), getattr(attack, "targets", None)
+    if isinstance(runs, list) and runs and isinstance(targets, int):  # one run per target
+        one = expected_passes(runs[0])
+        return None if one is None else targets * one
     steps = getattr(attack, "steps", None)
     restarts = getattr(attack, "restarts", None) or getattr(attack, "n_restarts", None) or 1
     if not isinstance(steps, int) or not isinstance(restarts, int) or steps < 1:
