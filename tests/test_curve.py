@@ -40,7 +40,7 @@ def test_the_curve_falls_with_eps_and_has_intervals(zoo_cnn, fmnist_batch):
     assert curve.median_norm is not None and 0 < curve.median_norm < 0.1
     at_median = curve.robust_accuracy[min(range(len(curve.eps)), key=lambda i: abs(curve.eps[i] - curve.median_norm))]
     assert abs(at_median - clean / 2) < 0.15  # half the correct samples are broken near the median norm
-    assert curve.forward_passes > 0 and curve.backward_passes > 0
+    assert curve.forward_passes > 0 and curve.backward_passes > 0 and not curve.random_forward
     d = curve.to_dict()
     assert json.loads(json.dumps(d))["checks"] == d["checks"]
 
@@ -55,6 +55,16 @@ def test_fixed_eps_attacks_win_where_the_curve_kept_a_sample(zoo_pgdat, fmnist_b
         assert weak.at(check["eps"]) <= fixed_eps_robust(zoo_pgdat, x, y, check["eps"]) + 1e-6
     assert [round(c["eps"], 6) for c in weak.checks] == [0.05, 0.1, 0.15]
     assert all(a >= b for a, b in zip(weak.robust_accuracy, weak.robust_accuracy[1:]))  # still a curve
+
+
+def test_a_random_forward_pass_marks_the_curve_unreliable(fmnist_batch):
+    from fixture_models import noisy_cnn
+
+    x, y = fmnist_batch(16)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        curve = robustness_curve(noisy_cnn(0.15), x, y, "linf", [0.05], steps=5)
+    assert curve.random_forward and "UNRELIABLE" in curve.note() and "UNRELIABLE" in curve.to_dict()["note"]
 
 
 def test_check_points_and_grid():

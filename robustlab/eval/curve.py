@@ -47,6 +47,7 @@ class RobustnessCurve:
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
+    random_forward: bool = False  # two passes on the first batch differed: single-pass norms may overstate
 
     @property
     def overturned(self) -> int:
@@ -54,14 +55,17 @@ class RobustnessCurve:
         return sum(c["overturned"] for c in self.checks)
 
     def note(self) -> str:
-        """One line on the checks: agreement, or that the worst case took over where they disagreed."""
+        """One line on the checks: agreement, or that the worst case took over where they disagreed; a warning for
+        a random forward pass."""
         at = ", ".join(f"{c['eps']:.4g}" for c in self.checks)
+        warning = ("; UNRELIABLE for this model: its forward pass is random, and each norm and verdict comes from "
+                   "single passes (no EOT)") if self.random_forward else ""  # fmt: skip
         if not self.overturned:
             return f"{self.checks[0]['attack'] if self.checks else 'no'} fixed-eps attack at eps {at} broke nothing " \
-                   "the curve kept"  # fmt: skip
+                   f"the curve kept{warning}"  # fmt: skip
         where = ", ".join(f"{c['overturned']} at eps {c['eps']:.4g}" for c in self.checks if c["overturned"])
         return (f"the fixed-eps attack broke samples the minimum-norm attack kept ({where}): the curve takes the worst "
-                "case, each such sample's norm being the distance of the example that broke it")  # fmt: skip
+                f"case, each such sample's norm being the distance of the example that broke it{warning}")  # fmt: skip
 
     def at(self, eps: float) -> float:
         """Robust accuracy at the grid point ``eps``."""
@@ -107,6 +111,9 @@ def robustness_curve(
     norms, correct = torch.empty(0), torch.empty(0, dtype=torch.bool)
     with counted_model(model) as (counted, passes):
         parts = []
+        with torch.no_grad(), untouched(counted, x.device):
+            first = x[:batch_size]
+            random = not torch.equal(model_logits(counted, first), model_logits(counted, first))
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             with torch.no_grad(), untouched(counted, xb.device):
@@ -126,7 +133,7 @@ def robustness_curve(
         intervals=[list(clopper_pearson(round(a * n), n)) for a in accuracy],
         median_norm=median if median is not None and median != float("inf") else None,
         attack=fmn.config(), checks=checks, forward_passes=passes.forward, backward_passes=passes.backward,
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - start, 3), random_forward=random,
     )  # fmt: skip
 
 
