@@ -205,21 +205,21 @@ class APGDTargeted(AttackBase):
         ranked = self.rank_targets(model, x, y, threat)
         best: AttackResult | None = None
         broken: list[int] = []
+        runtime: dict[str, str] = {}
         for rank, attack in enumerate(self.runs[: ranked.shape[1]]):
             rows = torch.arange(x.shape[0], device=x.device) if best is None else (~best.success).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
             part = attack(model, x[rows], y[rows], threat, target=ranked[rows, rank])
             broken.append(int(part.success.sum()))
-            if best is None:
-                best = part
+            if best is None:  # the layout and precision the runs take: the first one's, from its result
+                best, runtime = part, {k: part.info[k] for k in ("memory_format", "precision")}
                 continue
             candidate = AttackResult(best.x_adv.clone(), best.success.clone(), best.loss.clone(), best.logits.clone())
             candidate.x_adv[rows], candidate.success[rows] = part.x_adv, part.success
             candidate.loss[rows], candidate.logits[rows] = part.loss, part.logits
             best = pick(best, candidate, sign=-1.0)  # a success, else the lower targeted loss
         assert best is not None
-        runtime = {k: v for k, v in self.runs[0].runtime.items()}
         best.info = {"time_s": time.perf_counter() - start, **self.config(), "targets_tried": ranked[:, : len(broken)],
                      "broken_per_target": broken, **runtime}  # fmt: skip
         return best
