@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from robustlab.attacks.inputs import eot_rng
 from robustlab.attacks.protocol import check_first_logits, model_logits
-from robustlab.attacks.restarts import stop_rows
 from robustlab.attacks.runtime import Runtime
 from robustlab.criteria import Criterion
 from robustlab.threat import LOW_PRECISION, ThreatModel
@@ -176,7 +175,7 @@ class Found:
     ) -> None:
         self.model, self.criterion, self.runtime = call.model, call.criterion, call.runtime
         self.early, self.samples, self.keep_first = early, samples, keep_first
-        self.out = x_adv.clone()
+        self.out = x_adv.clone() if early or keep_first else x_adv  # the answers of rows that leave or succeed
         self.done = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
         self.left = torch.zeros_like(self.done)
         self.hits: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=x_adv.device)]
@@ -217,6 +216,44 @@ class Found:
         return out.detach(), self.left, torch.cat(self.hits), logits
 
 
+def stop_rows(
+    model: nn.Module,
+    criterion: Criterion,
+    runtime: Runtime,
+    xa: Tensor,
+    ya: Tensor,
+    ta: Tensor | None,
+    logits: Tensor,
+    active: Tensor,
+    samples: int | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Early stopping at one iterate: ``(leave, hit, hit_logits)`` over the active rows, ``None`` if no row leaves.
+
+    ``hit`` rows break at this iterate; under low precision a float32 pass confirms them (a bf16 verdict alone could
+    stop a sample the judge still finds robust), and ``hit_logits`` are float32 logits the result reuses. ``leave``
+    adds the other rows of a sample one of whose restarts broke (row ``r`` holds sample ``r % samples``).
+    """
+    hit = criterion(logits.detach(), ya, ta)
+    if not bool(hit.any()):
+        return None, None, None
+    hit_logits = logits.detach()[hit]
+    if runtime.precision != "fp32":
+        idx = hit.nonzero().squeeze(1)
+        with torch.no_grad():
+            hit_logits = model_logits(model, xa[idx])
+        confirmed = criterion(hit_logits, ya[idx], ta[idx] if ta is not None else None)
+        hit = torch.zeros_like(hit).index_fill_(0, idx[confirmed], True)
+        hit_logits = hit_logits[confirmed]
+        if not bool(confirmed.any()):
+            return None, None, None
+    if samples is None:  # one restart per batch: a row is a sample
+        return hit, hit, hit_logits
+    sample = active % samples
+    broken = torch.zeros(samples, dtype=torch.bool, device=hit.device)
+    broken[sample[hit]] = True
+    return broken[sample], hit, hit_logits
+
+
 __all__ = [
     "Call",
     "Found",
@@ -230,4 +267,5 @@ __all__ = [
     "Step",
     "Stop",
     "gradient_loop",
+    "stop_rows",
 ]

@@ -1,4 +1,4 @@
-"""Restarts as rows of one batch, the per-sample choice among restarts, and the early-stopping step of the loop.
+"""Restarts as rows of one batch around the gradient loop, the per-sample choice among restarts, keyed random starts.
 
 R restarts of N samples run as one batch of R * N rows where ``restart_batch`` allows (the per-step Python
 overhead is paid once, which is what small models spend their time on); per sample the same choice as restarts
@@ -13,11 +13,9 @@ import functools
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from robustlab.attacks.protocol import AttackResult, model_logits
-from robustlab.attacks.runtime import Runtime
-from robustlab.criteria import Criterion
+from robustlab.attacks.protocol import AttackResult
 from robustlab.threat import LOW_PRECISION, ThreatModel
 
 
@@ -71,49 +69,6 @@ def pick_rows(rows: AttackResult, restarts: int, sign: float) -> AttackResult:
     return AttackResult(rows.x_adv[row], rows.success[row], rows.loss[row], rows.logits[row])
 
 
-def stop_rows(
-    model: nn.Module,
-    criterion: Criterion,
-    runtime: Runtime,
-    xa: Tensor,
-    ya: Tensor,
-    ta: Tensor | None,
-    logits: Tensor,
-    active: Tensor,
-    samples: int | None,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Early stopping at one iterate: ``(leave, hit, hit_logits)`` over the active rows, ``None`` if no row leaves.
-
-    ``hit`` rows break at this iterate; under low precision a float32 pass confirms them (a bf16 verdict alone could
-    stop a sample the judge still finds robust), and ``hit_logits`` are float32 logits the result reuses. ``leave``
-    adds the other rows of a sample one of whose restarts broke (row ``r`` holds sample ``r % samples``).
-    """
-    hit = criterion(logits.detach(), ya, ta)
-    if not bool(hit.any()):
-        return None, None, None
-    hit_logits = logits.detach()[hit]
-    if runtime.precision != "fp32":
-        idx = hit.nonzero().squeeze(1)
-        with torch.no_grad():
-            hit_logits = model_logits(model, xa[idx])
-        confirmed = criterion(hit_logits, ya[idx], ta[idx] if ta is not None else None)
-        hit = torch.zeros_like(hit).index_fill_(0, idx[confirmed], True)
-        hit_logits = hit_logits[confirmed]
-        if not bool(confirmed.any()):
-            return None, None, None
-    if samples is None:  # one restart per batch: a row is a sample
-        return hit, hit, hit_logits
-    sample = active % samples
-    broken = torch.zeros(samples, dtype=torch.bool, device=hit.device)
-    broken[sample[hit]] = True
-    return broken[sample], hit, hit_logits
-
-
-def select_rows(index: Tensor, *tensors: Tensor | None) -> tuple:
-    """The rows ``index`` of each tensor (``None`` stays ``None``)."""
-    return tuple(t.index_select(0, index) if t is not None else None for t in tensors)
-
-
 def keyed_starts(x: Tensor, threat: ThreatModel, salt: int, l2_radius: str) -> Tensor:
     """One random start per sample, drawn from a generator seeded by the sample's content and ``salt`` (one draw of
     the attack's generator per restart), so a sample's start does not depend on the rest of the batch."""
@@ -156,7 +111,5 @@ __all__ = [
     "pick_rows",
     "restart_groups",
     "sample_keys",
-    "select_rows",
     "stack_rows",
-    "stop_rows",
 ]
