@@ -213,7 +213,7 @@ def test_a_truncated_model_file_is_called_truncated_not_torchscript(tmp_path, cl
 def test_attacking_a_bare_architecture_warns_that_its_weights_are_random(tmp_path, caplog, capsys):
     from robustlab.cli import main
 
-    argv = ["attack", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "4", "--eps", "0.1", "--attack", "fgsm",
+    argv = ["attack", "--model", "cnn", "--dataset", "fashion-mnist", "--n", "4", "--eps", "0.1", "--attacks", "fgsm",
             "--no-progress", "--out", tmp_path / "a"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     assert "cnn is an untrained architecture: its weights are random" in caplog.text and "cnn@FILE" in caplog.text
@@ -250,3 +250,22 @@ def test_resume_refuses_robustbench_weights_changed_under_model_dir(tmp_path):
     save_weights(1)  # new weights, same spec and folder
     with pytest.raises(RobustlabError, match="model_state_sha256"):
         run_evaluation(source, data, CONFIG, tmp_path / "ev", resume=True)
+
+
+def test_a_model_source_says_what_the_command_line_would_about_its_model_and_an_image_folder(tmp_path):
+    """ModelSource and DataSource check and shape what ``robustlab attack/eval`` give them, for Python users too:
+    mean and std go together, an SSL encoder's untrained head is named, an image folder takes a model file's shape."""
+    with pytest.raises(RobustlabError, match="--mean and --std together"):
+        ModelSource("zoo:fmnist-cnn", mean=(0.5,))
+    with pytest.raises(RobustlabError, match="one value per channel"):
+        ModelSource("zoo:fmnist-cnn", mean=(0.5,), std=(0.2, 0.2))
+    save_model(tmp_path / "enc.pt", build_model("cnn"), "cnn", dataset="fashion-mnist", stage="ssl")
+    warning = ModelSource(str(tmp_path / "enc.pt")).head_warning()
+    assert "ssl encoder" in warning and "never saw a label" in warning and "robustlab finetune --encoder" in warning
+    assert ModelSource("zoo:fmnist-cnn").head_warning() is None
+    save_model(tmp_path / "rgb.pt", build_model("cnn", input_shape=(3, 40, 40)), "cnn", input_shape=(3, 40, 40))
+    folder = DataSource("imagefolder:imgs")
+    assert folder.shaped_for(str(tmp_path / "rgb.pt")) == DataSource("imagefolder:imgs", image_size=40, channels=3)
+    given = DataSource("imagefolder:imgs", image_size=32)  # a size of its own wins: nothing taken from the file
+    assert given.shaped_for(str(tmp_path / "rgb.pt")) == given and folder.shaped_for(None) == folder
+    assert DataSource("fashion-mnist").shaped_for(str(tmp_path / "rgb.pt")) == DataSource("fashion-mnist")

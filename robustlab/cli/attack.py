@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from robustlab.attacks import attack_help
 from robustlab.cli import common as c
@@ -35,18 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = AttackConfig(args.attack, c.threat_of(args), target=args.target, topk=c.topk_tuple(args),
-                          **c.attack_defaults(args))  # fmt: skip
-    report = run_attack(
-        c.model_source(args), c.data_source(args, args.model), config, args.out, save_adv=args.save_adv,
-        overwrite=args.overwrite, progress=not args.no_progress, device=c.resolve_device(args.device),
-        command_line=args.command_line,
-    )  # fmt: skip
+    report = run_attack(c.model_source(args), c.data_source(args, args.model), c.config_from(AttackConfig, args),
+                        args.out, save_adv=args.save_adv, **c.run_options(args))  # fmt: skip
     loss = report.attack.get("loss")
     setting = f"{report.name}{f' ({loss})' if loss else ''}, {report.threat['norm']} eps={report.threat['eps']:.4g}"
     print(f"{args.model} on {args.dataset}/{args.split}: {setting}")
     print(report.to_markdown(header=False))  # the line above names model and attack
     saved = f"; adversarial examples: {report.files['adversarial_examples']}" if args.save_adv else ""
-    print(f"report: {report.files['json']}{saved}")
-    sys.stdout.flush()
+    print(f"report: {report.files['json']}{saved}", flush=True)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from fractions import Fraction
 from typing import Any
@@ -12,38 +13,32 @@ from typing import Any
 import torch
 
 from robustlab.errors import RobustlabError
-from robustlab.threat import parse_eps
-from robustlab.training.run import resolve_device  # noqa: F401 (the subcommands import it from here)
+from robustlab.threat import ThreatModel, parse_eps
+from robustlab.training.run import resolve_device
 
 
-def _checked(text: str, whole: bool, low: float, strict: bool = False) -> Any:
-    """``text`` as a finite number (whole; or a float, ``8/255`` allowed) >= ``low`` (> with ``strict``), or the
-    argparse error naming it."""
-    try:
-        value = int(text) if whole else float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if whole else 'number'}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    if value < low or (strict and value == low):
-        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
-    return value
+def number(whole: bool, low: float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number (whole; or a float, ``8/255`` allowed) >= ``low`` (> with ``strict``), or
+    the argparse error naming the text."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if whole else float(Fraction(text.strip())) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if whole else 'number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    return _checked(text, True, 1)
-
-
-def nonnegative_int(text: str) -> int:  # 0 usually means off
-    return _checked(text, True, 0)
-
-
-def positive_float(text: str) -> float:
-    return _checked(text, False, 0, strict=True)
-
-
-def nonnegative_float(text: str) -> float:
-    return _checked(text, False, 0)
+positive_int = number(True, 1)
+nonnegative_int = number(True, 0)  # 0 usually means off
+positive_float = number(False, 0, strict=True)
+nonnegative_float = number(False, 0)
 
 
 def eps_value(text: str) -> float:
@@ -65,20 +60,15 @@ def subparser(subparsers: argparse._SubParsersAction, name: str, description: st
     return subparsers.add_parser(name, help=SUBCOMMANDS[name], description=description)
 
 
-def topk_list(text: str) -> list[int]:
-    """``--topk 1,2,3,5`` -> ``[1, 2, 3, 5]`` (k >= 1; the model's class count bounds it later)."""
+def topk_list(text: str) -> tuple[int, ...]:
+    """``--topk 1,2,3,5`` -> ``(1, 2, 3, 5)`` (k >= 1; the model's class count bounds it later)."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"give k >= 1, e.g. 1,2,3,5; got {text!r}")
     return values
-
-
-def topk_tuple(args: argparse.Namespace) -> tuple[int, ...] | None:
-    """``--topk`` as a config takes it (None: the default k's)."""
-    return tuple(args.topk) if args.topk else None
 
 
 MODEL_HELP = (
@@ -108,38 +98,30 @@ def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model") -> No
 
 def float_list(text: str) -> tuple[float, ...]:
     """``0.5,0.5,0.5`` -> ``(0.5, 0.5, 0.5)`` (finite numbers)."""
-    values = tuple(_checked(v, False, -math.inf) for v in text.split(",") if v.strip())
+    values = tuple(number(False, -math.inf)(v) for v in text.split(",") if v.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
     return values
 
 
 def model_source(args: argparse.Namespace) -> Any:
-    """The :class:`robustlab.eval.ModelSource` of ``--model``, ``--checkpoint``, ``--num-classes``, ``--mean/--std``."""
+    """The :class:`robustlab.eval.ModelSource` of ``--model``, ``--checkpoint``, ``--num-classes``, ``--mean/--std``
+    (a warning for an encoder whose head never saw a label)."""
     from robustlab.eval import ModelSource
-    from robustlab.models import model_file_header
 
-    if (args.mean is None) != (args.std is None) or (args.mean and len(args.mean) != len(args.std)):
-        raise RobustlabError("give --mean and --std together, one value per channel each")
-    stage = ((model_file_header(args.model) or {}) if args.checkpoint is None else {}).get("stage")
-    if stage in ("ssl", "deacl"):  # labels never trained its head: its accuracy is chance, not robustness
-        print(f"warning: {args.model} is a robustlab {stage} encoder whose linear head never saw a label; fine-tune it "
-              f"first: robustlab finetune --encoder {args.model} --protocol slf", file=sys.stderr)  # fmt: skip
-    return ModelSource(args.model, args.checkpoint, args.trust_checkpoint, args.num_classes, args.mean, args.std)
+    source = ModelSource(args.model, args.checkpoint, args.trust_checkpoint, args.num_classes, args.mean, args.std)
+    if warning := source.head_warning():
+        print(f"warning: {warning}", file=sys.stderr)
+    return source
 
 
 def data_source(args: argparse.Namespace, model: str | None = None) -> Any:
-    """The :class:`robustlab.eval.DataSource` of the data arguments; an image folder takes its image size and
-    channels from ``--image-size/--channels``, else from the robustlab model file ``model`` (if it says)."""
+    """The :class:`robustlab.eval.DataSource` of the data arguments (an image folder shaped for the model file
+    ``model``: :meth:`~robustlab.eval.DataSource.shaped_for`)."""
     from robustlab.eval import DataSource
-    from robustlab.models import model_file_header
 
-    size, channels = args.image_size, args.channels
-    header = model_file_header(model) if model and args.dataset.startswith("imagefolder") else None
-    shape = (header or {}).get("input_shape")
-    if shape and size is None and channels is None:
-        channels, size = shape[0], shape[-1]
-    return DataSource(args.dataset, args.split, args.n, args.data_root, args.download, size, channels)
+    data = DataSource(args.dataset, args.split, args.n, args.data_root, args.download, args.image_size, args.channels)
+    return data.shaped_for(model)
 
 
 DATA_ROOT_HELP = "where the dataset lives, searched first (default: the usual places, then a download)"
@@ -171,15 +153,14 @@ def eps_list(text: str) -> list[float]:
 
 
 def add_threat_args(
-    parser: argparse.ArgumentParser, eps: bool | float | str | None = True, many: bool = False, unset: str = "none"
+    parser: argparse.ArgumentParser, eps: bool | float | None = True, many: bool = False, unset: str = "none"
 ) -> None:
-    """The threat model group: ``--norm``, ``--eps`` (``eps`` True: required; a number or string: its default;
+    """The threat model group: ``--norm``, ``--eps`` (``eps`` True: required; a number: its default;
     None: optional, ``unset`` saying what no eps means; ``many``: a comma-separated list of radii), ``--bounds``."""
     g = parser.add_argument_group("threat model")
     g.add_argument("--norm", default="linf", help="linf or l2 (default: linf)")
     default = None if eps is None or isinstance(eps, bool) else eps
     said = "required" if eps is True else f"default: {unset}" if default is None else f"default: {default:.4g}"
-    said = f"default: {default}" if isinstance(default, str) else said
     what = "one or more radii, e.g. 8/255 or 0.02,0.05,0.1" if many else "radius of the eps-ball, e.g. 0.1 or 8/255"
     g.add_argument("--eps", required=eps is True, default=default, type=eps_list if many else eps_value,
                    help=f"{what} ({said})")  # fmt: skip
@@ -197,51 +178,38 @@ def bounds_value(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def threat_of(args: argparse.Namespace) -> Any:
-    """The :class:`~robustlab.threat.ThreatModel` of ``--norm/--eps/--bounds`` (None without ``--eps``; the largest
-    of several radii)."""
-    from robustlab.threat import ThreatModel
-
-    eps = getattr(args, "eps", None)
-    if eps is None:
-        return None
-    return ThreatModel(args.norm, max(eps) if isinstance(eps, list) else eps, args.bounds)
-
-
-ATTACK_HELP = {
-    "steps": "steps of every chosen attack that takes steps (default: each attack's own, e.g. pgd 10, fgsm 1)",
-    "step_size": "step size of every chosen attack that takes one (default: each attack's own, e.g. pgd 2.5*eps/steps)",
-    "loss": "loss of every chosen attack that takes one: {losses} (default: each attack's own, e.g. ce)",
-    "restarts": "random restarts of every chosen attack that takes them (default: each attack's own, e.g. pgd 1)",
-}
-
-
-def add_attack_args(parser: Any, options: tuple[str, ...] = tuple(ATTACK_HELP), **helps: str) -> None:
-    """The attack defaults ``--steps``, ``--step-size``, ``--loss``, ``--restarts`` (those in ``options``; ``helps``
-    replaces an option's help): a default for every chosen attack that takes it, refused when none does. On a
-    parser, in a group with ``--seed`` and ``--batch-size``: the fields of ``eval.configs.AttackOptions``."""
+def add_attack_args(parser: argparse.ArgumentParser) -> None:
+    """The attacks group, the fields of :class:`robustlab.eval.configs.AttackOptions`: the attack defaults
+    ``--steps``, ``--step-size``, ``--loss``, ``--restarts`` (each a default for every chosen attack that takes it,
+    refused when none does), ``--seed`` and ``--batch-size``."""
+    from robustlab.eval.configs import AttackOptions
     from robustlab.losses import loss_names
 
-    group = isinstance(parser, argparse.ArgumentParser)
-    g = parser.add_argument_group("attacks") if group else parser
-    types = {"steps": positive_int, "step_size": positive_float, "loss": str, "restarts": positive_int}
-    for name in options:
-        text = helps.get(name, ATTACK_HELP[name]).replace("{losses}", ", ".join(loss_names()))
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=types[name], help=text)
-    if group:
-        from robustlab.eval.configs import AttackOptions
+    d, g = defaults_of(AttackOptions), parser.add_argument_group("attacks")
+    g.add_argument("--steps", type=positive_int, help="steps of every chosen attack that takes steps (default: each "
+                   "attack's own, e.g. pgd 10, fgsm 1)")  # fmt: skip
+    g.add_argument("--step-size", type=positive_float, help="step size of every chosen attack that takes one "
+                   "(default: each attack's own, e.g. pgd 2.5*eps/steps)")  # fmt: skip
+    g.add_argument("--loss", help=f"loss of every chosen attack that takes one: {', '.join(loss_names())} (default: "
+                   "each attack's own, e.g. ce)")  # fmt: skip
+    g.add_argument("--restarts", type=positive_int, help="random restarts of every chosen attack that takes them "
+                   "(default: each attack's own, e.g. pgd 1)")  # fmt: skip
+    g.add_argument("--seed", type=int, default=d["seed"], help="seed of the attacks' own random generators")
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="samples per batch")
 
-        d = defaults_of(AttackOptions)
-        g.add_argument("--seed", type=int, default=d["seed"], help="seed of the attacks' own random generators")
-        g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="samples per batch")
 
-
-def attack_defaults(args: argparse.Namespace) -> dict[str, Any]:
-    """The attack defaults, seed, batch size and the arguments themselves (``extra``, recorded in the report), as
-    keyword arguments of a run's config."""
-    keys = ("steps", "step_size", "loss", "restarts", "seed", "batch_size")
-    options = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    return {**options, "extra": {k: v for k, v in vars(args).items() if k != "run"}}
+def config_from(config: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The arguments mapped onto ``config``: each field from the argument of its name (None: the field's default),
+    the threat model from ``--norm/--eps/--bounds``, ``extra`` (recorded in the report) the arguments themselves;
+    ``values`` set the fields no argument names."""
+    names = {f.name for f in fields(config)}
+    found = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "eps" in vars(args):  # several radii: the threat model holds the largest
+        eps = max(args.eps) if isinstance(args.eps, list) else args.eps
+        found["threat"] = None if eps is None else ThreatModel(args.norm, eps, args.bounds)
+    if "extra" in names:
+        found["extra"] = {k: v for k, v in vars(args).items() if k != "run"}
+    return config(**{**found, **values})
 
 
 def add_run_args(parser: argparse.ArgumentParser, out_default: str, resume: bool = False) -> None:
@@ -254,3 +222,10 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: str, resume: bool
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run folder group as keyword arguments of :func:`~robustlab.eval.run_attack`, ``run_evaluation`` and
+    ``run_transfer``."""
+    return {"overwrite": args.overwrite, "progress": not args.no_progress, "device": resolve_device(args.device),
+            "command_line": args.command_line}

@@ -23,8 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_model_args(p, "--teacher", TEACHER_HELP)
     t.add_training_args(p, DeACLConfig)
     d = p.add_argument_group("DeACL (defaults: the paper's)")
-    d.add_argument("--beta", type=c.nonnegative_float, default=2.0, help="weight of the adversarial term")
-    d.add_argument("--steps", type=c.positive_int, default=5, help="steps of the inner feature PGD")
+    d.add_argument("--beta", type=c.nonnegative_float, help="weight of the adversarial term")
+    d.add_argument("--steps", type=c.positive_int, help="steps of the inner feature PGD")
     d.add_argument("--step-size", type=c.positive_float, help="inner PGD step size (default: eps/4)")
     t.add_student_args(d, "a copy of the teacher (the paper)")
     d.add_argument("--center", action="store_true", help="cosines between batch-centred features (for encoders whose "
@@ -35,5 +35,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "strong)")  # fmt: skip
     d.add_argument("--anneal-augment", action="store_true", help="DynACL: the student's augmentation decays from "
                    "strong to none over the run (not --augment)")  # fmt: skip
-    d.add_argument("--width-factor", type=c.positive_int, default=1, help="a student K times wider than the teacher "
+    d.add_argument("--width-factor", type=c.positive_int, help="a student K times wider than the teacher "
                    "(cnn, mlp; needs --init random)")  # fmt: skip

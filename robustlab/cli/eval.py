@@ -57,17 +57,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = EvalConfig(
-        tuple(args.eps), c.threat_of(args), attacks=args.attacks, topk=c.topk_tuple(args),
-        only_robust=not args.all_samples, sanity_n=args.sanity_n, plots=not args.no_plots,
-        eps_protocol=args.eps_protocol, adaptive=args.adaptive, bpda=args.bpda, predictions=args.predictions,
-        vote=args.vote, surrogate=args.surrogate, curve=args.curve, **c.attack_defaults(args),
-    )  # fmt: skip
-    report = run_evaluation(
-        c.model_source(args), c.data_source(args, args.model), config, args.out, resume=args.resume,
-        overwrite=args.overwrite, progress=not args.no_progress, device=c.resolve_device(args.device),
-        command_line=args.command_line,
-    )  # fmt: skip
+    config = c.config_from(EvalConfig, args, eps=tuple(args.eps), only_robust=not args.all_samples,
+                           plots=not args.no_plots)  # fmt: skip
+    report = run_evaluation(c.model_source(args), c.data_source(args, args.model), config, args.out,
+                            resume=args.resume, **c.run_options(args))  # fmt: skip
     if report.rank == 0:
         print(summary_text(report), flush=True)
     return 0

@@ -27,11 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lr = p._option_string_actions["--lr"]  # its default depends on the protocol
     lr.help = "learning rate (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")"
     f = p.add_argument_group("adversarial fine-tuning (alf, aff)")
-    f.add_argument("--steps", type=c.positive_int, default=10, help="inner attack steps")
+    f.add_argument("--steps", type=c.positive_int, help="inner attack steps")
     f.add_argument("--step-size", type=c.positive_float, help="inner step size (default: alf 2.5*eps/steps, aff eps/4)")
-    f.add_argument("--beta", type=c.nonnegative_float, default=6.0, help="TRADES weight for aff")
+    f.add_argument("--beta", type=c.nonnegative_float, help="TRADES weight for aff")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-n", type=c.nonnegative_int, default=1000, help="test items to evaluate on (0: skip)")
-    e.add_argument("--eval-steps", type=c.positive_int, default=20, metavar="T", help="PGD steps")
-    e.add_argument("--eval-restarts", type=c.positive_int, default=1, metavar="R", help="PGD restarts")
+    e.add_argument("--eval-n", type=c.nonnegative_int, help="test items to evaluate on (0: skip)")
+    e.add_argument("--eval-steps", type=c.positive_int, metavar="T", help="PGD steps")
+    e.add_argument("--eval-restarts", type=c.positive_int, metavar="R", help="PGD restarts")
     e.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")

@@ -25,12 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_model_args(p, "--teacher", TEACHER_HELP)
     p.add_argument("--pseudo-targets", dest="targets", required=True, choices=["embedding", "kmeans", "linear"],
                    help="what the student learns: the teacher's embedding, clusters or labels")  # fmt: skip
-    p.add_argument("--clusters", type=c.positive_int, default=10, help="k of k-means")
-    p.add_argument("--kmeans-n", type=c.positive_int, default=10000, help="images k-means is fitted on")
+    p.add_argument("--clusters", type=c.positive_int, help="k of k-means")
+    p.add_argument("--kmeans-n", type=c.positive_int, help="images k-means is fitted on")
     t.add_training_args(p, PseudoATConfig, eps=True)
     a = p.add_argument_group("adversarial training")
-    a.add_argument("--loss", choices=["ce", "trades"], default="ce", help="ce (PGD-AT / cosine) or trades")
+    a.add_argument("--loss", choices=["ce", "trades"], help="ce (PGD-AT / cosine) or trades")
     a.add_argument("--beta", type=c.nonnegative_float, help="trades weight (default: 6; embedding targets: DeACL's 2)")
-    a.add_argument("--steps", type=c.positive_int, default=5, help="inner PGD steps")
+    a.add_argument("--steps", type=c.positive_int, help="inner PGD steps")
     a.add_argument("--step-size", type=c.positive_float, help="inner step size (default: ce 2.5*eps/steps, else eps/4)")
     t.add_student_args(a, "a copy of the teacher")

@@ -18,13 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(the encoder's classifier, for robustlab deacl/pseudo-at/finetune), report.json/md and resumable "
                     "checkpoints; trains with DDP under torchrun, gathering negatives across ranks. Example: "
                     f"{EXAMPLE}")  # fmt: skip
-    p.add_argument("--method", choices=["simclr", "simco"], default="simclr", help="the contrastive method")
+    p.add_argument("--method", choices=["simclr", "simco"], help="the contrastive method")
     t.add_model_args(p, "--model", f"a fresh architecture ({', '.join(ARCHITECTURES)}) or an encoder to start from "
                      "(zoo:NAME, torchvision:NAME, package.module:factory, or a robustlab run folder)")  # fmt: skip
     t.add_training_args(p, SSLConfig, eps=False)
     s = p.add_argument_group("self-supervised method")
-    s.add_argument("--temperature", type=c.positive_float, default=0.2, help="InfoNCE / SimCo tau_alpha")
-    s.add_argument("--tau-beta", type=c.positive_float, default=1.0, help="SimCo's second temperature")
-    s.add_argument("--proj-hidden", type=c.positive_int, default=512, help="projector hidden width")
-    s.add_argument("--proj-dim", type=c.positive_int, default=128, help="projection dimension")
-    s.add_argument("--knn-n", type=c.nonnegative_int, default=2000, help="labelled items of the kNN monitor (0: off)")
+    s.add_argument("--temperature", type=c.positive_float, help="InfoNCE / SimCo tau_alpha")
+    s.add_argument("--tau-beta", type=c.positive_float, help="SimCo's second temperature")
+    s.add_argument("--proj-hidden", type=c.positive_int, help="projector hidden width")
+    s.add_argument("--proj-dim", type=c.positive_int, help="projection dimension")
+    s.add_argument("--knn-n", type=c.nonnegative_int, help="labelled items of the kNN monitor (0: off)")

@@ -27,20 +27,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "classes for an architecture, else the model's)")  # fmt: skip
     t.add_training_args(p, ATConfig, eps=True)
     g = p.add_argument_group("method")
-    c.add_attack_args(g, ("step_size",), step_size="step size (default: 1.25*eps fgsm-rs/noiseaug/gradalign, eps "
-                      "fgsm/n-fgsm, eps/4 pgd)")  # fmt: skip
+    g.add_argument("--step-size", type=c.positive_float, help="step size (default: 1.25*eps fgsm-rs/noiseaug/"
+                   "gradalign, eps fgsm/n-fgsm, eps/4 pgd)")  # fmt: skip
     g.add_argument("--noise", choices=NOISE_KINDS, help="noiseaug: noise distribution (default: uniform)")
     g.add_argument("--noise-sigma", type=c.nonnegative_float, help="noiseaug: noise scale in units of eps (default: 2)")
     g.add_argument("--noise-multiple", type=c.nonnegative_float, help="n-fgsm: noise U(-m eps, m eps) (default: 2)")
     g.add_argument("--gradalign-lambda", type=c.nonnegative_float, help="gradalign: regulariser weight (default: 0.2)")
     g.add_argument("--steps", type=c.positive_int, metavar="T", help="pgd: steps of the inner PGD (default: 10)")
     m = p.add_argument_group("catastrophic-overfitting monitor and evaluation")
-    count = c.nonnegative_int
-    m.add_argument("--monitor-n", type=count, default=512, help="training samples the monitor attacks (0: off)")
-    m.add_argument("--monitor-every", type=count, default=0, help="also check every N steps (0: epochs only)")
-    m.add_argument("--on-co", choices=ON_CO, default="rollback", help="on CO: stop, rollback or continue")
-    m.add_argument("--eval-n", type=count, default=1000, help="test items of the final PGD-50-10 evaluation (its "
-                   "cost is ~500 forward+backward passes per item: lower it, or 0 to skip)")  # fmt: skip
+    m.add_argument("--monitor-n", type=c.nonnegative_int, help="training samples the monitor attacks (0: off)")
+    m.add_argument("--monitor-every", type=c.nonnegative_int, help="also check every N steps (0: epochs only)")
+    m.add_argument("--on-co", choices=ON_CO, help="on CO: stop, rollback or continue")
+    m.add_argument("--eval-n", type=c.nonnegative_int, help="test items of the final PGD-50-10 evaluation (its cost "
+                   "is ~500 forward+backward passes per item: lower it, or 0 to skip)")  # fmt: skip
     m.add_argument("--autoattack", action="store_true", help="also evaluate with AutoAttack (standard)")
     m.add_argument("--no-eval", dest="eval_n", action="store_const", const=0, help="skip the final evaluation")
     p.add_argument("--export", metavar="FILE", help="also save the final model's state dict here (default: not)")

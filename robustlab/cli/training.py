@@ -5,9 +5,7 @@ of the kind's config (:mod:`robustlab.recipes`), and the one call: the arguments
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -18,33 +16,33 @@ TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (
 
 def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None = None, unset: str = "") -> None:
     """The shared data, threat model (``eps``: True required, None the config's default or ``unset``, False none),
-    optimisation and run-folder arguments of a training command, with ``config``'s defaults."""
+    optimisation and run-folder arguments of a training command; every argument of the command named as a field of
+    ``config`` takes that field's default."""
     from robustlab.training.config import LR_SCHEDULES, OPTIMIZERS, TRAIN_MEMORY_FORMATS, TRAIN_PRECISIONS
 
     d = c.defaults_of(config)
+    p.set_defaults(run=lambda args: run_command(config, args), **d)  # also for arguments added before and after
     c.add_data_args(p, split=False)
     if eps is not False:
-        threat = d.get("threat")
-        c.add_threat_args(p, True if eps else None if threat is None else threat.eps, unset=unset)
+        c.add_threat_args(p, True if eps else None if d.get("threat") is None else d["threat"].eps, unset=unset)
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=c.positive_int, default=d["epochs"], help="epochs")
-    o.add_argument("--batch-size", type=c.positive_int, default=d["batch_size"], help="per rank")
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"], help="the optimizer")
-    o.add_argument("--lr", type=c.positive_float, default=d["lr"], help="peak/initial learning rate")
-    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d["lr_schedule"], help="the learning-rate schedule")
-    o.add_argument("--momentum", type=c.nonnegative_float, default=d["momentum"], help="SGD momentum / Adam beta1")
-    o.add_argument("--weight-decay", type=c.nonnegative_float, default=d["weight_decay"], help="weight decay")
+    o.add_argument("--epochs", type=c.positive_int, help="epochs")
+    o.add_argument("--batch-size", type=c.positive_int, help="per rank")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, help="the optimizer")
+    o.add_argument("--lr", type=c.positive_float, help="peak/initial learning rate")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="the learning-rate schedule")
+    o.add_argument("--momentum", type=c.nonnegative_float, help="SGD momentum / Adam beta1")
+    o.add_argument("--weight-decay", type=c.nonnegative_float, help="weight decay")
     o.add_argument("--max-steps-per-epoch", type=c.positive_int, help="cut epochs short (smoke tests; default: off)")
-    o.add_argument("--seed", type=int, default=0, help="seed of weights, data order, noise, augmentations, attacks")
-    o.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32",
-                   help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a bf16 CPU)")  # fmt: skip
-    o.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, default="contiguous",
-                   help="channels_last: faster convolutions on many CPUs and GPUs")  # fmt: skip
-    o.add_argument("--num-workers", type=c.nonnegative_int, default=0, help="data loader workers")
+    o.add_argument("--seed", type=int, help="seed of weights, data order, noise, augmentations, attacks")
+    o.add_argument("--precision", choices=TRAIN_PRECISIONS, help="bf16 or fp16 autocast (fp16: CUDA; bf16: CUDA or a "
+                   "bf16 CPU)")  # fmt: skip
+    o.add_argument("--memory-format", choices=TRAIN_MEMORY_FORMATS, help="channels_last: faster convolutions on many "
+                   "CPUs and GPUs")  # fmt: skip
+    o.add_argument("--num-workers", type=c.nonnegative_int, help="data loader workers")
     o.add_argument("--threads", type=c.positive_int, help="CPU threads per process (default: torch's choice)")
     c.add_run_args(p, f"runs/{config.kind}", resume=True)
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (OUT/tensorboard)")
-    p.set_defaults(run=lambda args: run_command(config, args))
 
 
 def add_model_args(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
@@ -58,21 +56,9 @@ def add_student_args(group: argparse._ArgumentGroup, init_help: str) -> None:
     """``--augment`` and ``--init`` of a student trained against a frozen teacher (deacl, pseudo-at)."""
     from robustlab.ssl import AUGMENT_STRENGTHS, STUDENT_INITS
 
-    group.add_argument("--augment", choices=AUGMENT_STRENGTHS, default="weak", help="augmentation (default: weak)")
-    group.add_argument(
-        "--init", choices=STUDENT_INITS, default="teacher",
-        help=f"student initialisation: {init_help} or random (better on short budgets: see the README's SSL section)",
-    )  # fmt: skip
-
-
-def config_from(config: type, args: argparse.Namespace) -> Any:
-    """The arguments mapped onto the config: each field from the argument of its name, the threat model from
-    ``--norm/--eps/--bounds``."""
-    names = {f.name for f in fields(config)}
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "eps" in vars(args):
-        values["threat"] = c.threat_of(args)
-    return config(**values, progress=not args.no_progress)
+    group.add_argument("--augment", choices=AUGMENT_STRENGTHS, help="augmentation")
+    group.add_argument("--init", choices=STUDENT_INITS, help=f"student initialisation: {init_help} or random (better "
+                       "on short budgets: see the README's SSL section)")  # fmt: skip
 
 
 def run_command(config: type, args: argparse.Namespace) -> int:
@@ -82,7 +68,7 @@ def run_command(config: type, args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = config_from(config, args)
+    run = c.config_from(config, args, progress=not args.no_progress)
     report = run_training(
         run, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
         command_line=args.command_line, on_start=lambda setup: print(setup.banner, flush=True),

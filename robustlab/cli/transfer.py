@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from robustlab.attacks import attack_help
 from robustlab.cli import common as c
@@ -45,17 +44,13 @@ def _specs(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TransferConfig(c.threat_of(args), args.attacks, topk=c.topk_tuple(args), **c.attack_defaults(args))
-    result = run_transfer(
-        [_specs(s) for s in args.source], _specs(args.targets), c.data_source(args, args.targets.split(",")[0]),
-        config, args.out, save_adv=args.save_adv, overwrite=args.overwrite, progress=not args.no_progress,
-        device=c.resolve_device(args.device), command_line=args.command_line,
-    )  # fmt: skip
+    result = run_transfer([_specs(s) for s in args.source], _specs(args.targets),
+                          c.data_source(args, args.targets.split(",")[0]), c.config_from(TransferConfig, args),
+                          args.out, save_adv=args.save_adv, **c.run_options(args))  # fmt: skip
     print(f"{args.dataset}/{args.split}, n = {result.n}, {result.threat.norm} eps = {result.threat.eps:.4g}")
     print(result.clean_table() + "\n")
     print(result.markdown())
     files = ", ".join(result.files[k] for k in ("json", "markdown", "heatmap", "topk_curves"))
     saved = f"; adversarial examples: {args.save_adv}" if args.save_adv else ""
-    print(f"report: {files}{saved}")
-    sys.stdout.flush()
+    print(f"report: {files}{saved}", flush=True)
     return 0

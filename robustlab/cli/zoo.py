@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from robustlab.cli import common as c
-from robustlab.io import markdown_table
 from robustlab.models import zoo_index
+from robustlab.models.zoo_table import zoo_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,40 +20,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _percent(value: Any) -> str:
-    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def robust_figure(meta: dict[str, Any]) -> str:
-    """The recorded robust accuracy in a few words (attack, norm, eps, n), or '-' (also for a figure recorded
-    without its attack, norm, eps or n)."""
-    try:
-        return _robust_figure(meta)
-    except (KeyError, TypeError, ValueError):
-        return "-"
-
-
-def _robust_figure(meta: dict[str, Any]) -> str:
-    robust, other = meta.get("robust_accuracy"), meta.get("robustness")
-    if isinstance(robust, dict):
-        text = f"{100 * robust['value']:.1f} % ({robust['attack']}, {robust['norm']} {robust['eps']}, n={robust['n']})"
-        aa = meta.get("autoattack")
-        return text + (f"; {100 * aa['robust_accuracy']:.1f} % after AutoAttack" if isinstance(aa, dict) else "")
-    if isinstance(other, dict) and "autoattack_accuracy" in other:
-        attack = "APGD-CE + APGD-T after PGD-10"  # zoo.json names the reduced AutoAttack it ran
-        return f"{100 * other['autoattack_accuracy']:.1f} % ({attack}, eps {other['eps']}, n={other['eval_n']})"
-    return "-"
-
-
 def run(args: argparse.Namespace) -> int:
-    index = zoo_index()
-    if args.json:
-        print(json.dumps(index, indent=2))
-        return 0
-    rows = [
-        [f"zoo:{name}", meta["arch"], meta["dataset"], _percent(meta.get("test_accuracy")), robust_figure(meta),
-         meta.get("training", "-")]
-        for name, meta in sorted(index.items())
-    ]  # fmt: skip
-    print(markdown_table(["model", "arch", "dataset", "clean", "robust", "training"], rows))
+    print(json.dumps(zoo_index(), indent=2) if args.json else zoo_table())
     return 0

@@ -9,7 +9,7 @@ import logging
 import os
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,21 @@ class ModelSource:
     num_classes: int | None = None  # outputs of a torchvision:/module:factory model
     mean: tuple[float, ...] | None = None  # normalisation put in front of it (torchvision: ImageNet's by default)
     std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or ())):
+            raise RobustlabError("give --mean and --std together, one value per channel each")
+
+    def head_warning(self) -> str | None:
+        """A warning when the spec is a robustlab ssl or deacl encoder: labels never trained its linear head, so its
+        accuracy is chance, not robustness; None otherwise."""
+        from robustlab.models import model_file_header
+
+        stage = ((model_file_header(self.spec) or {}) if self.checkpoint is None else {}).get("stage")
+        if stage not in ("ssl", "deacl"):
+            return None
+        return (f"{self.spec} is a robustlab {stage} encoder whose linear head never saw a label; fine-tune it first: "
+                f"robustlab finetune --encoder {self.spec} --protocol slf")  # fmt: skip
 
     def load(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model on ``device``; a bare architecture name is warned about (its weights are random), as
@@ -78,6 +93,16 @@ class DataSource:
     download: bool = True
     image_size: int | None = None  # imagefolder: resize and crop to this (default 256 / 224)
     channels: int | None = None  # imagefolder: 1 (grey) or 3 (RGB, the default)
+
+    def shaped_for(self, model: str | None) -> DataSource:
+        """This source; an image folder without its own image size and channels takes them from the input shape a
+        robustlab model file ``model`` records (if it does)."""
+        from robustlab.models import model_file_header
+
+        if not model or not self.name.startswith("imagefolder") or (self.image_size, self.channels) != (None, None):
+            return self
+        shape = (model_file_header(model) or {}).get("input_shape")
+        return replace(self, channels=shape[0], image_size=shape[-1]) if shape else self
 
     def load(self) -> Dataset:
         data = load_dataset(self.name, self.split, self.root, self.download, image_size=self.image_size,
