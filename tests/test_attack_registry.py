@@ -81,7 +81,7 @@ def test_a_registered_attack_runs_from_the_cli(toy, tmp_path, capsys):
     assert main(["eval", *data, "--attacks", "pgd,toy", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert "toy" in json.dumps(report["attacks"])
-    assert main(["attack", *data, "--attack", "toy", "--out", str(tmp_path / "attack")]) == 0
+    assert main(["attack", *data, "--attacks", "toy", "--out", str(tmp_path / "attack")]) == 0
     report = json.loads((tmp_path / "attack" / "report.json").read_text())
     assert report["attack"]["attack"] == "toy"
     capsys.readouterr()

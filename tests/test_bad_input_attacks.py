@@ -40,7 +40,7 @@ DATA = ["--dataset", "fashion-mnist", "--n", "8", "--no-progress"]
 
 
 def attack_cmd(spec: str, out, *extra: str) -> list:
-    return ["attack", "--model", "zoo:fmnist-cnn", *DATA, "--attack", spec, "--eps", "0.1", "--out", out, *extra]
+    return ["attack", "--model", "zoo:fmnist-cnn", *DATA, "--attacks", spec, "--eps", "0.1", "--out", out, *extra]
 
 
 def eval_cmd(specs: str, out, *extra: str) -> list:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = ["--model", "zoo:fmnist-mlp"]
 DATA = ["--dataset", "fashion-mnist", "--n", "8", "--no-progress"]
 EVAL = ["eval", *MODEL, *DATA, "--eps", "0.05", "--attacks", "fgsm", "--sanity-n", "0", "--no-plots"]
-ATTACK = ["attack", *MODEL, *DATA, "--eps", "0.05", "--attack", "fgsm"]
+ATTACK = ["attack", *MODEL, *DATA, "--eps", "0.05", "--attacks", "fgsm"]
 TRANSFER = ["transfer", "--source", "zoo:fmnist-mlp", "--targets", "zoo:fmnist-cnn", *DATA, "--eps", "0.05",
             "--attacks", "fgsm"]  # fmt: skip
 COMMANDS = {"eval": EVAL, "attack": ATTACK, "transfer": TRANSFER}
@@ -49,7 +49,7 @@ def _cases(root) -> list[tuple[str, list[str], str]]:
             (command, ["--dataset", f"imagefolder:{root / 'empty'}"], "holds no images"),
             (command, ["--dataset", "imagefolder:/nonexistent-robustlab"], "existing folder"),
             (command, ["--dataset", f"imagefolder:{root / 'rgb'}", "--n", "2"], "does not fit"),
-            (command, ["--attacks" if command != "attack" else "--attack", "deepfool"], "unknown attack"),
+            (command, ["--attacks", "deepfool"], "unknown attack"),
             (command, ["--eps", "abc"], "not a number"),
             (command, ["--norm", "l7"], "norm"),
             (command, ["--n", "0"], "out of range"),

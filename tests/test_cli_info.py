@@ -74,16 +74,23 @@ def test_help_texts_print_no_doubled_percent_and_no_none_default(capsys):
         assert "default" in after.split(" --")[0], (name, flag)
 
 
-def test_one_meaning_per_flag_name_and_the_old_names_still_parse(capsys):
+def test_one_meaning_per_flag_name_and_the_old_names_are_refused_naming_the_new(capsys, cli_error):
     parsers = subcommand_parsers()
 
     def parsed(command: str, *argv: str):
         return parsers[command].parse_args(list(argv))
 
-    # attack names its attack as eval and transfer do: --attacks (the old --attack is a hidden alias)
+    # attack names its attack as eval and transfer do: --attacks; the old --attack is refused in one line naming it
     base = ["--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
-    assert parsed("attack", *base, "--attacks", "pgd").attack == parsed("attack", *base, "--attack", "pgd").attack
+    assert parsed("attack", *base, "--attacks", "pgd").attack == "pgd"
     assert "--attacks SPEC" in help_of("attack", capsys) and " --attack " not in help_of("attack", capsys)
+    line = cli_error(["attack", *base, "--attack", "pgd"], "unrecognized argument --attack", "renamed --attacks")
+    assert line.startswith("robustlab attack: error:"), line
+    cli_error(["train", "--model", "cnn", "--amp"], "--amp", "renamed --precision fp16")
+    cli_error(["finetune", "--pgd-steps=5"], "--pgd-steps", "renamed --eval-steps")
+    # no unique prefixes: an abbreviation is not taken for the full name (--attac is not --attacks)
+    cli_error(["attack", *base, "--attac", "pgd"], "--attacks")
+    cli_error(["eval", *base, "--attack", "pgd"], "unrecognized arguments: --attack")
     # --steps is the steps of the attack a command runs (train's inner PGD too); finetune's evaluation has its own
     train = ["--method", "pgd", "--model", "cnn", "--dataset", "fashion-mnist", "--eps", "0.1"]
     assert parsed("train", *train, "--steps", "7").steps == 7

@@ -108,7 +108,7 @@ def test_cli_chain_ssl_deacl_pseudo_at_finetune_then_attack(tmp_path, capsys):
     assert "clean accuracy" in capsys.readouterr().out
     # the fine-tuned classifier is a plain robustlab model file: robustlab attack takes it directly
     model = str(tmp_path / "slf" / "model.pt")
-    args = ["--dataset", "fashion-mnist", "--n", "20", "--attack", "fgsm", "--eps", "0.1", "--no-progress"]
+    args = ["--dataset", "fashion-mnist", "--n", "20", "--attacks", "fgsm", "--eps", "0.1", "--no-progress"]
     assert main(["attack", "--model", model, *args, "--out", str(tmp_path / "attack")]) == 0
     # user mistakes: one line, exit code 2
     assert main(["finetune", *encoder[:2], "--protocol", "alf", "--out", str(tmp_path / "x"), *small]) == 2

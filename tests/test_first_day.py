@@ -26,7 +26,7 @@ def test_each_test_runs_in_its_own_empty_folder(tmp_path):
 def test_a_run_left_in_the_folder_where_pytest_starts_breaks_no_cli_test(tmp_path):
     """The README's SSL block runs ``robustlab attack`` without ``--out``, which leaves ``runs/attack`` holding a run
     where the user stands; the CLI tests started from that folder still pass (they run in their own folders)."""
-    assert main(["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "8", "--attack", "fgsm",
+    assert main(["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "8", "--attacks", "fgsm",
                  "--eps", "0.1", "--no-progress"]) == 0  # fmt: skip
     assert (tmp_path / "runs/attack/report.json").is_file()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
@@ -81,7 +81,7 @@ def test_transfer_takes_sources_and_targets_with_their_weights(weights):
 
 
 def test_weights_given_twice_or_half_are_refused_in_one_line(weights, cli_error):
-    base = ["attack", "--dataset", "fashion-mnist", "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--no-progress"]
+    base = ["attack", "--dataset", "fashion-mnist", "--n", "8", "--attacks", "fgsm", "--eps", "0.1", "--no-progress"]
     cli_error([*base, "--model", f"cnn@{weights['cnn']}", "--checkpoint", str(weights["linear"])], "give them once")
     cli_error([*base, "--model", "cnn@"], "give the weights after the model")
     cli_error(["transfer", "--source", "cnn@missing.pt", "--targets", "zoo:fmnist-mlp", "--dataset", "fashion-mnist",

@@ -83,7 +83,7 @@ def test_absent_weights_name_the_file_expected_and_never_download(tmp_path, monk
     assert "--model-dir" in str(info.value) and "\n" not in str(info.value)
     # a fresh process, as a user runs it: the one error line, no warnings of robustbench's dependencies
     args = ["attack", "--model", f"robustbench:{ENTRY}", "--model-dir", tmp_path, "--dataset", "fashion-mnist"]
-    args += ["--n", "4", "--attack", "pgd", "--eps", "0.1", "--out", tmp_path / "run"]
+    args += ["--n", "4", "--attacks", "pgd", "--eps", "0.1", "--out", tmp_path / "run"]
     code = "import sys; from robustlab.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"robustlab attack: error: {info.value}"], (
@@ -135,7 +135,7 @@ def test_robustlab_attack_runs_a_timm_model(timm_checkpoint, tmp_path, capsys):
         Image.fromarray(pixels).save(tmp_path / "images" / f"class{c}" / "0.png")
     folder = f"imagefolder:{tmp_path / 'images'}"
     args = ["attack", "--model", "timm:resnet10t", "--checkpoint", path, "--dataset", folder]
-    args += ["--attack", "pgd", "--steps", "2", "--eps", "4/255", "--out", tmp_path / "run", "--no-progress"]
+    args += ["--attacks", "pgd", "--steps", "2", "--eps", "4/255", "--out", tmp_path / "run", "--no-progress"]
     assert main([str(a) for a in args]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["n"] == 10 and 0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1

@@ -38,7 +38,7 @@ TRAINING = {
 }
 EVAL = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "16", "--batch-size", "8", "--eps", "0.05",
         "--attacks", "fgsm", "--sanity-n", "0", "--no-plots"]  # fmt: skip
-ATTACK = ["attack", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--attack", "fgsm", "--eps", "0.1"]
+ATTACK = ["attack", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--attacks", "fgsm", "--eps", "0.1"]
 
 
 def snapshot(folder: Path) -> dict[str, str]:

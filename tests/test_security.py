@@ -69,7 +69,7 @@ def test_crafted_model_files_never_run(tmp_path, capsys, hostile, kind):
     evil = hostile(tmp_path / f"evil-{kind}.pt", kind)
     folder = tmp_path / "run"
     hostile(folder / "model.pt", kind)
-    attack = ["attack", *DATA, "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path / "a")]
+    attack = ["attack", *DATA, "--n", "8", "--attacks", "fgsm", "--eps", "0.1", "--out", str(tmp_path / "a")]
     cases = [
         ["attack", "--model", "fixture_models:linear_fmnist", "--checkpoint", str(evil), *attack[1:]],
         ["attack", "--model", str(evil), *attack[1:]],
@@ -166,7 +166,7 @@ def test_random_bytes_and_empty_files_get_no_trust_advice(tmp_path, capsys, host
     noise.write_bytes(os.urandom(4096))
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    base = ["attack", "--model", "fixture_models:linear_fmnist", *DATA, "--n", "8", "--attack", "fgsm", "--eps", "0.1"]
+    base = ["attack", "--model", "fixture_models:linear_fmnist", *DATA, "--n", "8", "--attacks", "fgsm", "--eps", "0.1"]
     for path, words in ((noise, "corrupt"), (empty, "empty")):
         err = _refused(capsys, [*base, "--checkpoint", str(path), "--out", str(tmp_path)], hostile.marker, advice=False)
         assert words in err
@@ -209,7 +209,7 @@ def test_no_unsafe_load_in_the_package():
 # A run folder is written only through files robustlab creates itself: a link, hard link or FIFO planted where it
 # writes is refused in one line before any byte is written, and the file it points to is left as it was.
 
-ATTACK_ARGS = ["attack", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--attack", "fgsm", "--eps", "0.1"]
+ATTACK_ARGS = ["attack", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--attacks", "fgsm", "--eps", "0.1"]
 EVAL_ARGS = ["eval", "--model", "zoo:fmnist-mlp", *DATA, "--n", "8", "--eps", "0.1", "--attacks", "fgsm",
              "--sanity-n", "0", "--no-plots"]  # fmt: skip
 TRAIN_ARGS = ["train", "--model", "cnn", "--method", "fgsm", "--eps", "0.1", "--monitor-n", "0", "--no-eval",

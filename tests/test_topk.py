@@ -121,7 +121,7 @@ def test_topk_rejects_bad_configuration():
 
 def test_attack_cli_reports_topk_asr_and_icr(tmp_path, capsys):
     args = ["attack", "--model", "zoo:fmnist-cnn", "--dataset", "fashion-mnist", "--n", "64", "--no-progress"]
-    code = main([*args, "--attack", "ifgsm", "--loss", "normalized-ce", "--eps", "0.1", "--out", str(tmp_path)])
+    code = main([*args, "--attacks", "ifgsm", "--loss", "normalized-ce", "--eps", "0.1", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "top-3 ASR" in printed and "interest class rank" in printed
@@ -130,7 +130,7 @@ def test_attack_cli_reports_topk_asr_and_icr(tmp_path, capsys):
     assert report["topk"]["asr"]["1"] == pytest.approx(report["attack_success_rate"])
     assert sum(report["topk"]["icr"]["histogram"]) == 64
     k10 = str(tmp_path / "k10")
-    assert main([*args, "--attack", "ifgsm", "--eps", "0.1", "--topk", "1,10", "--n", "8", "--out", k10]) == 2
+    assert main([*args, "--attacks", "ifgsm", "--eps", "0.1", "--topk", "1,10", "--n", "8", "--out", k10]) == 2
     err = capsys.readouterr().err
     assert "10" in err and "class" in err  # k = 10 is impossible for 10 classes
 

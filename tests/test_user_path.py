@@ -63,7 +63,7 @@ def test_a_trained_model_file_describes_itself(trained):
 @pytest.mark.slow
 def test_attack_takes_the_trained_model_by_file_and_by_folder(trained):
     for name, spec in (("by-file", "runs/na/model.pt"), ("by-folder", "runs/na")):
-        robustlab("attack", "--model", spec, "--n", "32", "--attack", "pgd", "--eps", "0.1", "--out", f"runs/{name}",
+        robustlab("attack", "--model", spec, "--n", "32", "--attacks", "pgd", "--eps", "0.1", "--out", f"runs/{name}",
                   *TINY, cwd=trained)  # fmt: skip
     by_file, by_folder = report(trained / "runs/by-file"), report(trained / "runs/by-folder")
     assert by_file["clean_accuracy"] == by_folder["clean_accuracy"] > 0.1  # trained: above chance
@@ -83,7 +83,7 @@ def test_eval_transfer_and_finetune_take_the_run_folder(trained, monkeypatch, ca
                  "--eps", "0.1", "--attacks", "fgsm", "--out", "runs/transfer", *TINY]) == 0  # fmt: skip
     assert main(["finetune", "--encoder", "runs/na", "--protocol", "slf", "--n", "128", "--epochs", "1",
                  "--eval-n", "8", "--eps", "0.1", "--out", "runs/slf", *TINY]) == 0  # fmt: skip
-    assert main(["attack", "--model", "runs/slf", "--n", "8", "--attack", "fgsm", "--eps", "0.1", "--out",
+    assert main(["attack", "--model", "runs/slf", "--n", "8", "--attacks", "fgsm", "--eps", "0.1", "--out",
                  "runs/slf-attack", *TINY]) == 0  # fmt: skip
     capsys.readouterr()
     assert report(trained / "runs/eval")["n"] == 16
@@ -94,9 +94,9 @@ def test_eval_transfer_and_finetune_take_the_run_folder(trained, monkeypatch, ca
 def test_own_module_from_the_current_folder(tmp_path):
     (tmp_path / "mymodel.py").write_text(MYMODEL)
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).state_dict(), tmp_path / "w.pt")
-    robustlab("attack", "--model", "mymodel:factory", "--checkpoint", "w.pt", "--n", "8", "--attack", "fgsm",
+    robustlab("attack", "--model", "mymodel:factory", "--checkpoint", "w.pt", "--n", "8", "--attacks", "fgsm",
               "--eps", "0.1", "--out", "runs/mine", *TINY, cwd=tmp_path)  # fmt: skip
-    no_weights = robustlab("attack", "--model", "mymodel:factory", "--n", "8", "--attack", "fgsm", "--eps", "0.1",
+    no_weights = robustlab("attack", "--model", "mymodel:factory", "--n", "8", "--attacks", "fgsm", "--eps", "0.1",
                            "--out", "runs/random", *TINY, cwd=tmp_path)  # fmt: skip
     warning = [line for line in no_weights.stderr.splitlines() if "WARNING" in line]
     assert len(warning) == 1 and "--checkpoint" in warning[0] and "random" in warning[0]
@@ -109,7 +109,7 @@ def test_own_module_import_restores_sys_path_and_says_where_it_looked(tmp_path, 
     assert isinstance(load_model("mymodel_e13:factory", num_classes=3), nn.Module)
     assert sys.path == before
     monkeypatch.chdir(tmp_path.parent)
-    cli_error(["attack", "--model", "not_here_e13:factory", "--n", "4", "--attack", "fgsm", "--eps", "0.1",
+    cli_error(["attack", "--model", "not_here_e13:factory", "--n", "4", "--attacks", "fgsm", "--eps", "0.1",
                *TINY], "current folder", str(tmp_path.parent))  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def test_three_class_torchvision_model_on_an_image_folder(png_folder, monkeypatc
 
     monkeypatch.chdir(png_folder)
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), "r18.pt")
-    common = ["--checkpoint", "r18.pt", "--dataset", "imagefolder:imgs", "--image-size", "32", "--attack", "fgsm",
+    common = ["--checkpoint", "r18.pt", "--dataset", "imagefolder:imgs", "--image-size", "32", "--attacks", "fgsm",
               "--eps", "0.03", "--no-progress"]  # fmt: skip
     line = cli_error(["attack", "--model", "torchvision:resnet18", *common], "fc.weight", "(3, 512)", "--num-classes")
     assert "Normalize" not in line
@@ -156,31 +156,31 @@ def test_cluster_head_is_refused_against_class_labels(tmp_path, cli_error):
     """A pseudo-AT model with 50 k-means outputs is not a 10-class classifier: refused, not scored at 2 %."""
     save_model(tmp_path / "model.pt", build_model("cnn", num_classes=50), "cnn", dataset="fashion-mnist")
     assert load_model(str(tmp_path))(torch.rand(2, 1, 28, 28)).shape == (2, 50)  # it loads, as an encoder may
-    cli_error(["attack", "--model", tmp_path, "--n", "4", "--attack", "fgsm", "--eps", "0.1", *TINY],
+    cli_error(["attack", "--model", tmp_path, "--n", "4", "--attacks", "fgsm", "--eps", "0.1", *TINY],
               "50 outputs", "10 classes", "finetune")  # fmt: skip
 
 
 def test_bare_state_dict_and_pickled_module_say_how_to_load(tmp_path, cli_error, capsys):
     torch.save(build_model("cnn").state_dict(), tmp_path / "bare.pt")
-    cli_error(["attack", "--model", tmp_path / "bare.pt", "--n", "4", "--attack", "fgsm", "--eps", "0.1", *TINY],
+    cli_error(["attack", "--model", tmp_path / "bare.pt", "--n", "4", "--attacks", "fgsm", "--eps", "0.1", *TINY],
               "no architecture", "--checkpoint")  # fmt: skip
     torch.save(build_model("cnn"), tmp_path / "whole.pt")  # torch.save(model)
-    cli_error(["attack", "--model", tmp_path / "whole.pt", "--n", "4", "--attack", "fgsm", "--eps", "0.1", *TINY],
+    cli_error(["attack", "--model", tmp_path / "whole.pt", "--n", "4", "--attacks", "fgsm", "--eps", "0.1", *TINY],
               "--trust-checkpoint")  # fmt: skip
-    argv = ["attack", "--model", tmp_path / "whole.pt", "--trust-checkpoint", "--n", "4", "--attack", "fgsm", "--eps",
+    argv = ["attack", "--model", tmp_path / "whole.pt", "--trust-checkpoint", "--n", "4", "--attacks", "fgsm", "--eps",
             "0.1", "--out", tmp_path / "out", *TINY]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     capsys.readouterr()
 
 
 def test_folder_without_model_file_is_one_line(tmp_path, cli_error):
-    cli_error(["attack", "--model", tmp_path, "--n", "4", "--attack", "fgsm", "--eps", "0.1", *TINY], "no model.pt")
+    cli_error(["attack", "--model", tmp_path, "--n", "4", "--attacks", "fgsm", "--eps", "0.1", *TINY], "no model.pt")
 
 
 @pytest.mark.slow
 def test_autoattack_spec_on_a_few_samples(tmp_path, capsys):
     pytest.importorskip("pyautoattack")
-    argv = ["attack", "--model", "zoo:fmnist-cnn", "--n", "4", "--attack", "autoattack:apgd-ce", "--eps", "0.1",
+    argv = ["attack", "--model", "zoo:fmnist-cnn", "--n", "4", "--attacks", "autoattack:apgd-ce", "--eps", "0.1",
             "--out", tmp_path, *TINY]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     capsys.readouterr()
@@ -223,7 +223,7 @@ def test_progress_counts_samples_and_names_the_attack(fmnist_batch, zoo_cnn, cap
 
 def test_encoder_without_a_trained_head_is_warned_about(tmp_path, capsys):
     save_model(tmp_path / "model.pt", build_model("cnn"), "cnn", dataset="fashion-mnist", stage="deacl")
-    argv = ["attack", "--model", tmp_path, "--n", "4", "--attack", "fgsm", "--eps", "0.1", "--out", tmp_path / "a",
+    argv = ["attack", "--model", tmp_path, "--n", "4", "--attacks", "fgsm", "--eps", "0.1", "--out", tmp_path / "a",
             *TINY]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     warning = capsys.readouterr().err.strip().splitlines()
@@ -238,12 +238,12 @@ def test_train_on_an_image_folder_then_attack_without_repeating_its_size(png_fol
                  "--epochs", "1", "--eval-n", "0", "--monitor-n", "0", "--out", str(tmp_path / "if")]) == 0  # fmt: skip
     saved = torch.load(tmp_path / "if/model.pt", weights_only=True)
     assert saved["num_classes"] == 3 and saved["input_shape"] == [3, 32, 32]
-    assert main(["attack", "--model", str(tmp_path / "if"), *data, "--attack", "fgsm", "--eps", "0.03", "--out",
+    assert main(["attack", "--model", str(tmp_path / "if"), *data, "--attacks", "fgsm", "--eps", "0.03", "--out",
                  str(tmp_path / "if-attack")]) == 0  # fmt: skip
     capsys.readouterr()
     assert report(tmp_path / "if-attack")["n"] == 9
 
 
 def test_mean_without_std_is_one_line(cli_error):
-    cli_error(["attack", "--model", "zoo:fmnist-cnn", "--mean", "0.5", "--n", "4", "--attack", "fgsm", "--eps", "0.1",
+    cli_error(["attack", "--model", "zoo:fmnist-cnn", "--mean", "0.5", "--n", "4", "--attacks", "fgsm", "--eps", "0.1",
                *TINY], "--mean and --std")  # fmt: skip

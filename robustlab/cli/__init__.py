@@ -29,6 +29,13 @@ SUBCOMMANDS = {
     "report": "rebuild report.html and report.md of a run folder from its saved results",
     "compare": "the headline figures of several runs side by side (table, Markdown, plot)",
 }
+# Flags renamed in 0.2, by subcommand: the old spelling is refused in one line naming the new one (no abbreviations).
+RENAMED = {
+    "attack": {"--attack": "--attacks"}, "pseudo-at": {"--targets": "--pseudo-targets"},
+    "finetune": {"--pgd-steps": "--eval-steps", "--pgd-restarts": "--eval-restarts"},
+    "train": {"--alpha": "--step-size", "--k": "--noise-multiple", "--pgd-steps": "--steps",
+              "--amp": "--precision fp16"},
+}  # fmt: skip
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -44,10 +51,11 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (and exit code 2), not a usage dump; every option's
-    help shows its default."""
+    help shows its default; an option is its full name (no unique prefixes: an old name never parses as a new one)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         kwargs.setdefault("formatter_class", DefaultsFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -92,7 +100,13 @@ def named_command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a user mistake, with one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(named_command(argv))
+    command = named_command(argv)
+    parser = build_parser(command)
+    renamed = RENAMED.get(command or "", {})
+    old = next((word.split("=")[0] for word in argv if word.split("=")[0] in renamed), None)
+    if old:
+        parser.exit(2, f"robustlab {command}: error: unrecognized argument {old}: it was renamed {renamed[old]} (see "
+                    f"robustlab {command} --help)\n")  # fmt: skip
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["robustlab", *argv])  # for reports: the library never reads sys.argv
     logging.basicConfig(
@@ -106,7 +120,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"robustlab {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
