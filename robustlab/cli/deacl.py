@@ -9,10 +9,6 @@ from robustlab.cli import training as t
 from robustlab.recipes import DeACLConfig
 
 EXAMPLE = "robustlab deacl --teacher runs/ssl --dataset fashion-mnist --eps 0.1 --epochs 5 --out runs/deacl"
-TEACHER_HELP = (
-    "the teacher: a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME@FILE or "
-    "package.module:factory@FILE"
-)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "* cos(f(x'), f(x)), x' a feature-space PGD maximising -cos(f(x'), T(x)). Labels are never used. "
                     "Writes OUT/model.pt (the student encoder's classifier: fine-tune it with robustlab finetune), "
                     f"report.json/md, resumable checkpoints; DDP under torchrun. Example: {EXAMPLE}")  # fmt: skip
-    t.add_model_args(p, "--teacher", TEACHER_HELP)
+    t.add_model_args(p, "--teacher", f"the teacher: {t.ENCODER_HELP}")
     t.add_training_args(p, DeACLConfig)
     d = p.add_argument_group("DeACL (defaults: the paper's)")
     d.add_argument("--beta", type=c.nonnegative_float, help="weight of the adversarial term")

@@ -6,7 +6,6 @@ import argparse
 
 from robustlab.cli import common as c
 from robustlab.cli import training as t
-from robustlab.cli.deacl import TEACHER_HELP
 from robustlab.recipes import DEFAULT_LR, FineTuneConfig
 
 EXAMPLE = (
@@ -20,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "trains it on PGD examples; AFF fine-tunes every weight with TRADES. Then evaluates clean and PGD "
                     "(and with --autoattack AutoAttack) accuracy at --eps. Writes OUT/model.pt, a classifier robustlab "
                     f"attack / eval load directly, and report.json/md. Example: {EXAMPLE}")  # fmt: skip
-    t.add_model_args(p, "--encoder", TEACHER_HELP.replace("the teacher", "the encoder"))
+    t.add_model_args(p, "--encoder", f"the encoder: {t.ENCODER_HELP}")
     p.add_argument("--protocol", required=True, choices=["slf", "alf", "aff"], help="fine-tuning protocol")
     p.add_argument("--keep-head", action="store_true", help="start from the encoder's own head (e.g. an slf run's)")
     t.add_training_args(p, FineTuneConfig, unset="none; needed by alf, aff and the evaluation")

@@ -6,7 +6,6 @@ import argparse
 
 from robustlab.cli import common as c
 from robustlab.cli import training as t
-from robustlab.cli.deacl import TEACHER_HELP
 from robustlab.recipes import PseudoATConfig
 
 EXAMPLE = (
@@ -22,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "pseudo-labels train a classifier with PGD-AT (--loss ce) or TRADES. The student starts from the "
                     "teacher (--init random: from scratch). Writes OUT/model.pt, report.json/md, resumable "
                     f"checkpoints; DDP under torchrun. Example: {EXAMPLE}")  # fmt: skip
-    t.add_model_args(p, "--teacher", TEACHER_HELP)
+    t.add_model_args(p, "--teacher", f"the teacher: {t.ENCODER_HELP}")
     p.add_argument("--pseudo-targets", dest="targets", required=True, choices=["embedding", "kmeans", "linear"],
                    help="what the student learns: the teacher's embedding, clusters or labels")  # fmt: skip
     p.add_argument("--clusters", type=c.positive_int, help="k of k-means")

@@ -12,6 +12,10 @@ import torch
 from robustlab.cli import common as c
 
 TRUST_HELP = "load --checkpoint and --resume's last.pt with weights_only=False (only for files you trust)"
+ENCODER_HELP = (  # a teacher's or an encoder's spec
+    "a run folder or model.pt of robustlab ssl/deacl/finetune, zoo:NAME, torchvision:NAME@FILE or "
+    "package.module:factory@FILE"
+)
 
 
 def add_training_args(p: argparse.ArgumentParser, config: type, eps: bool | None = None, unset: str = "") -> None:
