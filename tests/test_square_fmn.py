@@ -80,16 +80,36 @@ def test_square_queries_a_sample_no_more_once_broken(zoo_cnn, fmnist_batch, thre
     x, y = correct_only(zoo_cnn, x, y)
     counting = CountingModel(zoo_cnn)
     result = Square(n_queries=60)(counting, x, y, threat)
-    queries = result.info["queries"]
+    queries, candidates = result.info["queries"], result.info["candidates"]
     assert counting.rows == int(queries.sum())  # every model row is one of a sample's counted queries
     assert bool(result.success.any()) and bool((~result.success).any())
-    assert bool((queries[result.success] < 60).all())  # a broken sample left before the budget ran out
-    assert bool((queries[~result.success] == 60).all())
+    assert bool((candidates[result.success] < 60).all())  # a broken sample left before the budget ran out
+    assert bool((candidates[~result.success] == 60).all())
+    assert bool((queries <= candidates).all()) and bool((queries >= 1).all())
     # the sample alone spends the same queries: it broke at the same query and was asked nothing after
     i = int(result.success.nonzero()[0])
     counting.rows = 0
     alone = Square(n_queries=60)(counting, x[i : i + 1], y[i : i + 1], threat)
     assert bool(alone.success[0]) and counting.rows == int(alone.info["queries"][0]) == int(queries[i])
+
+
+def test_square_does_not_ask_the_model_about_a_candidate_equal_to_the_best(zoo_pgdat, fmnist_batch):
+    """Late Linf squares of one pixel often set the pixel to the value it has: such a candidate is drawn (it spends
+    budget) but not sent to the model, and the result's loss and logits are still the model's on the best."""
+    from robustlab.losses import cw_margin
+
+    x, y = correct_only(zoo_pgdat, *fmnist_batch(30))
+    counting = CountingModel(zoo_pgdat)
+    result = Square(n_queries=200)(counting, x, y, ThreatModel("linf", 0.1))
+    queries, candidates = result.info["queries"], result.info["candidates"]
+    robust = ~result.success
+    assert bool(robust.any()) and bool((candidates[robust] == 200).all())
+    assert int(queries[robust].sum()) < 0.9 * int(candidates[robust].sum())  # a tenth or more not asked
+    assert counting.rows == int(queries.sum())
+    with torch.no_grad():
+        logits = zoo_pgdat(result.x_adv)
+    assert torch.allclose(result.logits, logits, atol=1e-5)
+    assert torch.allclose(result.loss, cw_margin(logits, y), atol=1e-5)
 
 
 @pytest.mark.parametrize("threat", THREATS, ids=["linf", "l2"])
@@ -128,7 +148,7 @@ def test_square_budget_grows_until_a_block_breaks_nothing(zoo_pgdat, fmnist_batc
     assert blocks[-1]["broken"] == 0 or sum(b["queries"] for b in blocks) == 1500  # stopped for a reason
     assert bool((grown.success | ~fixed.success).all())  # never weaker than the first block alone
     assert int(grown.success.sum()) == sum(b["broken"] for b in blocks)
-    assert bool((grown.info["queries"][~grown.success] == sum(b["queries"] for b in blocks)).all())
+    assert bool((grown.info["candidates"][~grown.success] == sum(b["queries"] for b in blocks)).all())
     assert counting.rows == int(grown.info["queries"].sum())
     assert Square(n_queries=50).per_sample and not Square(n_queries=50, max_queries=100).per_sample  # batch-wide blocks
     with torch.no_grad():

@@ -50,8 +50,8 @@ def square_side(p: float, n_features: int, channels: int, side: int, minimum: in
     return min(s, side)
 
 
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
+def _mix32(h: Tensor | int) -> Tensor | int:
+    """A 32-bit integer hash (lowbias32) on int64 tensors (or Python ints) holding values in [0, 2**32)."""
     h = h ^ (h >> 16)
     h = (h * 0x7FEB352D) & _M32  # int64 products wrap; their low 32 bits are exact
     h = h ^ (h >> 15)
@@ -59,13 +59,23 @@ def _mix32(h: Tensor) -> Tensor:
     return h ^ (h >> 16)
 
 
-def keyed_uniform(keys: Tensor, counter: int, slots: int) -> Tensor:
-    """``(N, slots)`` uniform draws in [0, 1) that depend only on each row's key and ``counter``: a counter-based
-    generator (the same draws for a sample whatever else is in its batch)."""
-    state = _mix32((keys & _M32) ^ _mix32((keys >> 32) & _M32 ^ 0x9E3779B9))
-    stream = _mix32(state ^ _mix32(torch.tensor(counter & _M32, device=keys.device)))
-    ids = torch.arange(slots, device=keys.device, dtype=torch.int64)
-    bits = _mix32(stream[:, None] ^ _mix32((ids * 0x9E3779B9 + 0x7F4A7C15) & _M32))
+def key_state(keys: Tensor) -> Tensor:
+    """Each row's generator state from its 64-bit key (once per run; :func:`keyed_uniform` draws from it)."""
+    return _mix32((keys & _M32) ^ _mix32((keys >> 32) & _M32 ^ 0x9E3779B9))
+
+
+@functools.cache
+def _slot_hashes(slots: int, device: torch.device) -> Tensor:
+    """The hash of each slot index (the same for every row and counter: computed once)."""
+    ids = torch.arange(slots, device=device, dtype=torch.int64)
+    return _mix32((ids * 0x9E3779B9 + 0x7F4A7C15) & _M32)
+
+
+def keyed_uniform(state: Tensor, counter: int, slots: int) -> Tensor:
+    """``(N, slots)`` uniform draws in [0, 1) that depend only on each row's :func:`key_state` and ``counter``: a
+    counter-based generator (the same draws for a sample whatever else is in its batch)."""
+    stream = _mix32(state ^ _mix32(counter & _M32))  # the counter's hash in Python ints: the same bits, no tensor
+    bits = _mix32(stream[:, None] ^ _slot_hashes(slots, state.device))
     return (bits >> 8).float() / 2.0**24
 
 
@@ -141,8 +151,10 @@ class Square(AttackBase):
             spent ``max_queries``: the search stops where more queries stopped paying.
 
     The loss is the margin on the model's logits (``max_{j != y} z_j - z_y``; targeted: ``z_t - max_{j != t} z_j``).
-    ``result.info["queries"]`` holds each sample's number of model queries; ``result.info["blocks"]`` the budget
-    of each block of a growing run and the samples it broke.
+    A candidate that the projection leaves equal to the sample's best (a late Linf square whose signs change no
+    pixel) is not sent to the model: it has the best's logits and cannot improve. ``result.info["candidates"]``
+    holds each sample's candidates drawn (the budget it spent), ``result.info["queries"]`` the model queries among
+    them; ``result.info["blocks"]`` the budget of each block of a growing run and the samples it broke.
     """
 
     name = "square"
@@ -198,7 +210,7 @@ class Square(AttackBase):
         x = x.detach()
         keys = sample_keys(x).to(x.device)
         salts = torch.randint(0, 2**62, (self.restarts,), generator=torch.Generator().manual_seed(self.seed))
-        queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        counts = torch.zeros(2, x.shape[0], dtype=torch.long, device=x.device)  # model queries, candidates
         best: AttackResult | None = None
         with torch.no_grad(), untouched(model, x.device):
             todo = torch.arange(x.shape[0], device=x.device)
@@ -208,7 +220,7 @@ class Square(AttackBase):
                     break
                 tr = target[rows] if target is not None else None
                 run = self._run(
-                    model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, queries, rows, self.n_queries
+                    model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, counts, rows, self.n_queries
                 )  # fmt: skip
                 best = run if best is None else _merge(best, run, rows)
             assert best is not None
@@ -222,14 +234,18 @@ class Square(AttackBase):
                 budget = min(2 * budget, self.max_queries - spent)
                 tr = target[rows] if target is not None else None
                 salt = int(salts[0]) ^ (block * 0x9E3779B97F4A7C15 & (2**62 - 1))  # fresh draws per block
-                run = self._run(model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, queries, rows,
+                run = self._run(model, x[rows], y[rows], tr, threat, criterion, keys[rows] ^ salt, counts, rows,
                                 budget, start=best.x_adv[rows])  # fmt: skip
                 best = _merge(best, run, rows)
                 blocks.append({"queries": budget, "broken": int(run.success.sum())})
                 spent += budget
         sign = -1.0 if target is not None else 1.0
         best.loss = sign * best.loss  # the margin towards the target, as targeted attacks report it
-        best.info = {"time_s": time.perf_counter() - start, **self.config(), "queries": queries.cpu(), "blocks": blocks}
+        queries, candidates = counts.cpu()
+        best.info = {
+            "time_s": time.perf_counter() - start, **self.config(),
+            "queries": queries, "candidates": candidates, "blocks": blocks,
+        }  # fmt: skip
         return best
 
     def _objective(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -238,47 +254,58 @@ class Square(AttackBase):
 
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: ThreatModel,
-        criterion: Criterion, keys: Tensor, queries: Tensor, rows: Tensor, budget: int, start: Tensor | None = None,
+        criterion: Criterion, keys: Tensor, counts: Tensor, rows: Tensor, budget: int, start: Tensor | None = None,
     ) -> AttackResult:  # fmt: skip
-        """One run of ``budget`` queries on ``x`` from ``start`` (default: the paper's first query); ``queries[rows]``
-        counts each sample's model calls."""
-        x_best = self._init(x, threat, keys) if start is None else start.clone()
+        """One run of ``budget`` candidates on ``x`` from ``start`` (default: the paper's first query);
+        ``counts[:, rows]`` counts each sample's model queries (row 0) and candidates drawn (row 1)."""
+        state = key_state(keys)
+        x_best = self._init(x, threat, state) if start is None else start.clone()
         logits = model_logits(model, x_best)
         check_first_logits(logits, y, target, criterion)
         logits = logits.float()
         loss = self._objective(logits, y, target)
         success = criterion(logits, y, target)
-        queries[rows] += 1
+        counts[:, rows] += 1
         active = (~success).nonzero().squeeze(1)
+        step = self._linf_step if threat.norm == "linf" else self._l2_step
         for i in range(budget - 1):
             if active.numel() == 0:
                 break
-            xa, xb, ka = x[active], x_best[active], keys[active]
-            ya, ta = y[active], target[active] if target is not None else None
-            p = p_schedule(i, budget, self.p_init)
-            x_new = (self._linf_step if threat.norm == "linf" else self._l2_step)(xa, xb, threat, ka, i + 1, p)
+            xb = x_best[active]
+            x_new = step(x[active], xb, threat, state[active], i + 1, p_schedule(i, budget, self.p_init))
+            counts[1, rows[active]] += 1
+            # a candidate equal to its best (a square that changes no pixel after the projection, a quarter of
+            # Linf's late ones) has the best's logits: it cannot improve, so the model is not asked
+            moved = (x_new != xb).flatten(1).any(1)
+            ask = active if bool(moved.all()) else active[moved]
+            if ask.numel() == 0:
+                continue
+            if ask is not active:
+                x_new = x_new[moved]
             new_logits = model_logits(model, x_new).float()
-            queries[rows[active]] += 1
+            counts[0, rows[ask]] += 1
+            ya, ta = y[ask], target[ask] if target is not None else None
             new_loss = self._objective(new_logits, ya, ta)
             broke = criterion(new_logits, ya, ta)
-            improved = broke | (new_loss > loss[active])
-            take = active[improved]
+            improved = broke | (new_loss > loss[ask])
+            take = ask[improved]
             x_best[take], logits[take] = x_new[improved], new_logits[improved]
             loss[take], success[take] = new_loss[improved], broke[improved]
-            active = active[~broke]
+            if bool(broke.any()):
+                active = active[~success[active]]
         return AttackResult(x_best, success, loss, logits)
 
-    def _init(self, x: Tensor, threat: ThreatModel, keys: Tensor) -> Tensor:
+    def _init(self, x: Tensor, threat: ThreatModel, state: Tensor) -> Tensor:
         """The first query: vertical stripes of +-eps (Linf), or a grid of signed L2 patterns of norm eps (L2)."""
         n, c, h, w = x.shape
         if threat.norm == "linf":
-            stripes = _signs(keyed_uniform(keys, 0, c * w)).view(n, c, 1, w)
+            stripes = _signs(keyed_uniform(state, 0, c * w)).view(n, c, 1, w)
             return threat.project(x + threat.eps * stripes, x)
         s = max(h // 5, 1)
         offset = (h - 5 * s) // 2
         tiles = [(offset + i * s, offset + j * s) for i in range(h // s) for j in range(w // s)]
         tiles = [(a, b) for a, b in tiles if a + s <= h and b + s <= w]
-        u = keyed_uniform(keys, 0, len(tiles) * (c + 1)).view(n, len(tiles), c + 1)
+        u = keyed_uniform(state, 0, len(tiles) * (c + 1)).view(n, len(tiles), c + 1)
         delta = torch.zeros_like(x)
         pattern = _l2_pattern(s).to(x.device, x.dtype)
         for t, (a, b) in enumerate(tiles):
@@ -287,20 +314,20 @@ class Square(AttackBase):
         return threat.project(x + threat.eps * _l2_normalised(delta), x)
 
     def _linf_step(
-        self, x: Tensor, x_best: Tensor, threat: ThreatModel, keys: Tensor, counter: int, p: float
+        self, x: Tensor, x_best: Tensor, threat: ThreatModel, state: Tensor, counter: int, p: float
     ) -> Tensor:
         """A square of side s set to +-eps per channel (random sign) around ``x``, the rest of ``x_best`` kept."""
         n, c, h, w = x.shape
         s = square_side(p, c * h * w, c, min(h, w), minimum=1, odd=False)
-        u = keyed_uniform(keys, counter, 2 + c)
+        u = keyed_uniform(state, counter, 2 + c)
         mask = _windows(u[:, 0], u[:, 1], s, h, w)[2]
         return threat.project(x_best + mask * (2 * threat.eps * _signs(u[:, 2:]).to(x.dtype)), x)
 
-    def _l2_step(self, x: Tensor, x_best: Tensor, threat: ThreatModel, keys: Tensor, counter: int, p: float) -> Tensor:
+    def _l2_step(self, x: Tensor, x_best: Tensor, threat: ThreatModel, state: Tensor, counter: int, p: float) -> Tensor:
         """Move the perturbation's mass of a second window into a new pattern on the first, keeping norm eps."""
         n, c, h, w = x.shape
         s = square_side(p, c * h * w, c, min(h, w), minimum=3, odd=True)
-        u = keyed_uniform(keys, counter, 5 + c)
+        u = keyed_uniform(state, counter, 5 + c)
         vh, vw, mask1 = _windows(u[:, 0], u[:, 1], s, h, w)
         mask2 = _windows(u[:, 2], u[:, 3], s, h, w)[2]
         delta = x_best - x
@@ -319,4 +346,4 @@ class Square(AttackBase):
         return threat.project(x + threat.eps * _l2_normalised(delta), x)
 
 
-__all__ = ["SCHEDULE_BREAKPOINTS", "Square", "keyed_uniform", "p_schedule", "square_side"]
+__all__ = ["SCHEDULE_BREAKPOINTS", "Square", "key_state", "keyed_uniform", "p_schedule", "square_side"]
