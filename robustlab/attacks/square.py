@@ -79,14 +79,15 @@ def keyed_uniform(state: Tensor, counter: int, slots: int) -> Tensor:
     return (bits >> 8).float() / 2.0**24
 
 
-def _windows(u_h: Tensor, u_w: Tensor, s: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row a random ``s x s`` window: its top-left corner ``(vh, vw)`` and its mask ``(N, 1, h, w)``."""
+def _windows(u_h: Tensor, u_w: Tensor, s: int, h: int, w: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row a random ``s x s`` window: each pixel's row and column offsets from its top-left corner, ``(N, h)``
+    and ``(N, w)``, and its 0/1 mask ``(N, 1, h, w)`` in ``dtype`` (a float mask multiplies without a cast)."""
     vh = (u_h * (h - s + 1)).long().clamp_(max=h - s)
     vw = (u_w * (w - s + 1)).long().clamp_(max=w - s)
     rows = torch.arange(h, device=u_h.device)[None, :] - vh[:, None]
     cols = torch.arange(w, device=u_h.device)[None, :] - vw[:, None]
-    mask = ((rows >= 0) & (rows < s))[:, :, None] & ((cols >= 0) & (cols < s))[:, None, :]
-    return vh, vw, mask[:, None]
+    in_rows, in_cols = ((rows >= 0) & (rows < s)).to(dtype), ((cols >= 0) & (cols < s)).to(dtype)
+    return rows, cols, (in_rows[:, :, None] * in_cols[:, None, :])[:, None]
 
 
 @functools.cache
@@ -107,14 +108,12 @@ def _l2_pattern(s: int) -> Tensor:
     return torch.stack([pattern, pattern.t()])
 
 
-def _placed_pattern(s: int, flip: Tensor, vh: Tensor, vw: Tensor, h: int, w: int) -> Tensor:
-    """The L2 pattern (transposed where ``flip``) placed in each row's window, zero outside: ``(N, 1, h, w)``."""
-    pattern = _l2_pattern(s).to(vh.device)
-    rows = torch.arange(h, device=vh.device)[None, :] - vh[:, None]
-    cols = torch.arange(w, device=vh.device)[None, :] - vw[:, None]
-    inside = ((rows >= 0) & (rows < s))[:, :, None] & ((cols >= 0) & (cols < s))[:, None, :]
-    values = pattern[flip.long()[:, None, None], rows.clamp(0, s - 1)[:, :, None], cols.clamp(0, s - 1)[:, None, :]]
-    return (values * inside)[:, None]
+def _placed_pattern(s: int, flip: Tensor, rows: Tensor, cols: Tensor, inside: Tensor) -> Tensor:
+    """The L2 pattern (transposed where ``flip``) placed in each row's window (offsets and mask of
+    :func:`_windows`), zero outside: ``(N, 1, h, w)``."""
+    pattern = _l2_pattern(s).to(rows.device, inside.dtype)
+    at = flip.long()[:, None, None] * (s * s) + rows.clamp(0, s - 1)[:, :, None] * s + cols.clamp(0, s - 1)[:, None, :]
+    return torch.take(pattern, at)[:, None] * inside
 
 
 def _signs(u: Tensor) -> Tensor:
@@ -276,7 +275,7 @@ class Square(AttackBase):
             counts[1, rows[active]] += 1
             # a candidate equal to its best (a square that changes no pixel after the projection, a quarter of
             # Linf's late ones) has the best's logits: it cannot improve, so the model is not asked
-            moved = (x_new != xb).flatten(1).any(1)
+            moved = (x_new - xb).flatten(1).abs().amax(1) > 0
             ask = active if bool(moved.all()) else active[moved]
             if ask.numel() == 0:
                 continue
@@ -320,7 +319,7 @@ class Square(AttackBase):
         n, c, h, w = x.shape
         s = square_side(p, c * h * w, c, min(h, w), minimum=1, odd=False)
         u = keyed_uniform(state, counter, 2 + c)
-        mask = _windows(u[:, 0], u[:, 1], s, h, w)[2]
+        mask = _windows(u[:, 0], u[:, 1], s, h, w, x.dtype)[2]
         return threat.project(x_best + mask * (2 * threat.eps * _signs(u[:, 2:]).to(x.dtype)), x)
 
     def _l2_step(self, x: Tensor, x_best: Tensor, threat: ThreatModel, state: Tensor, counter: int, p: float) -> Tensor:
@@ -328,8 +327,8 @@ class Square(AttackBase):
         n, c, h, w = x.shape
         s = square_side(p, c * h * w, c, min(h, w), minimum=3, odd=True)
         u = keyed_uniform(state, counter, 5 + c)
-        vh, vw, mask1 = _windows(u[:, 0], u[:, 1], s, h, w)
-        mask2 = _windows(u[:, 2], u[:, 3], s, h, w)[2]
+        rows, cols, mask1 = _windows(u[:, 0], u[:, 1], s, h, w, x.dtype)
+        both = torch.maximum(mask1, _windows(u[:, 2], u[:, 3], s, h, w, x.dtype)[2])
         delta = x_best - x
 
         def window_norm(t: Tensor) -> Tensor:
@@ -337,12 +336,12 @@ class Square(AttackBase):
 
         norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         norm_window1 = window_norm(delta * mask1)
-        norm_windows = window_norm(delta * (mask1 | mask2))
-        new = _placed_pattern(s, u[:, 4] >= 0.5, vh, vw, h, w).to(x.dtype) * _signs(u[:, 5:]).to(x.dtype)
+        norm_windows = window_norm(delta * both)
+        new = _placed_pattern(s, u[:, 4] >= 0.5, rows, cols, mask1) * _signs(u[:, 5:]).to(x.dtype)
         new = new + delta * mask1 / (norm_window1 + 1e-12)
         budget = ((threat.eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / (window_norm(new) + 1e-12) * budget
-        delta = delta * ~(mask1 | mask2) + new
+        delta = delta * (1 - both) + new
         return threat.project(x + threat.eps * _l2_normalised(delta), x)
 
 
