@@ -21,7 +21,8 @@ def headline_figures(report: Report) -> dict[str, Figure]:
     try:
         figures = report.headline()
     except DAMAGE as exc:
-        raise RobustlabError(f"report.json of this {report.kind} run is incomplete or damaged ({exc!r})") from None
+        kind = report.kind
+        raise RobustlabError(f"report.json of this {kind} run has a malformed field ({exc}); run it again") from None
     for metric, (value, ci) in figures.items():
         interval_ok = ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci)))
         if not _is_number(value) or not interval_ok:
