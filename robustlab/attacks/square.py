@@ -111,9 +111,10 @@ def _l2_pattern(s: int) -> Tensor:
 def _placed_pattern(s: int, flip: Tensor, rows: Tensor, cols: Tensor, inside: Tensor) -> Tensor:
     """The L2 pattern (transposed where ``flip``) placed in each row's window (offsets and mask of
     :func:`_windows`), zero outside: ``(N, 1, h, w)``."""
-    pattern = _l2_pattern(s).to(rows.device, inside.dtype)
-    at = flip.long()[:, None, None] * (s * s) + rows.clamp(0, s - 1)[:, :, None] * s + cols.clamp(0, s - 1)[:, None, :]
-    return torch.take(pattern, at)[:, None] * inside
+    n, h, w = inside.shape[0], inside.shape[2], inside.shape[3]
+    pattern = _l2_pattern(s).to(rows.device, inside.dtype)[flip.long()]  # (N, s, s)
+    by_row = pattern.gather(1, rows.clamp(0, s - 1)[:, :, None].expand(n, h, s))
+    return by_row.gather(2, cols.clamp(0, s - 1)[:, None, :].expand(n, h, w))[:, None] * inside
 
 
 def _signs(u: Tensor) -> Tensor:
