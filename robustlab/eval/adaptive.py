@@ -75,12 +75,12 @@ class AdaptivePlan:
 
 def headline_setter(entry: Any, reasons: dict[str, str]) -> dict[str, Any] | None:
     """The attack that set ``entry``'s robust accuracy: the last in the chain to break a sample the ones before it
-    left robust, with why it was run (an added attack's reason, or "asked for")."""
+    left robust, with why it was run (an added attack's reason, or "asked for (--attacks, or the default protocol)")."""
     broke = [(name, stats.broken) for name, stats in entry.attacks.items() if stats.broken > 0]
     if not broke:
         return None
     name, broken = broke[-1]
-    why = reasons.get(name, "asked for (--attacks)")
+    why = reasons.get(name, "asked for (--attacks, or the default protocol)")
     return {
         "attack": name, "broken": broken, "eps": entry.eps, "reason": why,
         "text": f"the headline was set by {name} (the last attack to break a sample: {broken} more at eps "
